@@ -1,0 +1,27 @@
+"""tuneforge: fine-tune pre-trained models on your own task data.
+
+    import tuneforge
+    run = tuneforge.train("configs/classify-minilm-rotten.yaml")      # or a RunConfig / dict
+    run.evaluate()                                                     # eval.json: tuned beside baseline
+    run.predict(["a gripping, beautiful film"])                        # [{'label': 'fresh', ...}]
+"""
+
+from tuneforge.config import RunConfig, load_config
+from tuneforge.errors import TuneforgeError
+from tuneforge.run import Run
+
+__version__ = "0.1.0"
+
+
+def train(config, overrides=None, resume=False) -> Run:
+    """Fine-tune as ``config`` says (a YAML path, a dict or a ``RunConfig``); returns the finished ``Run``."""
+    from tuneforge.train.recipe import train as _train
+
+    return _train(config, overrides, resume)
+
+
+def load_run(path) -> Run:
+    return Run(path)
+
+
+__all__ = ["Run", "RunConfig", "TuneforgeError", "__version__", "load_config", "load_run", "train"]

@@ -1,0 +1,1 @@
+"""Data: files and bundled datasets -> rows -> examples -> token ids and masks -> batches."""

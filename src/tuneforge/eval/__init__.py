@@ -1,0 +1,1 @@
+"""Evaluation: metrics, base-versus-tuned comparison, forgetting, bias probe."""

@@ -1,0 +1,53 @@
+"""Parameter-efficient methods through the PEFT library: LoRA, DoRA, IA3, prefix and prompt tuning.
+
+A classifier's new head (and a BERT pooler) is always trained and saved with the adapter
+(``modules_to_save``); the result is a standard PEFT adapter folder.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from tuneforge.methods.common import Prepared, find_layers, head_module_names, param_groups
+
+TASK_TYPES = {"classification": "SEQ_CLS", "reward": "SEQ_CLS"}
+
+
+def linear_targets(model: nn.Module, exclude: list[str]) -> list[str]:
+    """Leaf names of every nn.Linear inside the transformer blocks (the 'all-linear' default)."""
+    prefix, _ = find_layers(model)
+    names = set()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and name.startswith(prefix + ".") and not any(name.startswith(e) for e in exclude):
+            names.add(name.split(".")[-1])
+    return sorted(names)
+
+
+def peft_config(model: nn.Module, m, task: str):
+    import peft
+
+    task_type = TASK_TYPES.get(task, "CAUSAL_LM")
+    heads = head_module_names(model) if task_type == "SEQ_CLS" else []
+    targets = linear_targets(model, heads) if m.target_modules == "all-linear" else m.target_modules
+    save = heads or None
+    if m.name in ("lora", "dora"):
+        return peft.LoraConfig(task_type=task_type, r=m.r, lora_alpha=m.alpha, lora_dropout=m.lora_dropout,
+                               target_modules=targets, use_dora=m.name == "dora", modules_to_save=save)
+    if m.name == "ia3":
+        if m.target_modules == "all-linear":  # PEFT's per-architecture defaults (keys, values, feed-forward output)
+            return peft.IA3Config(task_type=task_type, modules_to_save=save)
+        ff = [t for t in targets if t in ("down_proj", "fc2", "c_proj", "output.dense", "w2")]
+        return peft.IA3Config(task_type=task_type, target_modules=targets, feedforward_modules=ff, modules_to_save=save)
+    if m.name == "prefix":
+        return peft.PrefixTuningConfig(task_type=task_type, num_virtual_tokens=m.num_virtual_tokens)
+    if m.name == "prompt":
+        return peft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=m.num_virtual_tokens)
+    raise ValueError(f"not a PEFT method: {m.name}")
+
+
+def prepare_peft(model: nn.Module, m, t, task: str) -> Prepared:
+    import peft
+
+    config = peft_config(model, m, task)
+    model = peft.get_peft_model(model, config)
+    return Prepared(model, param_groups(model, t.lr, t.weight_decay, t.head_lr), info={"peft": config.peft_type.value})

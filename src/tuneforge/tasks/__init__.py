@@ -1,0 +1,18 @@
+"""Tasks wire data, model and loss together: classification, sft, reward, dpo, grpo.
+
+Each task class takes the run config and exposes what the training loop needs (``lengths``,
+``counts``, ``collate``, ``loss``, ``evaluate``, ``save_model``) and what the run needs after
+training (``full_evaluation``). ``TASKS`` maps ``config.task`` to the class.
+"""
+
+from __future__ import annotations
+
+from tuneforge.errors import ConfigError
+
+
+def task_class(name: str):
+    if name == "classification":
+        from tuneforge.tasks.classification import ClassificationTask
+
+        return ClassificationTask
+    raise ConfigError(f"task '{name}' is not available in this version of tuneforge.")

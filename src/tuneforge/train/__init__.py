@@ -1,0 +1,1 @@
+"""Training: the loop, losses, optimizer and scheduler, checkpoints and resume, early stopping."""

@@ -1,0 +1,168 @@
+"""The training recipe: setup -> pre-flight -> fit -> final model -> evaluation -> summary.
+
+``tuneforge.train(config)`` and ``tuneforge train CONFIG`` both run ``train`` below.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import time
+from datetime import datetime
+from pathlib import Path
+
+from tuneforge.config import RunConfig, from_dict, load_config
+from tuneforge.errors import ConfigError, TuneforgeError
+from tuneforge.methods import count_parameters, prepare
+from tuneforge.tasks import task_class
+from tuneforge.train.loop import fit
+from tuneforge.utils import console, peak_rss_mb, quiet_libraries
+
+log = logging.getLogger(__name__)
+
+
+def as_config(config: RunConfig | dict | str | Path, overrides: list[str] | None = None) -> RunConfig:
+    if isinstance(config, RunConfig):
+        if overrides:
+            from tuneforge.config import apply_overrides
+
+            return from_dict(apply_overrides(config.to_dict(), overrides))
+        return config
+    if isinstance(config, dict):
+        from tuneforge.config import apply_overrides
+
+        return from_dict(apply_overrides(config, overrides or []), "config")
+    return load_config(config, overrides)
+
+
+def run_dir_for(cfg: RunConfig, resume: bool) -> Path:
+    """The run folder: output.dir/output.name, or a new name from task, model, method and time."""
+    root = Path(cfg.output.dir)
+    if cfg.output.name:
+        path = root / cfg.output.name
+        if path.exists() and not resume:
+            if not cfg.output.overwrite and any(path.iterdir()):
+                raise ConfigError(f"run folder {path} exists. Add --resume to continue it, output.overwrite=true to "
+                                  f"replace it, or choose another output.name.")
+            shutil.rmtree(path)
+        return path
+    model = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.model.name).name or cfg.model.name)
+    prefix = f"{cfg.task}-{model}-{cfg.method.name}"
+    if resume:
+        runs = sorted((p for p in root.glob(prefix + "-*") if (p / "checkpoints" / "latest").exists()),
+                      key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise ConfigError(f"--resume: no run of {prefix} with a checkpoint under {root}/. Give the run folder instead.")
+        return runs[-1]
+    return root / f"{prefix}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def make_accelerator(cfg: RunConfig):
+    from accelerate import Accelerator
+
+    device = cfg.training.device
+    cpu = device == "cpu"
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("training.device is cuda but no GPU is visible: use training.device=auto or cpu.")
+    return Accelerator(cpu=cpu, mixed_precision="bf16" if cfg.training.precision == "bf16" else "no")
+
+
+def preflight_audit(cfg: RunConfig, task) -> dict | None:
+    """Run the data audit on the splits; refuse train/test leakage unless data.allow_leakage."""
+    if not cfg.data.audit or not hasattr(task, "splits"):
+        return None
+    try:
+        from tuneforge.data.audit import audit_splits
+    except ImportError:
+        return None
+    report = audit_splits(task.splits, getattr(task, "data_format", "classification"), tokenizer=task.tokenizer,
+                          max_length=cfg.data.max_length)
+    console.print(f"[bold]data audit:[/bold] {report.headline()}")
+    if report.leaked and not cfg.data.allow_leakage:
+        raise TuneforgeError(
+            f"data audit: {report.leaked} training example(s) duplicate validation/test examples (leakage), so test "
+            f"scores would be inflated. Run `tuneforge data audit {cfg.data.train}` to see them, `tuneforge data "
+            f"prepare` to remove them, or set data.allow_leakage=true to train anyway."
+        )
+    return report.to_dict()
+
+
+def train(config: RunConfig | dict | str | Path, overrides: list[str] | None = None, resume: bool | str | Path = False):
+    """Fine-tune as ``config`` says; returns the finished ``Run``."""
+    from accelerate.utils import set_seed
+
+    from tuneforge.run import Run
+
+    quiet_libraries()
+    if isinstance(resume, (str, Path)) and resume not in ("", False, True):
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").exists():
+            raise ConfigError(f"--resume {run_dir}: not a run folder (no config.yaml).")
+        cfg = as_config(run_dir / "config.yaml", overrides)
+        resume = True
+    else:
+        cfg = as_config(config, overrides)
+        run_dir = run_dir_for(cfg, bool(resume))
+    accelerator = make_accelerator(cfg)
+    main = accelerator.is_main_process
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.yaml")
+        if not resume and (run_dir / "metrics.jsonl").exists():
+            (run_dir / "metrics.jsonl").unlink()
+    accelerator.wait_for_everyone()
+    t0 = time.perf_counter()
+
+    # --- setup: data, tokenizer, model (seeded: the new head starts the same on every process and every run)
+    set_seed(cfg.training.seed)
+    if main:
+        console.print(f"[bold]tuneforge[/bold] {cfg.task} · model {cfg.model.name} · method {cfg.method.name} · run {run_dir}")
+    task = task_class(cfg.task)(cfg)
+    audit = preflight_audit(cfg, task) if main else None
+    try:
+        prepared = prepare(task.model, cfg.method, cfg.training, cfg.task)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    trainable, total = count_parameters(prepared.model)
+    if accelerator.num_processes > 1 and prepared.on_step is not None:
+        raise ConfigError("method 'unfreeze' changes which weights train during the run, which DDP cannot follow: "
+                          "run it on one process.")
+    if main:
+        console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+        (run_dir / "data.json").write_text(json.dumps({**task.data_summary(), "labels": getattr(task, "labels", None),
+                                                       "audit": audit}, indent=1, default=str))
+
+    # --- train
+    metric = cfg.training.metric if cfg.training.metric != "auto" else task.primary_metric
+    greater = task.greater_is_better if metric == task.primary_metric else metric not in ("loss", "perplexity")
+    result = fit(task, prepared, cfg, run_dir, accelerator, resume=bool(resume), metric=metric, greater_is_better=greater)
+
+    # --- the final model: the best validation checkpoint when there is one, else the last weights
+    if main:
+        final = run_dir / "model"
+        if (run_dir / "best").exists():
+            if final.exists():
+                shutil.rmtree(final)
+            (run_dir / "best").rename(final)
+        else:
+            task.save_model(accelerator.unwrap_model(prepared.model), final)
+        summary = {
+            "status": "stopped early" if result.stopped_early else "completed",
+            "steps": result.steps, "best_step": result.best_step, "best_metric": result.best_metric, "metric": metric,
+            "trainable_parameters": trainable, "total_parameters": total, "train_seconds": round(result.train_seconds, 2),
+            "wall_seconds": round(time.perf_counter() - t0, 2), "examples_seen": result.examples_seen,
+            "tokens_seen": result.tokens_seen, "peak_rss_mb": round(peak_rss_mb(), 1),
+            "processes": accelerator.num_processes, "device": str(accelerator.device),
+        }
+        (run_dir / "run.json").write_text(json.dumps(summary, indent=1))
+    accelerator.wait_for_everyone()
+    run = Run(run_dir)
+    if main:
+        run.evaluate(task=task)
+    accelerator.wait_for_everyone()
+    return run

@@ -1,0 +1,67 @@
+"""Small shared helpers: console, progress bar, memory, quiet third-party logging."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import sys
+import time
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (MB)."""
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 1024 / 1024
+
+
+def quiet_libraries() -> None:
+    """Silence transformers/datasets load reports and their progress bars; we show our own."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - transformers always present in practice
+        pass
+    for name in ("transformers", "peft", "accelerate", "datasets", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class _Bar:
+    def __init__(self, progress: Progress | None, task_id, total: int):
+        self.progress, self.task_id, self.total = progress, task_id, total
+        self.t0 = time.perf_counter()
+
+    def update(self, step: int, loss: float, rate: str = "") -> None:
+        if self.progress is not None:
+            self.progress.update(self.task_id, completed=step, loss=f"{loss:.4f}", rate=rate)
+
+    def note(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(text)
+
+
+@contextmanager
+def progress_bar(total: int, enabled: bool = True, initial: int = 0, description: str = "train"):
+    """A rich progress bar with step count, loss, elapsed time and ETA (only on the main process)."""
+    if not enabled or os.environ.get("TUNEFORGE_NO_PROGRESS"):
+        yield _Bar(None, None, total)
+        return
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False,
+    )
+    with progress:
+        task_id = progress.add_task(description, total=total, completed=initial, loss="-", rate="")
+        yield _Bar(progress, task_id, total)
