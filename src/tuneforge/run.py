@@ -49,8 +49,10 @@ class Run:
             from tuneforge.utils import quiet_libraries
 
             quiet_libraries()
-            if self.config.task == "classification":
+            if self.config.task in ("classification", "reward"):  # reward: a one-output sequence classifier
                 self._model = load_sequence_classifier(self.model_dir)
+            elif self.config.task in LM_TASKS:
+                self._model = load_causal_lm_dir(self.model_dir, self.config)
             else:
                 raise TuneforgeError(f"task '{self.config.task}' has no loader in this version.")
             self._model.eval()
@@ -63,6 +65,23 @@ class Run:
             self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         return self._tokenizer
 
+    def generate(self, prompts: str | list, max_new_tokens: int | None = None, base: bool = False,
+                 temperature: float | None = None) -> list[str]:
+        """Answer prompts (strings or conversations) with the tuned model, or with the base model (``base=True``)."""
+        from tuneforge.serve.generate import generate
+        from tuneforge.tasks.sft import base_model
+
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], dict)):
+            prompts = [prompts]
+        s = self.config.sft
+        kw = dict(max_new_tokens=max_new_tokens or s.max_new_tokens, system_prompt=s.system_prompt,
+                  temperature=s.temperature if temperature is None else temperature)
+        model, tok = self.load_model(), self.load_tokenizer()
+        if not base:
+            return generate(model, tok, prompts, **kw)
+        with base_model(model, self.config) as b:
+            return generate(b, tok, prompts, **kw)
+
     def metrics(self) -> list[dict]:
         path = self.path / "metrics.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
@@ -70,6 +89,33 @@ class Run:
     def summary(self) -> dict:
         path = self.path / "run.json"
         return json.loads(path.read_text()) if path.exists() else {}
+
+    @torch.no_grad()
+    def score(self, prompts: str | list, responses: str | list[str], batch_size: int = 16) -> list[float]:
+        """Reward-model scores (task reward) of responses to prompts; one prompt may be given for many responses.
+
+        A prompt is a string (one user turn) or a conversation (a list of {role, content}).
+        """
+        if self.config.task != "reward":
+            raise TuneforgeError(f"{self.path}: score needs a reward model run (task: reward); this run is '{self.config.task}'.")
+        from tuneforge.tasks.pairs import pad
+        from tuneforge.tasks.reward import encode_response
+
+        responses = [responses] if isinstance(responses, str) else list(responses)
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], dict)):
+            prompts = [prompts] * len(responses)
+        if len(prompts) != len(responses):
+            raise TuneforgeError(f"score: {len(prompts)} prompts for {len(responses)} responses; give one prompt, or one per response.")
+        model, tok = self.load_model(), self.load_tokenizer()
+        device = next(model.parameters()).device
+        as_turns = lambda p: [{"role": "user", "content": p}] if isinstance(p, str) else list(p)  # noqa: E731
+        ids = [encode_response(tok, as_turns(p), [{"role": "assistant", "content": r}], self.config.data.max_length)[0]
+               for p, r in zip(prompts, responses)]
+        out: list[float] = []
+        for start in range(0, len(ids), batch_size):
+            batch, mask = pad(ids[start : start + batch_size], tok.pad_token_id)
+            out += model(input_ids=batch.to(device), attention_mask=mask.to(device)).logits[:, 0].float().tolist()
+        return out
 
     @torch.no_grad()
     def predict(self, texts: str | list[str], max_length: int | None = None) -> list[dict]:
@@ -98,7 +144,8 @@ class Run:
 
             task = task or task_class(cfg.task)(cfg, load_model=False)
             cls = type(task)
-            split = {"train": task.splits["train"], "test": _examples(data, cfg.data)}
+            test = task.read_file(data) if hasattr(task, "read_file") else _examples(data, cfg.data)
+            split = {"train": task.splits["train"], "test": test}
             task = cls(cfg, splits={**split, "validation": []}, load_model=False)
             out_name = f"eval-{Path(data).stem}.json"
         else:
@@ -108,7 +155,35 @@ class Run:
         result["model"] = str(self.model_dir)
         result["data"] = data or (cfg.data.test or f"{cfg.data.train} (test split)")
         (self.path / out_name).write_text(json.dumps(result, indent=1))
+        if "samples" in result:  # LM tasks: sample answers, base beside tuned
+            (self.path / out_name.replace("eval", "samples", 1).replace(".json", ".jsonl")).write_text(
+                "".join(json.dumps(s) + "\n" for s in result["samples"]))
         return result
+
+
+LM_TASKS = ("sft", "dpo", "grpo")
+
+
+def load_causal_lm_dir(model_dir: Path, config=None):
+    """A causal LM folder, or a PEFT adapter on its base (the run's model.name, else the adapter's base path)."""
+    from transformers import AutoModelForCausalLM
+
+    if (model_dir / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        if config is not None:
+            from tuneforge.models.load import load_causal_lm
+
+            base = load_causal_lm(config.model.name, config.model.dtype)
+        else:
+            base_path = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+            base = AutoModelForCausalLM.from_pretrained(base_path)
+        if (model_dir / "generation_config.json").exists():
+            from transformers import GenerationConfig
+
+            base.generation_config = GenerationConfig.from_pretrained(model_dir)
+        return PeftModel.from_pretrained(base, model_dir)
+    return AutoModelForCausalLM.from_pretrained(model_dir)
 
 
 def load_sequence_classifier(model_dir: Path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,11 +51,17 @@ def _book_excerpts() -> dict[str, Table]:
 
 
 def chatterbot_conversations() -> Table:
-    """ChatterBot English corpus: every conversation as chat messages, with its topic."""
+    """ChatterBot English corpus: every distinct conversation as chat messages, with its topic.
+
+    The corpus repeats many conversations (2,026 in the files, 899 distinct; one tech-support exchange 121
+    times). Only the first conversation of each opening question (compared without case and punctuation)
+    is kept, so no question is on both sides of the train/test split.
+    """
     import yaml
 
     root = package_dir("chatterbot_corpus", "chatterbot-corpus==1.3.3") / "data" / "english"
     rows, lines = [], []
+    seen: set[str] = set()
     for f in sorted(root.glob("*.yml")):
         data = yaml.safe_load(f.read_text(encoding="utf-8"))
         for n, conv in enumerate(data.get("conversations") or [], start=1):
@@ -63,6 +70,10 @@ def chatterbot_conversations() -> Table:
                 continue
             if len(turns) % 2:
                 turns = turns[:-1]
+            key = re.sub(r"\W+", " ", turns[0]).strip().lower()  # one conversation per question ("Will you die?")
+            if key in seen:
+                continue
+            seen.add(key)
             messages = [{"role": "user" if k % 2 == 0 else "assistant", "content": s} for k, s in enumerate(turns)]
             rows.append({"messages": messages, "topic": f.stem})
             lines.append(len(rows))

@@ -105,9 +105,9 @@ def load_tokenizer(name: str, chat_template: str | None = None):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     if chat_template is not None:
-        from tuneforge.models.templates import resolve_template
+        from tuneforge.models.templates import ensure_template
 
-        tok.chat_template = resolve_template(chat_template)
+        ensure_template(tok, chat_template)
     return tok
 
 

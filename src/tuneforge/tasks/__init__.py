@@ -15,4 +15,20 @@ def task_class(name: str):
         from tuneforge.tasks.classification import ClassificationTask
 
         return ClassificationTask
+    if name == "sft":
+        from tuneforge.tasks.sft import SFTTask
+
+        return SFTTask
+    if name == "reward":
+        from tuneforge.tasks.reward import RewardTask
+
+        return RewardTask
+    if name == "dpo":
+        from tuneforge.tasks.dpo import PreferenceTask
+
+        return PreferenceTask
+    if name == "grpo":
+        from tuneforge.tasks.grpo import GRPOTask
+
+        return GRPOTask
     raise ConfigError(f"task '{name}' is not available in this version of tuneforge.")

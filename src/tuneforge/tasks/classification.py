@@ -97,6 +97,8 @@ class ClassificationTask:
     def encode(self, examples: list[Example]) -> dict:
         """Tokenise once; count truncated examples."""
         max_len = self.cfg.data.max_length
+        if not examples:
+            return {"input_ids": [], "labels": [], "truncated": 0}
         ids = self.tokenizer([e.text for e in examples], truncation=False, add_special_tokens=True)["input_ids"]
         truncated = sum(len(x) > max_len for x in ids)
         if truncated:

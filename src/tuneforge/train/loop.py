@@ -140,11 +140,15 @@ def fit(task: Task, prepared, cfg, run_dir: Path, accelerator, resume: bool = Fa
                 _log(run_dir, {"step": step, "epoch": round(step / sampler.steps_per_epoch, 4), "split": "train",
                                "loss": round(loss_now, 6), "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                                "examples_per_s": round(window["examples"] / dt, 2),
-                               "tokens_per_s": round(window["tokens"] / dt, 1)}, main)
+                               "tokens_per_s": round(window["tokens"] / dt, 1),
+                               # task-specific training metrics since the last log (rewards, margins, KL, ...)
+                               **(task.pop_train_metrics() if hasattr(task, "pop_train_metrics") else {})}, main)
                 window = {"loss": 0.0, "items": 0, "examples": 0, "tokens": 0, "t0": time.perf_counter()}
 
             if step % eval_every == 0 or step == total:
+                eval_start = time.perf_counter()
                 metrics = task.evaluate(raw, "validation")
+                window["t0"] += time.perf_counter() - eval_start  # keep evaluation out of the throughput figures
                 if metrics:
                     value = metrics.get(metric, metrics.get("loss"))
                     improved = stopper.update(value, step)

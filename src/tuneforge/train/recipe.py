@@ -62,11 +62,12 @@ def run_dir_for(cfg: RunConfig, resume: bool) -> Path:
 def make_accelerator(cfg: RunConfig):
     from accelerate import Accelerator
 
-    device = cfg.training.device
-    cpu = device == "cpu"
-    if device == "cuda":
-        import torch
+    import torch
 
+    device = cfg.training.device
+    # On a machine without a GPU accelerate must be told so, or processes started by torchrun don't join (gloo).
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if device == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError("training.device is cuda but no GPU is visible: use training.device=auto or cpu.")
     return Accelerator(cpu=cpu, mixed_precision="bf16" if cfg.training.precision == "bf16" else "no")
@@ -107,9 +108,16 @@ def train(config: RunConfig | dict | str | Path, overrides: list[str] | None = N
         resume = True
     else:
         cfg = as_config(config, overrides)
-        run_dir = run_dir_for(cfg, bool(resume))
+        run_dir = None
     accelerator = make_accelerator(cfg)
     main = accelerator.is_main_process
+    if run_dir is None:  # chosen (and an old folder removed) by the main process only, then shared
+        from accelerate.utils import broadcast_object_list
+
+        chosen = [str(run_dir_for(cfg, bool(resume))) if main else None]
+        if accelerator.num_processes > 1:
+            broadcast_object_list(chosen)
+        run_dir = Path(chosen[0])
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
@@ -124,6 +132,8 @@ def train(config: RunConfig | dict | str | Path, overrides: list[str] | None = N
         console.print(f"[bold]tuneforge[/bold] {cfg.task} · model {cfg.model.name} · method {cfg.method.name} · run {run_dir}")
     task = task_class(cfg.task)(cfg)
     audit = preflight_audit(cfg, task) if main else None
+    if main and hasattr(task, "preflight"):
+        task.preflight()  # e.g. sft: one example with its trained tokens marked, and the loss fraction
     try:
         prepared = prepare(task.model, cfg.method, cfg.training, cfg.task)
     except ValueError as e:
@@ -164,5 +174,8 @@ def train(config: RunConfig | dict | str | Path, overrides: list[str] | None = N
     run = Run(run_dir)
     if main:
         run.evaluate(task=task)
+        from tuneforge.report import finish_run
+
+        finish_run(run, task)  # bias/forgetting probes (as eval.* enables them) and report.md/report.html
     accelerator.wait_for_everyone()
     return run

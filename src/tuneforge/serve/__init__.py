@@ -1,0 +1,1 @@
+"""Using a tuned model: generation, terminal chat, export."""

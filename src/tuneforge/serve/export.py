@@ -1,0 +1,54 @@
+"""Export a run's model: a merged standalone transformers folder, or the standard PEFT adapter folder.
+
+``--merge`` folds a LoRA/DoRA/IA3 adapter into the base weights (``merge_and_unload``) and writes
+safetensors, the tokenizer with its chat template, and the generation config (stopping at the
+end-of-turn token), so ``AutoModelForCausalLM.from_pretrained(OUT)`` needs nothing from tuneforge.
+Without ``--merge`` an adapter run is copied as its PEFT adapter folder (``PeftModel.from_pretrained``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tuneforge.errors import TuneforgeError
+
+MERGEABLE = ("LORA", "IA3")  # DoRA is LoRA with use_dora; prefix/prompt tuning have no weights to merge into
+
+
+def export(run_dir: str | Path, out: str | Path, merge: bool = False, overwrite: bool = False) -> Path:
+    """Write the run's final model to ``out``; returns ``out``."""
+    from tuneforge.run import Run
+
+    run = Run(run_dir)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise TuneforgeError(f"{out} exists and is not empty: choose another folder or pass --overwrite.")
+        shutil.rmtree(out)
+    src = run.model_dir
+    if not run.is_adapter or not merge:  # a full model is already standalone; an adapter folder is standard PEFT
+        shutil.copytree(src, out)
+        return out
+    adapter = json.loads((src / "adapter_config.json").read_text())
+    if adapter.get("peft_type") not in MERGEABLE:
+        raise TuneforgeError(
+            f"{run.path}: a {adapter.get('peft_type')} adapter adds virtual tokens and has no weights to merge into the "
+            f"model. Export it without --merge (a standard PEFT adapter folder), or train with lora/dora/ia3/full."
+        )
+    model = run.load_model()
+    merged = model.merge_and_unload()
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    merged.save_pretrained(tmp, safe_serialization=True)
+    run.load_tokenizer().save_pretrained(tmp)
+    gc = getattr(merged, "generation_config", None)
+    if gc is not None:
+        gc.save_pretrained(tmp)
+    (tmp / "tuneforge_export.json").write_text(json.dumps({"run": str(run.path), "merged": True,
+                                                           "base": run.config.model.name,
+                                                           "method": run.config.method.name}, indent=1))
+    tmp.rename(out)
+    return out

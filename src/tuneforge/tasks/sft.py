@@ -1,0 +1,274 @@
+"""Instruction fine-tuning (SFT) of a causal LM on chat data, with the model's chat template.
+
+Data: rows (messages / ShareGPT / Alpaca / prompt-completion / raw text) -> ``Example`` -> token ids
+and labels (``tuneforge.data.chat``: loss on assistant tokens by default) -> padded batches, or packed
+rows (``sft.packing``). Loss: summed cross-entropy over loss tokens; ``counts`` are the loss tokens of
+each training row, so the loop's step mean is a mean over tokens and accumulation stays exact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from tuneforge.data.bundled import DATASETS, load_bundled, resolve
+from tuneforge.data.chat import EncodedChat, check_masks, encode_chat, encode_text, show_trained
+from tuneforge.data.formats import Example, to_examples
+from tuneforge.data.packing import pack, packed_batch, pad_batch, plan_packs
+from tuneforge.data.split import split, subsample
+from tuneforge.errors import DataError
+from tuneforge.eval.perplexity import nll
+from tuneforge.models.load import load_causal_lm, load_tokenizer
+from tuneforge.models.templates import ensure_template
+from tuneforge.serve.generate import generate, stop_ids
+from tuneforge.train.lm_loss import lm_loss
+from tuneforge.utils import console
+
+log = logging.getLogger(__name__)
+
+SFT_FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
+
+
+def read_examples(spec: str, d) -> tuple[list[Example], str]:
+    """Examples of a file or bundled split in one of the chat formats (or raw text)."""
+    table, hint = resolve(spec)
+    fmt = d.format if d.format != "auto" else (hint or "auto")
+    if fmt == "classification" and d.format == "auto":
+        fmt = "auto"
+    examples, fmt = to_examples(table, fmt, d.text_column, d.label_column)
+    if fmt == "classification" and d.format == "auto":  # a text column with a label: treat the text as raw text
+        examples, fmt = to_examples(table, "text", d.text_column, d.label_column)
+    if fmt not in SFT_FORMATS:
+        raise DataError(f"{table.path}: '{fmt}' data cannot train task 'sft'; it needs one of {', '.join(SFT_FORMATS)} "
+                        f"(preference pairs train with task dpo or reward).")
+    return examples, fmt
+
+
+def load_splits(d, seed: int) -> tuple[dict[str, list[Example]], str]:
+    """train / validation / test examples: files or bundled splits, split off the training data when absent."""
+    train, fmt = read_examples(d.train, d)
+    alias = d.train.split(":")[0]
+    test = read_examples(d.test, d)[0] if d.test else None
+    if test is None and alias in DATASETS and "test" in load_bundled(alias) and ":" not in d.train:
+        test = read_examples(f"{alias}:test", d)[0]
+    if test is None:
+        train, test = split(train, d.test_fraction, seed + 1)
+    validation = read_examples(d.validation, d)[0] if d.validation else None
+    if validation is None:
+        train, validation = split(train, d.validation_fraction, seed)
+    train = subsample(train, d.limit, seed)
+    validation = subsample(validation, d.eval_limit, seed)
+    test = subsample(test, d.eval_limit, seed)
+    if not train:
+        raise DataError(f"{d.train}: no training examples left after splitting.")
+    return {"train": train, "validation": validation, "test": test}, fmt
+
+
+def loss_count(e: EncodedChat) -> int:
+    """Loss tokens of a row as the loss counts them (the first position is never a target)."""
+    return sum(label != -100 for label in e.labels[1:])
+
+
+class SFTTask:
+    primary_metric = "loss"
+    greater_is_better = False
+
+    def __init__(self, cfg, splits: dict[str, list[Example]] | None = None, load_model: bool = True):
+        self.cfg = cfg
+        d, s = cfg.data, cfg.sft
+        if splits is None:
+            splits, self.data_format = load_splits(d, cfg.training.seed)
+        else:
+            self.data_format = "text" if all(not e.messages for e in splits["train"]) else "messages"
+        self.splits = splits
+        self.tokenizer = load_tokenizer(cfg.model.name, cfg.model.chat_template)
+        if self.data_format != "text":
+            ensure_template(self.tokenizer)
+        self.encoded = {name: self.encode(exs) for name, exs in splits.items()}
+        dropped = [e for e in self.encoded["train"] if loss_count(e) == 0]
+        if dropped and len(dropped) < len(self.encoded["train"]):
+            log.warning("%d training examples have no loss token left after truncation (e.g. %s) and are skipped",
+                        len(dropped), dropped[0].source)
+        self.mask = check_masks(self.tokenizer, self.encoded["train"], f"{d.train} (training split)")
+        train = [e for e in self.encoded["train"] if loss_count(e) > 0]
+        self.packs = plan_packs([len(e.input_ids) for e in train], d.max_length) if s.packing else None
+        self.rows = [pack([train[i] for i in p]) for p in self.packs] if self.packs else train
+        self.lengths = [len(r.input_ids) for r in self.rows]
+        self.counts = [loss_count(r) for r in self.rows]
+        self.model = None
+        if load_model:
+            self.model = load_causal_lm(cfg.model.name, cfg.model.dtype, cfg.model.dropout)
+            self.configure_generation(self.model)
+
+    # ---- data
+    def read_file(self, spec: str) -> list[Example]:
+        """Examples of another file or bundled split (for ``tuneforge eval RUN --data FILE``)."""
+        return read_examples(spec, self.cfg.data)[0]
+
+    def encode(self, examples: list[Example]) -> list[EncodedChat]:
+        """Tokenise once, with the chat template and loss labels."""
+        d, s = self.cfg.data, self.cfg.sft
+        out = []
+        for e in examples:
+            if e.messages:
+                messages = e.messages
+                if s.system_prompt and messages[0]["role"] != "system":
+                    messages = [{"role": "system", "content": s.system_prompt}, *messages]
+                out.append(encode_chat(self.tokenizer, messages, d.max_length, s.train_on_inputs, e.source))
+            elif e.text is not None:
+                out.append(encode_text(self.tokenizer, e.text, d.max_length, e.source))
+            else:
+                raise DataError(f"{e.source}: no conversation or text in this example.")
+        return out
+
+    def data_summary(self) -> dict:
+        out = {name: {"examples": len(enc), "truncated": sum(e.truncated for e in enc),
+                      "tokens": sum(len(e.input_ids) for e in enc), "loss_tokens": sum(loss_count(e) for e in enc)}
+               for name, enc in self.encoded.items()}
+        out["format"] = self.data_format
+        out["loss_fraction"] = round(self.mask.loss_fraction, 4)
+        if self.packs is not None:
+            fill = sum(self.lengths) / (len(self.rows) * self.cfg.data.max_length)
+            out["packing"] = {"rows": len(self.rows), "fill": round(fill, 4)}
+        return out
+
+    def preflight(self) -> str:
+        """Print one rendered training example with its trained tokens marked, and the loss fraction."""
+        example = next(e for e in self.encoded["train"] if loss_count(e) > 0)
+        console.print(f"[bold]pre-flight:[/bold] one training example, [bold green]trained tokens[/bold green] marked "
+                      f"({example.source}):")
+        console.print(show_trained(self.tokenizer, example), highlight=False)
+        console.print(f"[bold]loss mask:[/bold] {self.mask.headline()}")
+        if self.packs is not None:
+            summary = self.data_summary()["packing"]
+            console.print(f"[bold]packing:[/bold] {len(self.encoded['train'])} examples in {summary['rows']} rows of "
+                          f"{self.cfg.data.max_length} tokens ({100 * summary['fill']:.1f}% filled)")
+        return show_trained(self.tokenizer, example, markup=False)
+
+    # ---- training
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        rows = [self.rows[i] for i in indices]
+        pad = self.tokenizer.pad_token_id
+        return packed_batch(rows, pad) if self.packs is not None else pad_batch(rows, pad)
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, int]:
+        return lm_loss(model, batch, positions_only=self.cfg.sft.fast_loss)
+
+    def split_nll(self, model, split: str) -> tuple[float, int]:
+        return nll(model, self.tokenizer, self.encoded.get(split) or [], self.cfg.eval.batch_size)
+
+    def evaluate(self, model, split: str) -> dict[str, float]:
+        total, n = self.split_nll(model, split)
+        if not n:
+            return {}
+        return {"loss": round(total / n, 6), "perplexity": round(math.exp(total / n), 4)}
+
+    # ---- after training
+    def held_out_prompts(self, split: str, k: int) -> list[tuple[list[dict], str]]:
+        """(conversation up to the last answer, that answer) for the first ``k`` chat examples of ``split``."""
+        out = []
+        for e in self.splits.get(split) or []:
+            last = max((i for i, m in enumerate(e.messages) if m["role"] == "assistant"), default=0)
+            if last:
+                out.append((e.messages[:last], e.messages[last]["content"]))
+            if len(out) == k:
+                break
+        return out
+
+    def full_evaluation(self, model, split: str = "test", baseline: bool = True) -> dict:
+        """Perplexity of the tuned (and base) model on validation and test, and sample answers side by side."""
+        s = self.cfg.sft
+        t0 = time.perf_counter()
+        out: dict = {"split": split, "task": "sft", "tuned": {}, "baseline": {} if baseline else None}
+        for name in ("validation", "test"):
+            m = self.evaluate(model, name)
+            if m:
+                out["tuned"][name] = m
+        prompts = self.held_out_prompts(split, s.samples)
+        convs = [p for p, _ in prompts]
+        gen = dict(max_new_tokens=s.max_new_tokens, temperature=s.temperature, batch_size=8, system_prompt=s.system_prompt)
+        tuned_answers = generate(model, self.tokenizer, convs, **gen) if convs else []
+        base_answers = [None] * len(convs)
+        if baseline:
+            with base_model(model, self.cfg) as base:
+                for name in ("validation", "test"):
+                    m = self.evaluate(base, name)
+                    if m:
+                        out["baseline"][name] = m
+                base_answers = generate(base, self.tokenizer, convs, **gen) if convs else base_answers
+            for name, m in out["tuned"].items():
+                if name in out["baseline"]:
+                    b = out["baseline"][name]["perplexity"]
+                    m["perplexity_change"] = round((m["perplexity"] - b) / b, 4)
+        out["samples"] = [{"prompt": conv[-1]["content"], "reference": ref, "base": b, "tuned": a}
+                          for (conv, ref), a, b in zip(prompts, tuned_answers, base_answers)]
+        out["seconds"] = round(time.perf_counter() - t0, 2)
+        return out
+
+    def configure_generation(self, model) -> None:
+        """Stop at the template's end-of-turn token (and EOS); pad with the pad token."""
+        gc = getattr(model, "generation_config", None)
+        if gc is not None:
+            gc.eos_token_id = stop_ids(self.tokenizer) if self.data_format != "text" else self.tokenizer.eos_token_id
+            gc.pad_token_id = self.tokenizer.pad_token_id
+
+    def save_model(self, model, out: Path) -> None:
+        out = Path(out)
+        tmp = out.with_name(out.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        model.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        gc = getattr(model, "generation_config", None)
+        if gc is not None and not (tmp / "generation_config.json").exists():
+            gc.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+
+
+class base_model:
+    """Context manager: the base model beside a tuned one (the adapter switched off, or the base loaded)."""
+
+    def __init__(self, model, cfg):
+        self.model, self.cfg, self._ctx = model, cfg, None
+
+    def __enter__(self):
+        if hasattr(self.model, "disable_adapter"):
+            self._ctx = self.model.disable_adapter()
+            self._ctx.__enter__()
+            return self.model
+        base = load_causal_lm(self.cfg.model.name, self.cfg.model.dtype)
+        return base.to(next(self.model.parameters()).device).eval()
+
+    def __exit__(self, *exc) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
+
+
+def format_eval(result: dict) -> list[str]:
+    """Lines that summarise an SFT eval.json: perplexity base vs tuned, then sample answers."""
+    lines = []
+    for name, m in result.get("tuned", {}).items():
+        b = (result.get("baseline") or {}).get(name)
+        change = f" ({100 * m['perplexity_change']:+.1f}%)" if "perplexity_change" in m else ""
+        base = f"base {b['perplexity']:.3f} -> " if b else ""
+        lines.append(f"{name} perplexity (answer tokens): {base}tuned {m['perplexity']:.3f}{change}")
+    for s in result.get("samples", [])[:5]:
+        lines.append(f"\nprompt:    {s['prompt']}\nreference: {s['reference']}")
+        if s.get("base") is not None:
+            lines.append(f"base:      {s['base']}")
+        lines.append(f"tuned:     {s['tuned']}")
+    return lines
+
+
+def write_samples(run_dir: Path, result: dict) -> None:
+    samples = result.get("samples")
+    if samples is not None:
+        (Path(run_dir) / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))

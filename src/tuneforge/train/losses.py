@@ -1,0 +1,163 @@
+"""Preference and RL losses as pure functions of log-probabilities and rewards.
+
+Each function returns one loss per example (pair, row or sampled sequence), not a mean, so a task
+can sum them and the training loop divides by the examples in the optimizer step (exact gradient
+accumulation). ``tests/test_losses.py`` checks every one against the TRL library on the same batch.
+
+    token_logps          logits, labels -> per-token log-probabilities of the labels and their mask
+    bradley_terry_loss   reward model: -log sigmoid(r_chosen - r_rejected)
+    dpo_loss             DPO (sigmoid), IPO, hinge, against a reference model
+    orpo_loss            ORPO: NLL of the chosen response + odds-ratio term, no reference model
+    kto_loss             KTO: unpaired desirable/undesirable completions against a reference and a KL estimate
+    group_advantages     GRPO: rewards normalised within each group of completions of one prompt
+    grpo_loss            GRPO: clipped policy-gradient objective with a KL penalty to the reference
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+
+
+def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each next token and the loss mask, shifted so position t predicts t + 1.
+
+    ``logits`` (B, T, V); ``labels`` (B, T) with -100 where there is no loss (prompt, padding).
+    Returns ``(logps, mask)``, both (B, T - 1); logps are 0 where the mask is 0.
+    """
+    logits = logits[:, :-1].float()  # (B, T-1, V)
+    targets = labels[:, 1:]  # (B, T-1)
+    mask = targets != -100
+    safe = targets.masked_fill(~mask, 0)
+    picked = logits.gather(-1, safe.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+    logps = picked - torch.logsumexp(logits, dim=-1)  # (B, T-1), without materialising log_softmax
+    return logps * mask, mask
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, average: bool = False) -> torch.Tensor:
+    """Summed (or per-token averaged) log-probability of the labelled tokens of each sequence: (B,)."""
+    logps, mask = token_logps(logits, labels)
+    total = logps.sum(-1)  # (B,)
+    return total / mask.sum(-1).clamp(min=1) if average else total
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None,
+                       center_coefficient: float | None = None) -> torch.Tensor:
+    """Pairwise reward-model loss per pair (B,): ``-log sigmoid(r_c - r_r - margin)``.
+
+    ``center_coefficient`` adds ``c * (r_c + r_r)^2``, which keeps rewards centred on zero.
+    """
+    diff = chosen - rejected if margin is None else chosen - rejected - margin  # (B,)
+    loss = -F.logsigmoid(diff)
+    if center_coefficient:
+        loss = loss + center_coefficient * (chosen + rejected) ** 2
+    return loss
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
+             chosen_tokens: torch.Tensor | None = None, rejected_tokens: torch.Tensor | None = None,
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DPO-family loss per pair from summed response log-probs (all (B,)).
+
+    sigmoid  ``-log sigmoid(beta * delta)`` (DPO; with ``label_smoothing`` e, the conservative cDPO form)
+    ipo      ``(delta' - 1 / (2 beta))^2`` where delta' uses per-token averaged log-ratios when the token
+             counts are given (as the IPO authors and TRL do), else the summed ones
+    hinge    ``max(0, 1 - beta * delta)`` (SLiC)
+
+    with ``delta = (pi_c - ref_c) - (pi_r - ref_r)``. Returns ``(losses, chosen_rewards, rejected_rewards)``;
+    the implicit rewards ``beta * (pi - ref)`` are detached.
+    """
+    chosen_ratio = policy_chosen - ref_chosen  # (B,)
+    rejected_ratio = policy_rejected - ref_rejected  # (B,)
+    delta = chosen_ratio - rejected_ratio
+    if loss_type == "sigmoid":
+        losses = -F.logsigmoid(beta * delta) * (1 - label_smoothing) - F.logsigmoid(-beta * delta) * label_smoothing
+    elif loss_type == "ipo":
+        if chosen_tokens is not None and rejected_tokens is not None:
+            delta = chosen_ratio / chosen_tokens.clamp(min=1) - rejected_ratio / rejected_tokens.clamp(min=1)
+        losses = (delta - 1 / (2 * beta)) ** 2
+    elif loss_type == "hinge":
+        losses = torch.relu(1 - beta * delta)
+    else:
+        raise ValueError(f"unknown DPO loss_type '{loss_type}': choose one of {', '.join(DPO_LOSS_TYPES)}")
+    return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, stable on both sides of -ln 2."""
+    return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+def orpo_loss(chosen_avg_logps: torch.Tensor, rejected_avg_logps: torch.Tensor, chosen_nll: torch.Tensor,
+              beta: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """ORPO per pair: ``nll_chosen - beta * log sigmoid(log odds(chosen) - log odds(rejected))``.
+
+    Inputs are per-token averaged response log-probs (B,) and the chosen response's mean NLL (B,).
+    Returns ``(losses, log_odds_ratio)``; log_odds_ratio (B,) is detached.
+    """
+    c, r = chosen_avg_logps.float(), rejected_avg_logps.float()
+    log_odds = (c - r) - (_log1mexp(c) - _log1mexp(r))  # (B,)
+    losses = chosen_nll - beta * F.logsigmoid(log_odds)
+    return losses, log_odds.detach()
+
+
+def kto_kl(policy_mismatched: torch.Tensor, ref_mismatched: torch.Tensor) -> torch.Tensor:
+    """KTO's reference point: mean log-ratio on mismatched (prompt, completion) pairs, detached, at least 0."""
+    return (policy_mismatched - ref_mismatched).mean().detach().clamp(min=0)
+
+
+def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, desirable: torch.Tensor, kl: torch.Tensor | float,
+             beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """KTO per row (B,): ``w_d (1 - sigmoid(beta (ratio - kl)))`` for desirable rows and
+    ``w_u (1 - sigmoid(beta (kl - ratio)))`` for undesirable ones, ``ratio = pi - ref``.
+
+    Returns ``(losses, rewards)``; ``rewards = beta * ratio`` (detached).
+    """
+    ratio = policy_logps - ref_logps  # (B,)
+    good = desirable.bool()
+    losses = torch.where(good, desirable_weight * (1 - torch.sigmoid(beta * (ratio - kl))),
+                         undesirable_weight * (1 - torch.sigmoid(beta * (kl - ratio))))
+    return losses, beta * ratio.detach()
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO advantages (N,): each reward minus its group's mean, divided by the group's std when ``scale``.
+
+    ``rewards`` (N,) holds ``group_size`` consecutive completions per prompt.
+    """
+    grouped = rewards.view(-1, group_size)  # (P, G)
+    adv = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale:
+        adv = adv / (grouped.std(dim=1, keepdim=True) + eps)  # unbiased std, as in GRPO and TRL
+    return adv.reshape(-1)
+
+
+def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tensor | None, advantages: torch.Tensor,
+              mask: torch.Tensor, kl_beta: float = 0.04, epsilon_low: float = 0.2, epsilon_high: float = 0.2,
+              kl_importance_weight: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO per sequence (B,): the clipped surrogate ``-min(rho A, clip(rho) A)`` plus ``kl_beta * KL`` per token,
+    averaged over each sequence's completion tokens.
+
+    ``logps``, ``old_logps`` (sampling-time), ``ref_logps`` and ``mask`` are (B, T) over completion tokens;
+    ``advantages`` (B,). KL is the unbiased, non-negative k3 estimate ``exp(ref - pi) - (ref - pi) - 1``;
+    ``kl_importance_weight`` multiplies it by the ratio ``rho`` (1 in value on-policy), which adds the
+    score-function term its gradient needs because the tokens were sampled from the policy (as TRL does).
+    Returns ``(losses, kl)``: kl (B,) is each sequence's mean per-token KL (detached; zeros without a reference).
+    """
+    mask = mask.to(logps.dtype)
+    n_tokens = mask.sum(-1).clamp(min=1)  # (B,)
+    ratio = torch.exp(logps - old_logps)  # (B, T)
+    adv = advantages.unsqueeze(1)  # (B, 1)
+    per_token = -torch.min(ratio * adv, ratio.clamp(1 - epsilon_low, 1 + epsilon_high) * adv)  # (B, T)
+    kl = torch.zeros_like(logps)
+    if ref_logps is not None:
+        diff = ref_logps - logps
+        kl = torch.exp(diff) - diff - 1  # (B, T)
+        if kl_beta:
+            per_token = per_token + kl_beta * (kl * ratio if kl_importance_weight else kl)
+    losses = (per_token * mask).sum(-1) / n_tokens
+    return losses, ((kl * mask).sum(-1) / n_tokens).detach()

@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny random models (2 layers, hidden 64) with the real bundled tokenizers, and small data files.
+
+The tiny models are saved as ordinary local transformers folders, so they go through exactly the path a
+user's own model folder takes (``model.name: /path/to/folder``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TUNEFORGE_NO_PROGRESS", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A 2-layer BERT (hidden 64) with MiniLM's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from tuneforge.models.load import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=128, max_position_embeddings=256)
+    path = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    """A 2-layer Llama (hidden 64) with SmolLM2's tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tuneforge.models.load import resolve_model
+
+    src = resolve_model("smollm2-135m-instruct")
+    tok = AutoTokenizer.from_pretrained(src)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=128, max_position_embeddings=1024,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+POS = ["great", "wonderful", "brilliant", "moving", "superb", "delightful", "charming", "excellent"]
+NEG = ["awful", "boring", "dreadful", "tedious", "terrible", "clumsy", "dull", "lifeless"]
+FILL = ["film", "story", "cast", "plot", "script", "ending", "music", "pacing", "direction", "acting"]
+
+
+def sentiment_rows(n: int, seed: int = 0) -> list[dict]:
+    """Synthetic, learnable sentiment rows: the label follows the adjective."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        good = i % 2 == 0
+        adj = rng.choice(POS if good else NEG)
+        words = [rng.choice(FILL) for _ in range(rng.randint(3, 12))]
+        words.insert(rng.randrange(len(words) + 1), adj)
+        rows.append({"text": f"the {' '.join(words)} {i}", "label": "pos" if good else "neg"})
+    return rows
+
+
+@pytest.fixture
+def sentiment_file(tmp_path):
+    path = tmp_path / "sentiment.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in sentiment_rows(240)))
+    return str(path)

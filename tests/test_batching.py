@@ -1,0 +1,40 @@
+from tuneforge.data.batching import StepSampler
+
+
+def test_every_example_once_per_epoch_and_deterministic():
+    lengths = [(i * 7) % 23 + 1 for i in range(103)]
+    s = StepSampler(lengths, batch_size=4, grad_accum=2, seed=1)
+    steps = s.epoch_steps(0)
+    flat = [i for st in steps for i in st]
+    assert len(flat) == len(set(flat)) and len(flat) >= 96
+    assert StepSampler(lengths, 4, 2, seed=1).epoch_steps(0) == steps
+    assert s.epoch_steps(1) != steps
+
+
+def test_processes_split_a_step_like_gradient_accumulation():
+    lengths = [(i * 5) % 17 + 1 for i in range(64)]
+    one = StepSampler(lengths, batch_size=4, grad_accum=2, world_size=1, rank=0, seed=3)
+    ranks = [StepSampler(lengths, batch_size=4, grad_accum=1, world_size=2, rank=r, seed=3) for r in range(2)]
+    for step in one.epoch_steps(0):
+        mb_one = one.micro_batches(step)
+        mb_ddp = [mb for r in ranks for mb in r.micro_batches(step)]
+        assert mb_one == mb_ddp
+
+
+def test_length_grouping_reduces_padding():
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 200) for _ in range(800)]
+
+    def padding(group):
+        s = StepSampler(lengths, batch_size=8, seed=0, group_by_length=group)
+        waste = total = 0
+        for st in s.epoch_steps(0):
+            for mb in s.micro_batches(st):
+                width = max(lengths[i] for i in mb)
+                waste += sum(width - lengths[i] for i in mb)
+                total += width * len(mb)
+        return waste / total
+
+    assert padding(True) < 0.1 < padding(False)
