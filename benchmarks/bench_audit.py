@@ -85,6 +85,9 @@ def main() -> None:
             },
             "machine": {
                 "cpus": os.cpu_count(),
+                "load_average_1min": round(
+                    os.getloadavg()[0], 1
+                ),  # other work on the machine slows the wall clock
                 "python": platform.python_version(),
                 "platform": platform.platform(),
             },
@@ -97,9 +100,10 @@ def main() -> None:
             result["prepare_seconds"] = round(time.perf_counter() - t0, 2)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    load = result["machine"]["load_average_1min"]
     print(
         f"audit: {args.rows:,} rows in {result['seconds']:.1f} s ({result['rows_per_second']:,} rows/s, "
-        f"{result['cpu_seconds']:.1f} s CPU); target < 60 s"
+        f"{result['cpu_seconds']:.1f} s CPU; load average {load}); target < 60 s"
     )
     print(f"  {result['headline']}")
     if "prepare_seconds" in result:

@@ -1,4 +1,4 @@
-"""A data fixture with planted problems, built from real Rotten Tomatoes rows (for the audit and prepare tests).
+"""A data fixture with planted problems, built from real Rotten Tomatoes rows (audit and prepare tests).
 
 ``build(tmp_path)`` writes ``train.jsonl`` (base rows + planted problems) and ``test.jsonl`` and returns a
 ``Planted`` record: the line numbers of every planted problem, by kind. The base rows are chosen so that no
@@ -118,7 +118,7 @@ def build(tmp_path: Path, n_base: int = 400, n_test: int = 100) -> Planted:
     add({"text": extra[2]["text"].replace(" ", " \ufffd", 1), "label": extra[2]["label"]}, "bad_encoding")
     add({"text": extra[3]["text"].replace("e", "Ã©", 1), "label": extra[3]["label"]}, "mojibake")
     add(
-        {"text": extra[4]["text"] + " Write to jane.doe@example.com.", "label": extra[4]["label"]},
+        {"text": extra[4]["text"] + " Write to jane.doe@mailbox.org.", "label": extra[4]["label"]},
         "pii_email",
     )
     add({"text": extra[5]["text"] + " Call 555-867-5309.", "label": extra[5]["label"]}, "pii_phone")

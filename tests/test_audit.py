@@ -1,4 +1,4 @@
-"""The data audit: planted problems are all found with few false positives; real 20 Newsgroups leakage; reports."""
+"""The data audit: every planted problem found, few false positives; real 20 Newsgroups leakage; reports."""
 
 from __future__ import annotations
 
@@ -110,6 +110,21 @@ def test_write_json_and_html(report, tmp_path):
     console.print(report.render())
     text = console.export_text()
     assert "findings" in text and "train.jsonl:" in text
+
+
+def test_personal_data_patterns():
+    rows = [
+        "mail jane.doe@mailbox.org now",
+        "see user@example.com in the docs",
+        "call +44 20 7946 0958",
+        "(555) 867-5309 is the number",
+        "in 1993 2000 people came",
+        "version 1.2.3 of the app",
+    ]
+    exs = [Example(text=t, label="x", source=f"pii:{i + 1}") for i, t in enumerate(rows)]
+    r = audit_splits({"train": exs}, "classification")
+    found = {f.code: f.where for f in r.findings if f.code.startswith("pii")}
+    assert found == {"pii_email": ["pii:1"], "pii_phone": ["pii:3", "pii:4"]}
 
 
 def test_threshold_is_configurable(planted):

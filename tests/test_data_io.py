@@ -61,7 +61,7 @@ def test_missing_column_is_explained(tmp_path):
 def test_bundled_aliases_have_their_splits():
     train, fmt = resolve("rotten-tomatoes")
     test, _ = resolve("rotten-tomatoes:test")
-    assert fmt == "classification" and len(train) == 10246 and len(test) == 2562
+    assert fmt == "classification" and len(train) == 10196 and len(test) == 2549
     labels = {r["label"] for r in train.rows}
     assert labels == {"fresh", "rotten"}
     news, _ = resolve("20newsgroups")

@@ -1,4 +1,4 @@
-"""Near-duplicate detection against the plain-Python reference rule (the optimised path is checked, not trusted)."""
+"""Near-duplicate detection checked against the plain-Python reference rule."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def corpus():
 
 
 def test_matches_the_reference_exactly(corpus):
-    """Every pair the reference rule accepts is found (recall), and every pair found is accepted (precision)."""
+    """Every pair the reference rule accepts is found (recall); every pair found is accepted (precision)."""
     nd = near_duplicates(corpus, 0.8)
     ref = UnionFind(len(corpus))
     n_ref = 0

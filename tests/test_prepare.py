@@ -1,4 +1,4 @@
-"""``prepare``: every dropped row has a reason, nothing is lost silently, splits do not leak, runs are repeatable."""
+"""``prepare``: every dropped row has a reason, splits do not leak, and runs are repeatable."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from tuneforge.data.audit_render import example_line, loc
+from tuneforge.data.audit_render import example_line, loc, render, write
 from tuneforge.data.bundled import DATASETS, is_bundled, load_bundled
 from tuneforge.data.dedup import NearDuplicates, exact_key, near_duplicates
 from tuneforge.data.formats import FORMATS, Example, detect_format, to_example
@@ -112,8 +112,12 @@ RULES: dict[str, tuple[str, str]] = {
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0 except tab/newline/CR, DEL, C1
 INVISIBLE = re.compile(r"[\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")  # zero-width, bidi, BOM
 REPLACEMENT = re.compile("\ufffd")  # what undecodable bytes became when the file was read
-MOJIBAKE = re.compile(r"Ã[\u0080-\u00bf]|Â[\u00a0-\u00bf]|â€")  # UTF-8 read as Latin-1/cp1252: "Ã©", "â€™"
+# UTF-8 read as Latin-1/cp1252: "Ã©" for "é", "â€™" for "’"
+MOJIBAKE = re.compile(r"Ã[\u0080-\u00bf]|Â[\u00a0-\u00bf]|â€")
 EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+RESERVED_DOMAIN = re.compile(
+    r"@(?:[\w-]+\.)*(?:example\.(?:com|org|net)|example|test|invalid|localhost)$", re.I
+)  # RFC 2606
 PHONE = re.compile(
     r"(?<![\w+])(?:\+\d{1,3}[ .-]?\(?\d{1,4}\)?[ .-]?\d{3,4}[ .-]?\d{3,4}"  # +44 20 7946 0958
     r"|\(\d{2,4}\)[ .-]?\d{3,4}[ .-]\d{3,4}"  # (555) 867-5309
@@ -276,7 +280,7 @@ class AuditReport:
     def headline(self) -> str:
         """One line: rows, problems, leakage, imbalance, truncation, and how many errors and warnings."""
         train, many = self.splits[0], len(self.splits) > 1
-        parts = [f"{self.rows:,} rows" + (f" in {len(self.splits)} files" if many else "")]
+        parts = [f"{self.rows:,} rows" + (f" in {len(self.splits)} splits" if many else "")]
         bad = sum(s.malformed + s.unusable for s in self.splits)
         if bad:
             parts.append(f"{bad:,} malformed/empty")
@@ -306,14 +310,10 @@ class AuditReport:
 
     def render(self) -> Any:
         """A rich renderable: headline, files, findings (where, fix), labels, token lengths, examples."""
-        from tuneforge.data.audit_render import render
-
         return render(self)
 
     def write(self, out_dir: str | Path) -> tuple[Path, Path]:
         """Write ``audit.json`` and ``audit.html`` (self-contained, plots embedded) into ``out_dir``."""
-        from tuneforge.data.audit_render import write
-
         return write(self, out_dir)
 
 
@@ -322,27 +322,27 @@ class AuditReport:
 Source = str | Path | Table
 
 
-def load_source(spec: Source, strict: bool = False) -> list[tuple[str, Table, str | None]]:
+def load_source(spec: Source, strict: bool = False) -> list[tuple[str, Table, str | None, str]]:
     """A file, a prepared folder (its train/validation/test files), a ``Table``, ``alias:split`` or a
-    bare alias (all its splits) -> ``[(split name, table, format hint)]``."""
+    bare alias (all its splits) -> ``[(split name, table, format hint, spec of that one split)]``."""
     if isinstance(spec, Table):
-        return [(_split_name(spec.path), spec, None)]
+        return [(_split_name(spec.path), spec, None, spec.path)]
     s, p = str(spec), Path(spec)
     if p.is_dir():
         files = [f for n in ("train", "validation", "test") for f in sorted(p.glob(f"{n}.*")) if _readable(f)]
         if not files:
             raise DataError(f"{s}: a folder without train/validation/test data files; give a data file.")
-        return [(_split_name(str(f)), read_table(f, strict=strict), None) for f in files]
+        return [(_split_name(str(f)), read_table(f, strict=strict), None, str(f)) for f in files]
     if p.exists():
-        return [(_split_name(s), read_table(s, strict=strict), None)]
+        return [(_split_name(s), read_table(s, strict=strict), None, s)]
     if is_bundled(s):
         name, _, split = s.partition(":")
         splits, hint = load_bundled(name), DATASETS[name].format
         if not split:
-            return [(k, t, hint) for k, t in splits.items()]
+            return [(k, t, hint, f"{name}:{k}") for k, t in splits.items()]
         if split not in splits:
             raise DataError(f"bundled dataset '{name}' has splits {', '.join(splits)}, not '{split}'.")
-        return [(split, splits[split], hint)]
+        return [(split, splits[split], hint, s)]
     raise DataError(
         f"{s}: file not found, and not a bundled dataset. Bundled: {', '.join(DATASETS)} "
         f"(use alias:split, e.g. rotten-tomatoes:test)."
@@ -380,19 +380,22 @@ def audit(
     Malformed rows do not stop the audit: they are findings.
     """
     if isinstance(sources, Mapping):
-        loaded = [(name, t, hint) for name, src in sources.items() for _, t, hint in load_source(src)]
+        loaded = [
+            (name, t, hint, spec) for name, src in sources.items() for _, t, hint, spec in load_source(src)
+        ]
     else:
         items = [sources] if isinstance(sources, (str, Path, Table)) else list(sources)
         loaded = [x for src in items for x in load_source(src)]
     if not loaded:
         raise DataError("nothing to audit: give at least one data file.")
     names: list[str] = []
-    for name, _, _ in loaded:  # unique split names: test, test2, ...
+    for name, *_ in loaded:  # unique split names: test, test2, ...
         base, k = name, 2
         while name in names:
             name, k = f"{base}{k}", k + 1
         names.append(name)
-    tables = {n: t for n, (_, t, _) in zip(names, loaded)}
+    tables = {n: t for n, (_, t, _, _) in zip(names, loaded)}
+    specs = {n: spec for n, (_, _, _, spec) in zip(names, loaded)}
     hint, first = loaded[0][2], tables[names[0]]
     if fmt == "auto":
         fmt = hint or detect_format(first, text_column, label_column)
@@ -439,7 +442,9 @@ def audit(
             findings.append(
                 finding(code, name, what, [w for w, _ in items], examples, fmt=fmt, fields=fields)
             )
-    report = audit_splits(splits, fmt, tokenizer, max_length, near_dup_threshold, pii, model_config, names[0])
+    report = audit_splits(
+        splits, fmt, tokenizer, max_length, near_dup_threshold, pii, model_config, names[0], specs
+    )
     for s in report.splits:
         pre = summaries[s.name]
         s.source, s.rows, s.malformed, s.unusable = pre.source, pre.rows, pre.malformed, pre.unusable
@@ -456,11 +461,13 @@ def audit_splits(
     pii: bool = True,
     model_config: Any = None,
     main: str | None = None,
+    specs: Mapping[str, str] | None = None,
 ) -> AuditReport:
     """Audit examples already loaded, per split (the training pre-flight).
 
     The split ``main`` (default: ``train`` if present, else the first) is the training data; every other
-    split is checked for leakage against it (``report.leaked``) and against each other.
+    split is checked for leakage against it (``report.leaked``) and against each other. ``specs`` names
+    each split's source (file or alias:split) in the suggested commands.
     """
     if fmt not in FORMATS:
         raise DataError(f"format '{fmt}' is unknown. Choose one of {', '.join(FORMATS)}.")
@@ -476,7 +483,7 @@ def audit_splits(
     summaries = [SplitSummary(n, _source_of(splits[n]), len(splits[n]), len(splits[n])) for n in names]
     nd = near_duplicates(a.texts, near_dup_threshold)
     findings = _text_findings(a, pii) + _duplicate_findings(a, nd, summaries)
-    leak_findings, leaked = _leakage_findings(a, nd)
+    leak_findings, leaked = _leakage_findings(a, nd, specs or {})
     findings += leak_findings
     if fmt == "preference":
         findings += _preference_findings(a)
@@ -549,6 +556,8 @@ def _text_findings(a: _Flat, pii: bool) -> list[Finding]:
                 if code == "pii_phone" and not _DIGIT.search(s):
                     continue
                 m = pattern.search(s)
+                if code == "pii_email":  # documentation addresses (user@example.com) are not personal data
+                    m = next((x for x in pattern.finditer(s) if not RESERVED_DOMAIN.search(x.group())), None)
                 if m:
                     found = hits.setdefault((int(a.split_of[i]), code), [])
                     if not found or found[-1][0] != ex.source:
@@ -602,12 +611,13 @@ def _duplicate_findings(a: _Flat, nd: NearDuplicates, summaries: list[SplitSumma
                 finding("exact_duplicate", name, what, a.where(copies), [a.group(g) for g in groups[:5]])
             )
         if near:
-            what = f"{len(near):,} near-duplicate rows (similarity >= {nd.threshold:g}) in {len(near_groups):,} groups"
+            what = f"{len(near):,} near-duplicate rows in {len(near_groups):,} groups "
+            what += f"(similarity >= {nd.threshold:g})"
             examples = [a.pair(g[0], g[1], nd.similarity(g[0], g[1])) for g in near_groups[:MAX_EXAMPLES]]
             out.append(finding("near_duplicate", name, what, a.where(near), examples))
         if conflicts:
-            what = (f"{s.conflicting_labels:,} rows in {len(conflicts):,} duplicate groups with conflicting labels "
-                    f"({identical:,} with identical text)")  # fmt: skip
+            what = f"{s.conflicting_labels:,} rows in {len(conflicts):,} duplicate groups with conflicting "
+            what += f"labels ({identical:,} with identical text)"
             rows = a.where([i for g in conflicts for i in g])
             examples = [a.group(g) for g in conflicts[:MAX_EXAMPLES]]
             # near-duplicates (not identical) may differ in a way that rightly flips the label
@@ -623,7 +633,7 @@ def _by_key(a: _Flat, group: list[int]) -> list[list[int]]:
     return list(out.values())
 
 
-def _leakage_findings(a: _Flat, nd: NearDuplicates) -> tuple[list[Finding], int]:
+def _leakage_findings(a: _Flat, nd: NearDuplicates, specs: Mapping[str, str]) -> tuple[list[Finding], int]:
     """Rows of the main split that (near-)duplicate rows of another split; overlaps between the others."""
     cluster_splits: dict[int, set[int]] = {}
     key_splits: dict[str, set[int]] = {}
@@ -653,13 +663,19 @@ def _leakage_findings(a: _Flat, nd: NearDuplicates) -> tuple[list[Finding], int]
                 continue
             n_other = sum(overlaps(j, m)[0] for j in a.indices(o))
             exact = sum(e for _, e in hits)
-            examples = [a.pair(i, j, -s) for s, i, j in sorted(direct.get((m, o), []))[:MAX_EXAMPLES]]
+            ranked = sorted(direct.get((m, o), []))  # most similar first
+            shown = [p for p in ranked if p[0] <= -1][:2] + [p for p in ranked if p[0] > -1][
+                :3
+            ]  # copies and edits
+            shown += [p for p in ranked if p not in shown][: MAX_EXAMPLES - len(shown)]
+            examples = [a.pair(i, j, -s) for s, i, j in sorted(shown)]
             rows = a.where([i for i, _ in hits])
-            what = f"{len(hits):,} {main} rows duplicate {n_other:,} {other} rows ({exact:,} exact, {len(hits) - exact:,} near)"
+            what = f"{len(hits):,} {main} rows duplicate {n_other:,} {other} rows "
+            what += f"({exact:,} exact, {len(hits) - exact:,} near)"
             if m == 0:
                 leaked.update(i for i, _ in hits)
-                main_src = loc(_source_of([a.examples[hits[0][0]]])) or "TRAIN"
-                other_src = loc(_source_of([a.examples[a.indices(o)[0]]])) or "TEST"
+                main_src = specs.get(main) or loc(_source_of([a.examples[hits[0][0]]])) or "TRAIN"
+                other_src = specs.get(other) or loc(_source_of([a.examples[a.indices(o)[0]]])) or "TEST"
                 args = {"other": other, "main_src": main_src, "other_src": other_src}
                 out.append(finding("leakage", f"{main} ↔ {other}", what, rows, examples, **args))
             else:
@@ -688,7 +704,9 @@ def _preference_findings(a: _Flat) -> list[Finding]:
             what = f"{len(same):,} pairs with identical chosen and rejected"
             out.append(finding("chosen_equals_rejected", name, what, same))
         if reversed_pairs:
-            what = f"{len(reversed_pairs):,} preference pairs that also appear reversed (chosen and rejected swapped)"
+            what = (
+                f"{len(reversed_pairs):,} preference pairs also appear reversed (chosen and rejected swapped)"
+            )
             rows = [w for pair in reversed_pairs for w in pair]
             examples = [{"rows": list(p)} for p in reversed_pairs]
             out.append(finding("conflicting_labels", name, what, rows, examples))
@@ -735,15 +753,18 @@ def _label_findings(a: _Flat, summaries: list[SplitSummary]) -> list[Finding]:
     return out
 
 
+def _same_role(x: str, y: str) -> bool:
+    return x == y != "system"
+
+
 def _chat_findings(a: _Flat, summaries: list[SplitSummary]) -> list[Finding]:
     out = []
     checks = {  # code: (what, test on the sequence of roles)
-        "no_assistant_turn": ("conversations without an assistant turn", lambda r: "assistant" not in r),
-        "ends_with_user": ("conversations that end on a user turn", lambda r: "assistant" in r and r[-1] != "assistant"),
-        "repeated_role": ("conversations with two turns of one role in a row",
-                          lambda r: any(x == y and x != "system" for x, y in zip(r, r[1:]))),
-        "late_system": ("conversations with a system turn after the start", lambda r: "system" in r[1:]),
-    }  # fmt: skip
+        "no_assistant_turn": ("without an assistant turn", lambda r: "assistant" not in r),
+        "ends_with_user": ("that end on a user turn", lambda r: r[-1] == "user" and "assistant" in r),
+        "repeated_role": ("with two turns of one role in a row", lambda r: any(map(_same_role, r, r[1:]))),
+        "late_system": ("with a system turn after the start", lambda r: "system" in r[1:]),
+    }
     for k, name in enumerate(a.names):
         idx = a.indices(k)
         if not idx:
@@ -763,7 +784,7 @@ def _chat_findings(a: _Flat, summaries: list[SplitSummary]) -> list[Finding]:
         for code, (what, test) in checks.items():
             rows = [a.examples[i].source for i, rs in zip(idx, roles) if test(rs)]
             if rows:
-                out.append(finding(code, name, f"{len(rows):,} {what}", rows))
+                out.append(finding(code, name, f"{len(rows):,} conversations {what}", rows))
     return out
 
 
@@ -824,8 +845,11 @@ def activation_memory(
     per_layer = seq_len * h * (34 + 5 * heads * seq_len / h) * bytes_per_value / 2
     logits = 2 * seq_len * vocab * 4 if language_model else 0
     total = layers * per_layer + logits
-    return {"seq_len": seq_len, "bytes": int(total), "mib": round(total / 2**20, 1), "layers": layers, "hidden": h,
-            "heads": heads, "vocab": vocab, "bytes_per_value": bytes_per_value, "logits_bytes": int(logits)}  # fmt: skip
+    return {
+        "seq_len": seq_len, "bytes": int(total), "mib": round(total / 2**20, 1), "layers": layers,
+        "hidden": h, "heads": heads, "vocab": vocab, "bytes_per_value": bytes_per_value,
+        "logits_bytes": int(logits),
+    }  # fmt: skip
 
 
 def _token_findings(a, summaries, tokenizer, max_length, model_config, lengths_out) -> list[Finding]:
@@ -841,9 +865,9 @@ def _token_findings(a, summaries, tokenizer, max_length, model_config, lengths_o
         p99 = int(np.percentile(lengths, 99))
         stats: dict[str, Any] = {f"p{q}": int(np.percentile(lengths, q)) for q in (50, 90, 95, 99)}
         stats.update(
-            mean=round(float(lengths.mean()), 1), min=int(lengths.min()), max=int(lengths.max()), max_length=limit,
-            truncated=int(over.sum()), truncated_pct=round(100 * float(over.mean()), 2),
-            tokens_lost_pct=round(100 * float((lengths - limit).clip(0).sum() / max(int(lengths.sum()), 1)), 2),
+            mean=round(float(lengths.mean()), 1), min=int(lengths.min()), max=int(lengths.max()),
+            max_length=limit, truncated=int(over.sum()), truncated_pct=round(100 * float(over.mean()), 2),
+            tokens_lost_pct=round(100 * float((lengths - limit).clip(0).sum() / max(lengths.sum(), 1)), 2),
             suggested_max_length=max(16, 1 << (max(p99, 1) - 1).bit_length()),  # next power of two over p99
         )  # fmt: skip
         if model_config is not None:
@@ -852,8 +876,8 @@ def _token_findings(a, summaries, tokenizer, max_length, model_config, lengths_o
             )
         summaries[k].tokens = stats
         if k == 0 and max_length and over.any():
-            what = (f"max_length {max_length} truncates {stats['truncated']:,} examples ({stats['truncated_pct']:.1f}%, "
-                    f"{stats['tokens_lost_pct']:.1f}% of tokens)")  # fmt: skip
+            what = f"max_length {max_length} truncates {stats['truncated']:,} examples "
+            what += f"({stats['truncated_pct']:.1f}%, {stats['tokens_lost_pct']:.1f}% of tokens)"
             rows = [a.examples[i].source for i, o in zip(idx, over.tolist()) if o]
             sev = "warning" if over.mean() > 0.01 else "info"
             out.append(
@@ -868,10 +892,10 @@ def _memory(limit: int, suggested: int, config: Any, language_model: bool) -> di
         return {}
     alt = activation_memory(suggested, config, language_model)
     mem["summary"] = (
-        f"memory: ~{mem['mib']:,} MiB of activations per example at max_length {limit} (~{alt['mib']:,} MiB at "
-        f"{suggested}, which covers 99% of examples); a batch multiplies it. Estimate: {mem['layers']} layers x "
-        f"s*h*(34 + 5*a*s/h) bytes (h={mem['hidden']}, a={mem['heads']}; Korthikanti et al. 2022, fp32, no "
-        "gradient checkpointing; an upper bound with fused attention)"
+        f"memory: ~{mem['mib']:,} MiB of activations per example at max_length {limit} "
+        f"(~{alt['mib']:,} MiB at {suggested}, which covers 99% of examples); a batch multiplies it. "
+        f"Estimate: {mem['layers']} layers x s*h*(34 + 5*a*s/h) bytes (h={mem['hidden']}, a={mem['heads']}; "
+        "Korthikanti et al. 2022, fp32, no gradient checkpointing; an upper bound with fused attention)"
         + (f" + logits and their gradient, 2*s*V*4 bytes (V={mem['vocab']:,})." if language_model else ".")
     )
     return mem

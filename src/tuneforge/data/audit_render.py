@@ -119,14 +119,16 @@ def _png(fig: Any) -> str:
 
 
 def plots(report: AuditReport) -> dict[str, str]:
-    """Base64 PNG plots: the token-length histogram and the label distribution (when there is data for them)."""
+    """Base64 PNG plots: the token-length histogram and the label distribution (when there is data)."""
     from matplotlib.figure import Figure
 
     out = {}
     if report.lengths:
         fig = Figure(figsize=(7, 3.2))
         ax = fig.subplots()
-        bins = np.linspace(0, max(max(v) for v in report.lengths.values() if v) + 1, 50)
+        top = max(max(v) for v in report.lengths.values() if v)
+        step = max(1, -(-top // 60))  # whole tokens per bin, about 60 bins
+        bins = np.arange(0, top + 2 * step, step) - 0.5
         for name, v in report.lengths.items():
             ax.hist(v, bins=bins, alpha=0.6, label=name)
         if report.settings.get("max_length"):
@@ -166,9 +168,17 @@ def to_html(report: AuditReport) -> str:
         f"<h1>Data audit · format {e(report.format)}</h1><p class=head>{e(report.headline())}</p>",
         "<h2>Files</h2>",
     ]
-    files = [[s.name, loc(s.source), f"{s.rows:,}", f"{s.examples:,}", f"{s.malformed:,}", f"{s.exact_duplicates:,}",
-              f"{s.near_duplicates:,}", f"{s.conflicting_labels:,}", "" if s.imbalance is None else s.imbalance]
-             for s in report.splits]  # fmt: skip
+    files = []
+    for s in report.splits:
+        counts = (
+            s.rows,
+            s.examples,
+            s.malformed,
+            s.exact_duplicates,
+            s.near_duplicates,
+            s.conflicting_labels,
+        )
+        files.append([s.name, loc(s.source), *[f"{n:,}" for n in counts], s.imbalance or ""])
     heads = [
         "split",
         "source",
@@ -196,23 +206,26 @@ def to_html(report: AuditReport) -> str:
     ]
     tokened = [s for s in report.splits if s.tokens]
     if tokened:
-        parts += ["<h2>Token lengths</h2>", _table(["split", *TOKEN_COLUMNS[:-1], "suggested"],
-                                                   [[s.name, *[(s.tokens or {})[c] for c in TOKEN_COLUMNS]] for s in tokened])]  # fmt: skip
+        rows = [[s.name, *[(s.tokens or {})[c] for c in TOKEN_COLUMNS]] for s in tokened]
+        parts += ["<h2>Token lengths</h2>", _table(["split", *TOKEN_COLUMNS[:-1], "suggested"], rows)]
         if (tokened[0].tokens or {}).get("memory"):
             parts.append(f"<p>{e((tokened[0].tokens or {})['memory']['summary'])}</p>")
     chats = [(s.name, s.chat) for s in report.splits if s.chat]
     if chats:
         rows = [[n, f"{c['conversations']:,}", f"{c['turns_mean']} / {c['turns_p50']} / {c['turns_max']}",
                  json.dumps(c["roles"]), f"{c['with_system']:,}"] for n, c in chats]  # fmt: skip
-        parts += ["<h2>Conversations</h2>", _table(["split", "conversations", "turns (mean / median / max)", "roles",
-                                                    "with a system prompt"], rows)]  # fmt: skip
+        heads = ["split", "conversations", "turns (mean / median / max)", "roles", "with a system prompt"]
+        parts += ["<h2>Conversations</h2>", _table(heads, rows)]
     for key, png in plots(report).items():
         name = {"token_lengths": "Token-length distribution", "labels": "Label distribution"}[key]
         parts.append(f"<h2>{name}</h2><img alt='{name}' src='data:image/png;base64,{png}'>")
     parts.append(f"<h2>Settings</h2><p><code>{e(json.dumps(report.settings))}</code></p>")
-    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
-             "margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left;"
-             "font-size:14px}.w{font-family:monospace;font-size:12px}.head{font-size:18px;padding:10px;"
-             "background:#f4f6f7;border-left:4px solid #2471a3}")  # fmt: skip
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
+        "table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left;font-size:14px}"
+        ".w{font-family:monospace;font-size:12px}"
+        ".head{font-size:18px;padding:10px;background:#f4f6f7;border-left:4px solid #2471a3}"
+    )
     return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>tuneforge data audit</title>"
             f"<style>{style}</style></head>\n<body>{''.join(parts)}</body></html>\n")  # fmt: skip

@@ -67,7 +67,7 @@ def shingles(text: str, ngram: int = 1) -> set[tuple[str, ...]]:
 
 
 def jaccard(a: str, b: str, ngram: int = 1) -> float:
-    """Reference Jaccard similarity of two texts' word-``ngram`` sets (plain Python; 0.0 when both are empty)."""
+    """Reference Jaccard similarity of two texts' word-``ngram`` sets (plain Python; 0.0 if both empty)."""
     sa, sb = shingles(a, ngram), shingles(b, ngram)
     if not sa and not sb:
         return 0.0
@@ -145,7 +145,7 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Sets:
-    """Sorted unique 64-bit shingle hashes of many texts, concatenated; text k is ``h[offsets[k]:offsets[k+1]]``."""
+    """Sorted unique shingle hashes of many texts, concatenated: text k is ``h[offsets[k]:offsets[k+1]]``."""
 
     h: np.ndarray  # (S,) uint64
     offsets: np.ndarray  # (D + 1,) int64
@@ -200,7 +200,7 @@ def _word_hashes(texts: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _shingle_sets(flat: np.ndarray, lengths: np.ndarray, ngram: int) -> _Sets:
-    """Sets of hashed word-``ngram`` shingles per text (a text shorter than ``ngram`` words is one shingle)."""
+    """Sets of hashed word-``ngram`` shingles per text (a text under ``ngram`` words is one shingle)."""
     d = lengths.size
     starts = np.zeros(d + 1, dtype=np.int64)
     np.cumsum(lengths, out=starts[1:])

@@ -88,7 +88,7 @@ class PrepareResult:
 
 
 def clean_text(s: str) -> tuple[str, set[str]]:
-    """NFC-normalise, remove control and invisible characters, strip the ends; returns the text and what changed."""
+    """NFC, control and invisible characters removed, ends stripped; returns the text and what changed."""
     changes: set[str] = set()
     t = unicodedata.normalize("NFC", s)
     if t != s:
@@ -154,12 +154,12 @@ def _load_one(spec: str | Path | Table) -> tuple[Table, str | None]:
     loaded = load_source(spec)
     if len(loaded) > 1:  # a bare bundled alias: prepare its training split
         loaded = [x for x in loaded if x[0] == "train"] or loaded[:1]
-    _, table, hint = loaded[0]
+    _, table, hint, _ = loaded[0]
     return table, hint
 
 
 class _Rows:
-    """The rows that survive so far (cleaned), what is known about each, and every rejection with its reason."""
+    """The rows that survive so far (cleaned), what is known about each, and every rejection and why."""
 
     def __init__(self, table: Table) -> None:
         self.table = table

@@ -123,9 +123,13 @@ class Counterfactual:
     text: str         # the counterfactual text
 
 
-def make_counterfactuals(texts: Sequence[str], terms: dict[str, dict], max_examples: int = 200,
-                         seed: int = 0) -> tuple[list[Counterfactual], dict[str, int]]:
-    """Counterfactuals of up to ``max_examples`` texts per category; also how many texts mention each category."""
+def make_counterfactuals(texts: Sequence[str], terms: dict[str, dict], max_examples: int = 200, seed: int = 0,
+                         max_targets: int = 4) -> tuple[list[Counterfactual], dict[str, int]]:
+    """Counterfactuals of up to ``max_examples`` texts per category; also how many texts mention each category.
+
+    Each text is swapped into at most ``max_targets`` other groups, taken in turn from text to text so every
+    group is covered evenly (a 12-nationality list costs 4 counterfactuals per text, not 11).
+    """
     out: list[Counterfactual] = []
     mentions: dict[str, int] = {}
     for cat, spec in terms.items():
@@ -135,11 +139,11 @@ def make_counterfactuals(texts: Sequence[str], terms: dict[str, dict], max_examp
         found = [(i, c) for i, c in found if c]
         mentions[cat] = len(found)
         random.Random(seed).shuffle(found)
-        for i, counts in sorted(found[:max_examples]):
+        for k, (i, counts) in enumerate(sorted(found[:max_examples])):
             source = max(counts, key=lambda g: (counts[g], -order.index(g)))
-            for target in order:
-                if target == source:
-                    continue
+            others = [g for g in order if g != source]
+            start = (k * max_targets) % len(others)
+            for target in (others + others)[start : start + min(max_targets, len(others))]:
                 swapped = sw.swap(texts[i], source, target)
                 if swapped != texts[i]:
                     out.append(Counterfactual(i, cat, source, target, swapped))

@@ -36,6 +36,17 @@ def _ci(iv: bs.Interval | dict, pct: bool = False, digits: int = 4) -> str:
     return f"{d['value']:,.{digits}f} [{d['low']:,.{digits}f}, {d['high']:,.{digits}f}]"
 
 
+def _numbers(d: dict, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested dict, with dotted keys."""
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_numbers(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _num(x, digits: int = 1) -> str:
     if x is None:
         return "-"
@@ -136,7 +147,8 @@ def lm_section(doc: Doc, f: RunFiles, samples: int) -> dict:
     doc.h2("Base versus tuned")
     out: dict = {"splits": {}}
     rows = []
-    for split, m in (ev.get("tuned") or {}).items():
+    tuned_all = ev.get("tuned") if isinstance(ev.get("tuned"), dict) else {}
+    for split, m in tuned_all.items():
         if not isinstance(m, dict) or "perplexity" not in m:
             continue
         b = (ev.get("baseline") or {}).get(split) or {}
@@ -167,8 +179,14 @@ def lm_section(doc: Doc, f: RunFiles, samples: int) -> dict:
             doc.note(out["headline"], "ok" if real and c["value"] < 0 else "warn")
         doc.p("Perplexity is measured on the tokens the model is trained to produce (the answers), token-weighted; "
               f"intervals come from {samples} bootstrap resamples of whole test examples, paired for the change.")
-    else:
-        doc.p("No perplexities in eval.json.")
+    else:  # another task's eval.json: show its numbers as they are
+        base_all = ev.get("baseline") if isinstance(ev.get("baseline"), dict) else {}
+        flat_t, flat_b = _numbers(tuned_all), _numbers(base_all)
+        if flat_t:
+            doc.table(["metric", "base", "tuned"], [[k, _num(flat_b.get(k), 4), _num(v, 4)] for k, v in flat_t.items()])
+            out["metrics"] = {"tuned": flat_t, "base": flat_b}
+        else:
+            doc.p("No metrics in eval.json.")
     sample_rows = ev.get("samples") or []
     if sample_rows:
         doc.h3("Sample generations (held-out prompts)")
@@ -351,7 +369,7 @@ def build_report(run_dir: str | Path, probes: bool = True, task=None) -> dict[st
 
     With ``probes`` the missing probe files (bias, forgetting, ...) are computed first (this loads the model).
     """
-    if probes:
+    if probes and (Path(run_dir) / "model").exists():  # an unfinished run has no model to probe
         from tuneforge.report.probes import run_probes
         from tuneforge.run import Run
 
@@ -408,6 +426,11 @@ def finish_run(run, task=None) -> Path | None:
         return None
     try:
         run_probes(run, task)
+    except Exception as e:  # the report is still written, without the probe that failed
+        log.debug("probes failed", exc_info=True)
+        console.print(f"[bold yellow]report:[/bold yellow] the bias/forgetting probes failed ({type(e).__name__}: {e}); "
+                      f"retry them with `tuneforge -v report {run.path} --recompute`.", highlight=False)
+    try:
         paths = build_report(run.path, probes=False)
     except Exception as e:  # the run itself is complete; the report can be rebuilt
         log.debug("report failed", exc_info=True)

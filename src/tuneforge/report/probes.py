@@ -97,6 +97,7 @@ def _classifier_bias(run, task) -> list[str]:
 
 def _lm_probes(run, task, todo: list[str]) -> list[str]:
     """Everything that needs the base model is computed inside one ``base_model`` block (loaded at most once)."""
+    from tuneforge.data.chat import EncodedChat
     from tuneforge.eval.bias import lm_probe, load_terms
     from tuneforge.eval.forgetting import example_nll, forgetting_result, reference_texts
     from tuneforge.tasks.sft import base_model
@@ -106,14 +107,16 @@ def _lm_probes(run, task, todo: list[str]) -> list[str]:
     bs, max_len = min(e.batch_size, 8), cfg.data.max_length
     t0 = time.perf_counter()
     jobs: dict[str, list] = {}  # name -> examples (strings or encoded chats) scored by both models
-    if "lm_eval.json" in todo and task.encoded.get("test"):
-        jobs["test"] = task.encoded["test"]
+    test = (getattr(task, "encoded", None) or {}).get("test")
+    if "lm_eval.json" in todo and test and isinstance(test[0], EncodedChat):  # SFT: the same tokens eval.json scores
+        jobs["test"] = test
     if "forgetting.json" in todo:
         ref, ref_name = reference_texts(e.forgetting_text, e.forgetting_max_texts)
         jobs["reference"] = ref
-        if e.forgetting_data:
-            examples = task.read_file(e.forgetting_data)[: e.forgetting_max_texts]
-            jobs["forgetting_data"] = task.encode(examples)
+        if e.forgetting_data and hasattr(task, "read_file") and cfg.task == "sft":  # scored like the task's own data
+            jobs["forgetting_data"] = task.encode(task.read_file(e.forgetting_data)[: e.forgetting_max_texts])
+        elif e.forgetting_data:
+            jobs["forgetting_data"] = reference_texts(e.forgetting_data, e.forgetting_max_texts, "eval.forgetting_data")[0]
     bias_texts = []
     if "bias.json" in todo:
         from tuneforge.eval.bias import make_counterfactuals

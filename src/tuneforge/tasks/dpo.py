@@ -161,10 +161,17 @@ class PreferenceTask:
     @staticmethod
     def logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed response log-probs (N,) and response token counts (N,)."""
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (N, T', V)
-        logits = logits[:, -input_ids.shape[1]:]  # prompt tuning prepends virtual tokens: keep the real positions
-        lp, mask = token_logps(logits, labels)  # (N, T-1)
+        """Summed response log-probs (N,) and response token counts (N,).
+
+        Only the positions from the earliest response token on get logits (``logits_to_keep``): the system
+        prompt and most of each prompt never reach the vocabulary projection, which saves time and memory.
+        """
+        width = input_ids.shape[1]
+        first = int((labels != IGNORE).float().argmax(1).min())  # earliest response token in the batch
+        keep = width - max(first - 1, 0)  # positions first-1 .. T-1 predict every response token
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits  # (N, keep', V)
+        logits = logits[:, -keep:]  # prompt tuning prepends virtual tokens: keep the real positions
+        lp, mask = token_logps(logits, labels[:, -keep:])  # (N, keep-1)
         return lp.sum(-1), mask.sum(-1)
 
     def reference(self, model):

@@ -141,9 +141,10 @@ class SFTTask:
     def preflight(self) -> str:
         """Print one rendered training example with its trained tokens marked, and the loss fraction."""
         example = next(e for e in self.encoded["train"] if loss_count(e) > 0)
-        console.print(f"[bold]pre-flight:[/bold] one training example, [bold green]trained tokens[/bold green] marked "
-                      f"({example.source}):")
-        console.print(show_trained(self.tokenizer, example), highlight=False)
+        color = console.is_terminal
+        marked = "[bold green]trained tokens[/bold green]" if color else "trained tokens ⟦marked⟧"
+        console.print(f"[bold]pre-flight:[/bold] one training example, {marked} ({example.source}):")
+        console.print(show_trained(self.tokenizer, example, markup=color), highlight=False, markup=color)
         console.print(f"[bold]loss mask:[/bold] {self.mask.headline()}")
         if self.packs is not None:
             summary = self.data_summary()["packing"]

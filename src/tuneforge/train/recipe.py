@@ -73,7 +73,7 @@ def make_accelerator(cfg: RunConfig):
     return Accelerator(cpu=cpu, mixed_precision="bf16" if cfg.training.precision == "bf16" else "no")
 
 
-def preflight_audit(cfg: RunConfig, task) -> dict | None:
+def preflight_audit(cfg: RunConfig, task, main: bool = True) -> dict | None:
     """Run the data audit on the splits; refuse train/test leakage unless data.allow_leakage."""
     if not cfg.data.audit or not hasattr(task, "splits"):
         return None
@@ -81,9 +81,12 @@ def preflight_audit(cfg: RunConfig, task) -> dict | None:
         from tuneforge.data.audit import audit_splits
     except ImportError:
         return None
+    model = getattr(task, "model", None)
     report = audit_splits(task.splits, getattr(task, "data_format", "classification"), tokenizer=task.tokenizer,
-                          max_length=cfg.data.max_length)
-    console.print(f"[bold]data audit:[/bold] {report.headline()}")
+                          max_length=cfg.data.max_length, near_dup_threshold=cfg.data.near_dup_threshold,
+                          model_config=getattr(model, "config", None))
+    if main:
+        console.print(f"[bold]data audit:[/bold] {report.headline()}")
     if report.leaked and not cfg.data.allow_leakage:
         raise TuneforgeError(
             f"data audit: {report.leaked} training example(s) duplicate validation/test examples (leakage), so test "
@@ -131,7 +134,7 @@ def train(config: RunConfig | dict | str | Path, overrides: list[str] | None = N
     if main:
         console.print(f"[bold]tuneforge[/bold] {cfg.task} · model {cfg.model.name} · method {cfg.method.name} · run {run_dir}")
     task = task_class(cfg.task)(cfg)
-    audit = preflight_audit(cfg, task) if main else None
+    audit = preflight_audit(cfg, task, main)  # every process, so all of them stop together on leakage
     if main and hasattr(task, "preflight"):
         task.preflight()  # e.g. sft: one example with its trained tokens marked, and the loss fraction
     try:
