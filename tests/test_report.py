@@ -114,7 +114,8 @@ def test_language_model_report(tiny_llama, tmp_path):
     cfg = {"task": "sft", "model": {"name": tiny_llama},
            "data": {"train": "chatterbot", "limit": 24, "eval_limit": 8, "max_length": 64, "audit": False},
            "method": {"name": "lora", "r": 4, "alpha": 8},
-           "training": {"max_steps": 4, "batch_size": 8, "lr": 3e-3, "eval_every": 2, "save_every": 1000},
+           "training": {"max_steps": 4, "batch_size": 8, "lr": 3e-3, "eval_every": 2, "save_every": 1000,
+                        "precision": "fp32"},  # as tests/helpers.tiny_cfg: one accelerate state per process
            "sft": {"samples": 1, "max_new_tokens": 4},
            "eval": {"batch_size": 8, "bias_max_examples": 4, "forgetting_max_texts": 3, "bootstrap_samples": 200},
            "output": {"dir": str(tmp_path), "name": "lm"}}

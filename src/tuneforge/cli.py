@@ -3,6 +3,7 @@
     tuneforge train CONFIG [key=value ...] [--resume [RUN_DIR]] [--nproc N]
     tuneforge eval RUN_DIR [--data FILE]
     tuneforge predict RUN_DIR "some text" ...
+    tuneforge chat RUN_DIR | generate RUN_DIR --prompt "..." [--base] | export RUN_DIR OUT [--merge]
     tuneforge score RUN_DIR --prompt "..." --response "..." [--response "..."]
     tuneforge report RUN_DIR | compare RUN_A RUN_B ...
     tuneforge models | datasets | config [CONFIG] | demo

@@ -83,7 +83,7 @@ class TrainingConfig:
     warmup_ratio: float | None = _f(None, "Fraction of steps spent warming up; null means 0.06 unless warmup_steps is set.")
     warmup_steps: int | None = _f(None, "Warmup steps; overrides warmup_ratio.")
     max_grad_norm: float | None = _f(1.0, "Clip the gradient norm to this value; null disables clipping.")
-    precision: str = _f("fp32", "fp32, or bf16 (autocast; on CPU where supported).")
+    precision: str = _f("auto", "auto (bf16 autocast where the GPU or CPU supports it, else fp32), fp32 or bf16.")
     seed: int = _f(42, "Seed for splits, shuffling, initialisation and dropout.")
     eval_every: int | None = _f(None, "Evaluate on validation every N optimizer steps; null evaluates once per epoch.")
     save_every: int | None = _f(None, "Write a resumable checkpoint every N steps; null saves at each evaluation.")
@@ -310,7 +310,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"method.name '{m.name}' is unknown.{_suggest(m.name, METHODS)} Choose one of {', '.join(METHODS)}.")
     choices = {
         "training.scheduler": (t.scheduler, ("linear", "cosine", "constant")),
-        "training.precision": (t.precision, ("fp32", "bf16")),
+        "training.precision": (t.precision, ("auto", "fp32", "bf16")),
         "training.device": (t.device, ("auto", "cpu", "cuda")),
         "model.dtype": (cfg.model.dtype, ("float32", "bfloat16")),
     }

@@ -35,6 +35,12 @@ def quiet_libraries() -> None:
         pass
     for name in ("transformers", "peft", "accelerate", "datasets", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    import warnings
+
+    # Harmless library chatter: PEFT calls a renamed transformers method, and generation passes position
+    # ids that PEFT's prompt/prefix tuning ignores.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="Position ids are not supported for parameter efficient tuning")
 
 
 class _Bar:

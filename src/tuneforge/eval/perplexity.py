@@ -13,8 +13,13 @@ from tuneforge.train.lm_loss import lm_loss
 
 
 @torch.no_grad()
-def nll(model, tokenizer, examples: Sequence[EncodedChat] | Sequence[str], batch_size: int = 16,
-        max_length: int | None = 1024) -> tuple[float, int]:
+def nll(
+    model,
+    tokenizer,
+    examples: Sequence[EncodedChat] | Sequence[str],
+    batch_size: int = 16,
+    max_length: int | None = 1024,
+) -> tuple[float, int]:
     """(summed negative log-likelihood, loss tokens) over ``examples``.
 
     ``examples`` are encoded chats (loss on their labelled tokens) or plain texts (loss on every token
@@ -38,8 +43,13 @@ def nll(model, tokenizer, examples: Sequence[EncodedChat] | Sequence[str], batch
     return total, count
 
 
-def perplexity(model, tokenizer, examples: Sequence[EncodedChat] | Sequence[str], batch_size: int = 16,
-               max_length: int | None = 1024) -> float:
+def perplexity(
+    model,
+    tokenizer,
+    examples: Sequence[EncodedChat] | Sequence[str],
+    batch_size: int = 16,
+    max_length: int | None = 1024,
+) -> float:
     """exp(mean negative log-likelihood per loss token): token-weighted over all ``examples``."""
     total, count = nll(model, tokenizer, examples, batch_size, max_length)
     return math.exp(total / count) if count else float("nan")

@@ -56,8 +56,10 @@ def resolve_template(name_or_jinja: str, eot: str | None = None, bos: bool = Fal
         return path.read_text()
     if "{%" in name_or_jinja or "{{" in name_or_jinja:
         return name_or_jinja
-    raise ConfigError(f"model.chat_template '{name_or_jinja}' is neither a template name ({', '.join(TEMPLATE_NAMES)}), "
-                      f"a .jinja file, nor a Jinja string.")
+    raise ConfigError(
+        f"model.chat_template '{name_or_jinja}' is neither a template name ({', '.join(TEMPLATE_NAMES)}), "
+        f"a .jinja file, nor a Jinja string."
+    )
 
 
 def _single_token(tokenizer, text: str) -> bool:
@@ -82,7 +84,9 @@ def ensure_template(tokenizer, name: str | None = None):
             if not _single_token(tokenizer, eot) and tokenizer.eos_token is not None:
                 eot = tokenizer.eos_token
             bos_in_markers = tokenizer.bos_token is not None and tokenizer.bos_token in _TEMPLATES[key][0]
-            tokenizer.chat_template = resolve_template(key, eot=eot, bos=_adds_bos(tokenizer) and not bos_in_markers)
+            tokenizer.chat_template = resolve_template(
+                key, eot=eot, bos=_adds_bos(tokenizer) and not bos_in_markers
+            )
         else:
             tokenizer.chat_template = resolve_template(name)
     if not getattr(tokenizer, "chat_template", None):

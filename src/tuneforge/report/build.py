@@ -348,7 +348,7 @@ def cost_section(doc: Doc, f: RunFiles) -> dict:
     step_ex = float(np.median([m["examples_per_s"] for m in logged])) if logged else None
     step_tok = float(np.median([m["tokens_per_s"] for m in logged])) if logged else None
     pct = 100 * s["trainable_parameters"] / max(1, s["total_parameters"])
-    doc.table(["", ""], [
+    doc.table(["measure", "value"], [
         ["wall time (whole run)", f"{s.get('wall_seconds', 0):,.1f} s"],
         ["training time (with validation)", f"{secs:,.1f} s for {s['steps']:,} optimizer steps"],
         ["examples seen", f"{s['examples_seen']:,}"],

@@ -43,7 +43,7 @@ def loss_curves(metrics: list[dict], metric: str | None = None, best_step: int |
     fig, axes = plt.subplots(1, 2 if extra else 1, figsize=(11 if extra else 6.5, 3.8), squeeze=False)
     ax = axes[0][0]
     s, v = _series(metrics, "train", "loss")
-    ax.plot(s, v, color="#4c72b0", lw=1.4, label="training loss")
+    ax.plot(s, v, "." if len(s) < 30 else "", ls="-", color="#4c72b0", lw=1.4, label="training loss")
     s, v = _series(metrics, "validation", "loss")
     ax.plot(s, v, "o-", color="#dd8452", lw=1.6, ms=4, label="validation loss")
     ax.set_xlabel("optimizer step")
@@ -58,7 +58,10 @@ def loss_curves(metrics: list[dict], metric: str | None = None, best_step: int |
         ax2.set_ylabel(extra)
         ax2.set_title(f"Validation {extra}")
         panels.append(ax2)
+    from matplotlib.ticker import MaxNLocator
+
     for a in panels:
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
         if best_step is not None:
             a.axvline(best_step, color="#c44e52", ls="--", lw=1.2, label=f"best checkpoint (step {best_step})")
         if stop_step is not None:
@@ -128,8 +131,9 @@ def length_histogram(lengths: dict[str, Sequence[int]], max_length: int | None =
     """Token lengths per split (after truncation), with the max_length cut marked."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.4))
-    top = max((max(v) for v in lengths.values() if len(v)), default=1)
-    edges = np.linspace(0, max(top, max_length or 0) + 1, 41)
+    top = max(max((max(v) for v in lengths.values() if len(v)), default=1), max_length or 0)
+    width = max(1, int(np.ceil((top + 1) / 40)))
+    edges = np.arange(0, top + width + 1, width) - 0.5  # whole tokens per bin: no empty comb teeth
     colors = {"train": "#4c72b0", "validation": "#dd8452", "test": "#55a868"}
     for name, values in lengths.items():
         if len(values):
@@ -152,16 +156,21 @@ def bias_bars(swaps: list[dict], kind: str, top: int = 12) -> bytes:
     """The swaps that moved the model most: flip rate (classifier) or tuned-minus-base Δ log-likelihood (LM)."""
     plt = _plt()
     rows = swaps[:top][::-1]
-    names = [f"{s['category']}: {s['from']} → {s['to']}" for s in rows]
-    fig, ax = plt.subplots(figsize=(7.5, max(2.2, 0.8 + 0.32 * len(rows))))
+    names = [f"{s['category']}: {s['from']} → {s['to']} (n={s['n']})" for s in rows]
+    height = max(2.2, 0.8 + 0.32 * len(rows))
     y = np.arange(len(rows))
     if kind == "classifier":
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, height), sharey=True)
         v = np.array([s["flip_rate"] for s in rows])
         err = np.array([[s["flip_rate"] - s["low"] for s in rows], [s["high"] - s["flip_rate"] for s in rows]])
         ax.barh(y, 100 * v, xerr=100 * err, color="#c44e52", alpha=0.8, capsize=3)
         ax.set_xlabel("predictions flipped (%), with 95% CI")
         ax.set_xlim(0, 100)
+        ax2.barh(y, [s["mean_abs_shift"] for s in rows], color="#dd8452", alpha=0.8)
+        ax2.set_xlabel("mean |change| of the predicted class's probability")
+        ax2.grid(alpha=0.3, axis="x")
     else:
+        fig, ax = plt.subplots(figsize=(7.5, height))
         key = "change" if "change" in rows[0] else "tuned_delta"
         v = np.array([s[key] for s in rows])
         if key == "change":
@@ -173,7 +182,7 @@ def bias_bars(swaps: list[dict], kind: str, top: int = 12) -> bytes:
             ax.set_xlabel("Δ log-likelihood of the swapped text (nats)")
         ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(y, names, fontsize=8)
-    ax.set_title("Bias probe: the swaps that moved the model most")
+    fig.suptitle("Bias probe: the swaps that moved the model most", fontsize=11)
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return to_png(fig)

@@ -108,7 +108,7 @@ def _lm_probes(run, task, todo: list[str]) -> list[str]:
     t0 = time.perf_counter()
     jobs: dict[str, list] = {}  # name -> examples (strings or encoded chats) scored by both models
     test = (getattr(task, "encoded", None) or {}).get("test")
-    if "lm_eval.json" in todo and test and isinstance(test[0], EncodedChat):  # SFT: the same tokens eval.json scores
+    if "lm_eval.json" in todo and isinstance(test, list) and test and isinstance(test[0], EncodedChat):  # SFT: the same tokens eval.json scores
         jobs["test"] = test
     if "forgetting.json" in todo:
         ref, ref_name = reference_texts(e.forgetting_text, e.forgetting_max_texts)

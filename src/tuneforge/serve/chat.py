@@ -18,8 +18,14 @@ from tuneforge.serve.generate import as_conversation, generation_config
 HELP = "Type a message and press Enter. /reset starts over, /exit (or Ctrl-D) quits."
 
 
-def stream_answer(model, tokenizer, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
-                  out: TextIO | None = None) -> str:
+def stream_answer(
+    model,
+    tokenizer,
+    messages: list[dict],
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    out: TextIO | None = None,
+) -> str:
     """Generate the next assistant turn, writing tokens to ``out`` as they are produced; returns the answer."""
     from transformers import TextIteratorStreamer
 
@@ -53,8 +59,15 @@ def stream_answer(model, tokenizer, messages: list[dict], max_new_tokens: int = 
     return "".join(pieces).strip()
 
 
-def chat(model, tokenizer, max_new_tokens: int = 256, temperature: float = 0.0, system_prompt: str | None = None,
-         input_fn: Callable[[str], str] = input, out: TextIO | None = None) -> list[dict]:
+def chat(
+    model,
+    tokenizer,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    system_prompt: str | None = None,
+    input_fn: Callable[[str], str] = input,
+    out: TextIO | None = None,
+) -> list[dict]:
     """Read messages with ``input_fn`` until /exit or end of input; returns the last conversation."""
     out = out or sys.stdout
     model.eval()

@@ -13,8 +13,10 @@ def _run(run_dir: str):
 
     run = Run(run_dir)
     if run.config.task not in LM_TASKS:
-        raise TuneforgeError(f"{run_dir}: a '{run.config.task}' run has no language model to talk to "
-                             f"(chat/generate need a run of task {', '.join(LM_TASKS)}).")
+        raise TuneforgeError(
+            f"{run_dir}: a '{run.config.task}' run has no language model to talk to "
+            f"(chat/generate need a run of task {', '.join(LM_TASKS)})."
+        )
     return run
 
 
@@ -25,9 +27,11 @@ def cmd_chat(args) -> None:
     run = _run(args.run_dir)
     s = run.config.sft
     model, tok = run.load_model(), run.load_tokenizer()
-    kw = dict(max_new_tokens=args.max_new_tokens or max(256, s.max_new_tokens),
-              temperature=s.temperature if args.temperature is None else args.temperature,
-              system_prompt=args.system if args.system is not None else s.system_prompt)
+    kw = dict(
+        max_new_tokens=args.max_new_tokens or max(256, s.max_new_tokens),
+        temperature=s.temperature if args.temperature is None else args.temperature,
+        system_prompt=args.system if args.system is not None else s.system_prompt,
+    )
     console.print(f"chatting with the {'base' if args.base else 'tuned'} model of [bold]{run.path}[/bold]")
     if args.base:
         with base_model(model, run.config) as base:
@@ -43,7 +47,9 @@ def cmd_generate(args) -> None:
         with open(args.file) as fh:
             prompts += [line.rstrip("\n") for line in fh if line.strip()]
     if not prompts:
-        raise TuneforgeError('generate: give --prompt "..." (repeatable) or --file FILE with one prompt per line.')
+        raise TuneforgeError(
+            'generate: give --prompt "..." (repeatable) or --file FILE with one prompt per line.'
+        )
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     tuned = run.generate(prompts, **kw)
     base = run.generate(prompts, base=True, **kw) if args.base else [None] * len(prompts)
@@ -51,7 +57,10 @@ def cmd_generate(args) -> None:
         if args.json:
             print(json.dumps({"prompt": p, "tuned": t, **({"base": b} if args.base else {})}))
         elif args.base:
-            console.print(f"[bold]prompt:[/bold] {p}\n[bold]base:[/bold]   {b}\n[bold]tuned:[/bold]  {t}\n", highlight=False)
+            console.print(
+                f"[bold]prompt:[/bold] {p}\n[bold]base:[/bold]   {b}\n[bold]tuned:[/bold]  {t}\n",
+                highlight=False,
+            )
         else:
             print(t)
 
@@ -60,7 +69,11 @@ def cmd_export(args) -> None:
     from tuneforge.serve.export import export
 
     out = export(args.run_dir, args.out, merge=args.merge, overwrite=args.overwrite)
-    kind = "merged transformers folder" if args.merge else "model folder (as trained: full model or PEFT adapter)"
+    kind = (
+        "merged transformers folder"
+        if args.merge
+        else "model folder (as trained: full model or PEFT adapter)"
+    )
     console.print(f"exported the {kind} to [bold]{out}[/bold]")
 
 
@@ -69,7 +82,9 @@ def add_serve_commands(sub) -> None:
     p.add_argument("run_dir")
     p.add_argument("--base", action="store_true", help="chat with the base model instead, for comparison")
     p.add_argument("--max-new-tokens", type=int, default=None, help="longest answer in tokens (default 256)")
-    p.add_argument("--temperature", type=float, default=None, help="0 is greedy; default from the run's sft.temperature")
+    p.add_argument(
+        "--temperature", type=float, default=None, help="0 is greedy; default from the run's sft.temperature"
+    )
     p.add_argument("--system", default=None, help="system message for the conversation")
     p.set_defaults(func=cmd_chat)
 
@@ -83,9 +98,13 @@ def add_serve_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per prompt")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("export", help="write a run's model as a standalone folder (--merge folds an adapter in)")
+    p = sub.add_parser(
+        "export", help="write a run's model as a standalone folder (--merge folds an adapter in)"
+    )
     p.add_argument("run_dir")
     p.add_argument("out")
-    p.add_argument("--merge", action="store_true", help="merge the LoRA/DoRA/IA3 adapter into the base weights")
+    p.add_argument(
+        "--merge", action="store_true", help="merge the LoRA/DoRA/IA3 adapter into the base weights"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=cmd_export)

@@ -28,7 +28,8 @@ def export(run_dir: str | Path, out: str | Path, merge: bool = False, overwrite:
             raise TuneforgeError(f"{out} exists and is not empty: choose another folder or pass --overwrite.")
         shutil.rmtree(out)
     src = run.model_dir
-    if not run.is_adapter or not merge:  # a full model is already standalone; an adapter folder is standard PEFT
+    # a full model is already standalone, and an adapter folder is a standard PEFT adapter
+    if not run.is_adapter or not merge:
         shutil.copytree(src, out)
         return out
     adapter = json.loads((src / "adapter_config.json").read_text())
@@ -47,8 +48,16 @@ def export(run_dir: str | Path, out: str | Path, merge: bool = False, overwrite:
     gc = getattr(merged, "generation_config", None)
     if gc is not None:
         gc.save_pretrained(tmp)
-    (tmp / "tuneforge_export.json").write_text(json.dumps({"run": str(run.path), "merged": True,
-                                                           "base": run.config.model.name,
-                                                           "method": run.config.method.name}, indent=1))
+    (tmp / "tuneforge_export.json").write_text(
+        json.dumps(
+            {
+                "run": str(run.path),
+                "merged": True,
+                "base": run.config.model.name,
+                "method": run.config.method.name,
+            },
+            indent=1,
+        )
+    )
     tmp.rename(out)
     return out

@@ -22,9 +22,16 @@ def generation_config(tokenizer, max_new_tokens: int = 64, temperature: float = 
     from transformers import GenerationConfig
 
     sample = temperature > 0
-    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature if sample else None,
-                            top_p=0.95 if sample else None, top_k=None, eos_token_id=stop_ids(tokenizer),
-                            pad_token_id=tokenizer.pad_token_id, **kw)
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=sample,
+        temperature=temperature if sample else None,
+        top_p=0.95 if sample else None,
+        top_k=None,
+        eos_token_id=stop_ids(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        **kw,
+    )
 
 
 def as_conversation(prompt: str | Sequence[dict], system_prompt: str | None = None) -> list[dict]:
@@ -36,8 +43,15 @@ def as_conversation(prompt: str | Sequence[dict], system_prompt: str | None = No
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: Sequence[str | Sequence[dict]], max_new_tokens: int = 64,
-             temperature: float = 0.0, batch_size: int = 8, system_prompt: str | None = None) -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str | Sequence[dict]],
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    batch_size: int = 8,
+    system_prompt: str | None = None,
+) -> list[str]:
     """Answer each prompt (a string or a conversation) with the chat template; returns the answers' text."""
     model.eval()
     device = next(model.parameters()).device
@@ -48,10 +62,12 @@ def generate(model, tokenizer, prompts: Sequence[str | Sequence[dict]], max_new_
     answers: list[str] = []
     try:
         for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start : start + batch_size], add_special_tokens=False, padding=True, return_tensors="pt")
+            enc = tokenizer(
+                texts[start : start + batch_size], add_special_tokens=False, padding=True, return_tensors="pt"
+            )
             enc = {k: v.to(device) for k, v in enc.items()}
             out = model.generate(**enc, generation_config=config)  # (B, T + new)
-            new = out[:, enc["input_ids"].shape[1]:]
+            new = out[:, enc["input_ids"].shape[1] :]
             answers += [a.strip() for a in tokenizer.batch_decode(new, skip_special_tokens=True)]
     finally:
         tokenizer.padding_side = side

@@ -64,9 +64,8 @@ class PreferenceTask:
         self.cfg = cfg
         p = cfg.preference
         self.loss_type, self.beta = p.loss_type, p.beta
-        allowed = ("preference", "kto") if self.loss_type == "kto" else ("preference",)
         if splits is None:
-            splits, self.data_format = load_splits(cfg.data, cfg.training.seed, allowed, "dpo")
+            splits, self.data_format = load_splits(cfg.data, cfg.training.seed, ("preference", "kto"), "dpo")
         else:
             self.data_format = "preference" if is_paired(splits["train"]) else "kto"
         if self.data_format == "kto" and self.loss_type != "kto":
@@ -100,8 +99,7 @@ class PreferenceTask:
 
     # ---- data
     def read_file(self, spec: str) -> list[Example]:
-        allowed = ("preference", "kto") if self.loss_type == "kto" else ("preference",)
-        return read_examples(spec, self.cfg.data, allowed, "dpo")[0]
+        return read_examples(spec, self.cfg.data, ("preference", "kto"), "dpo")[0]
 
     def encode(self, examples: list[Example]) -> dict:
         """Paired: rows = all chosen then all rejected; unpaired (KTO): one row each, with ``desirable`` flags.
@@ -114,13 +112,16 @@ class PreferenceTask:
         if paired:
             pairs = [(e, enc(e, e.chosen), enc(e, e.rejected)) for e in examples]
             kept = [(e, c, r) for e, c, r in pairs if n_loss(c) and n_loss(r)]
-            return {"paired": True, "examples": [e for e, _, _ in kept], "rows": [c for _, c, _ in kept] + [r for _, _, r in kept],
-                    "dropped": len(pairs) - len(kept), "truncated": sum(c.truncated or r.truncated for _, c, r in kept)}
-        rows = [(e, enc(e, e.chosen)) for e in examples]
-        kept = [(e, r) for e, r in rows if n_loss(r)]
-        return {"paired": False, "examples": [e for e, _ in kept], "rows": [r for _, r in kept],
-                "desirable": [e.label == "true" for e, _ in kept], "dropped": len(rows) - len(kept),
-                "truncated": sum(r.truncated for _, r in kept)}
+            out = {"paired": True, "examples": [e for e, _, _ in kept], "rows": [c for _, c, _ in kept] + [r for _, _, r in kept],
+                   "dropped": len(pairs) - len(kept), "truncated": sum(c.truncated or r.truncated for _, c, r in kept)}
+        else:
+            rows = [(e, enc(e, e.chosen)) for e in examples]
+            kept = [(e, r) for e, r in rows if n_loss(r)]
+            out = {"paired": False, "examples": [e for e, _ in kept], "rows": [r for _, r in kept],
+                   "desirable": [e.label == "true" for e, _ in kept], "dropped": len(rows) - len(kept),
+                   "truncated": sum(r.truncated for _, r in kept)}
+        out["input_ids"] = [r.input_ids for r in out["rows"]]  # every row's tokens (the report's length figures)
+        return out
 
     def data_summary(self) -> dict:
         out = {name: {"examples": len(enc["examples"]), "dropped": enc["dropped"], "truncated": enc["truncated"]}

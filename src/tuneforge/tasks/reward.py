@@ -70,8 +70,10 @@ class RewardTask:
         n = self.cfg.data.max_length
         chosen = [encode_response(self.tokenizer, e.messages, e.chosen, n) for e in examples]
         rejected = [encode_response(self.tokenizer, e.messages, e.rejected, n) for e in examples]
-        return {"chosen": [ids for ids, _ in chosen], "rejected": [ids for ids, _ in rejected],
-                "truncated": sum(t1 or t2 for (_, t1), (_, t2) in zip(chosen, rejected))}
+        out = {"chosen": [ids for ids, _ in chosen], "rejected": [ids for ids, _ in rejected],
+               "truncated": sum(t1 or t2 for (_, t1), (_, t2) in zip(chosen, rejected))}
+        out["input_ids"] = out["chosen"] + out["rejected"]  # every sequence (the report's length figures)
+        return out
 
     def data_summary(self) -> dict:
         return {name: {"pairs": len(enc["chosen"]), "truncated": enc["truncated"]} for name, enc in self.encoded.items()}

@@ -42,11 +42,14 @@ def read_examples(spec: str, d) -> tuple[list[Example], str]:
     if fmt == "classification" and d.format == "auto":
         fmt = "auto"
     examples, fmt = to_examples(table, fmt, d.text_column, d.label_column)
-    if fmt == "classification" and d.format == "auto":  # a text column with a label: treat the text as raw text
+    if fmt == "classification" and d.format == "auto":
+        # a text column with a label: for a language model the text is raw text
         examples, fmt = to_examples(table, "text", d.text_column, d.label_column)
     if fmt not in SFT_FORMATS:
-        raise DataError(f"{table.path}: '{fmt}' data cannot train task 'sft'; it needs one of {', '.join(SFT_FORMATS)} "
-                        f"(preference pairs train with task dpo or reward).")
+        raise DataError(
+            f"{table.path}: '{fmt}' data cannot train task 'sft'; it needs one of {', '.join(SFT_FORMATS)} "
+            f"(preference pairs train with task dpo or reward)."
+        )
     return examples, fmt
 
 
@@ -93,8 +96,11 @@ class SFTTask:
         self.encoded = {name: self.encode(exs) for name, exs in splits.items()}
         dropped = [e for e in self.encoded["train"] if loss_count(e) == 0]
         if dropped and len(dropped) < len(self.encoded["train"]):
-            log.warning("%d training examples have no loss token left after truncation (e.g. %s) and are skipped",
-                        len(dropped), dropped[0].source)
+            log.warning(
+                "%d training examples have no loss token left after truncation (e.g. %s) and are skipped",
+                len(dropped),
+                dropped[0].source,
+            )
         self.mask = check_masks(self.tokenizer, self.encoded["train"], f"{d.train} (training split)")
         train = [e for e in self.encoded["train"] if loss_count(e) > 0]
         self.packs = plan_packs([len(e.input_ids) for e in train], d.max_length) if s.packing else None
@@ -128,9 +134,15 @@ class SFTTask:
         return out
 
     def data_summary(self) -> dict:
-        out = {name: {"examples": len(enc), "truncated": sum(e.truncated for e in enc),
-                      "tokens": sum(len(e.input_ids) for e in enc), "loss_tokens": sum(loss_count(e) for e in enc)}
-               for name, enc in self.encoded.items()}
+        out = {
+            name: {
+                "examples": len(enc),
+                "truncated": sum(e.truncated for e in enc),
+                "tokens": sum(len(e.input_ids) for e in enc),
+                "loss_tokens": sum(loss_count(e) for e in enc),
+            }
+            for name, enc in self.encoded.items()
+        }
         out["format"] = self.data_format
         out["loss_fraction"] = round(self.mask.loss_fraction, 4)
         if self.packs is not None:
@@ -148,8 +160,10 @@ class SFTTask:
         console.print(f"[bold]loss mask:[/bold] {self.mask.headline()}")
         if self.packs is not None:
             summary = self.data_summary()["packing"]
-            console.print(f"[bold]packing:[/bold] {len(self.encoded['train'])} examples in {summary['rows']} rows of "
-                          f"{self.cfg.data.max_length} tokens ({100 * summary['fill']:.1f}% filled)")
+            console.print(
+                f"[bold]packing:[/bold] {len(self.encoded['train'])} examples in {summary['rows']} rows of "
+                f"{self.cfg.data.max_length} tokens ({100 * summary['fill']:.1f}% filled)"
+            )
         return show_trained(self.tokenizer, example, markup=False)
 
     # ---- training
@@ -193,7 +207,12 @@ class SFTTask:
                 out["tuned"][name] = m
         prompts = self.held_out_prompts(split, s.samples)
         convs = [p for p, _ in prompts]
-        gen = dict(max_new_tokens=s.max_new_tokens, temperature=s.temperature, batch_size=8, system_prompt=s.system_prompt)
+        gen = dict(
+            max_new_tokens=s.max_new_tokens,
+            temperature=s.temperature,
+            batch_size=8,
+            system_prompt=s.system_prompt,
+        )
         tuned_answers = generate(model, self.tokenizer, convs, **gen) if convs else []
         base_answers = [None] * len(convs)
         if baseline:
@@ -207,8 +226,10 @@ class SFTTask:
                 if name in out["baseline"]:
                     b = out["baseline"][name]["perplexity"]
                     m["perplexity_change"] = round((m["perplexity"] - b) / b, 4)
-        out["samples"] = [{"prompt": conv[-1]["content"], "reference": ref, "base": b, "tuned": a}
-                          for (conv, ref), a, b in zip(prompts, tuned_answers, base_answers)]
+        out["samples"] = [
+            {"prompt": conv[-1]["content"], "reference": ref, "base": b, "tuned": a}
+            for (conv, ref), a, b in zip(prompts, tuned_answers, base_answers)
+        ]
         out["seconds"] = round(time.perf_counter() - t0, 2)
         return out
 
@@ -216,7 +237,9 @@ class SFTTask:
         """Stop at the template's end-of-turn token (and EOS); pad with the pad token."""
         gc = getattr(model, "generation_config", None)
         if gc is not None:
-            gc.eos_token_id = stop_ids(self.tokenizer) if self.data_format != "text" else self.tokenizer.eos_token_id
+            gc.eos_token_id = (
+                stop_ids(self.tokenizer) if self.data_format != "text" else self.tokenizer.eos_token_id
+            )
             gc.pad_token_id = self.tokenizer.pad_token_id
 
     def save_model(self, model, out: Path) -> None:

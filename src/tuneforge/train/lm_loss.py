@@ -15,7 +15,12 @@ import torch.nn.functional as F
 
 from tuneforge.data.chat import IGNORE
 
-_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+_LOGIT_POSTPROCESSING = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "logits_scaling",
+    "output_multiplier_scale",
+)
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -52,7 +57,9 @@ def _body_and_head(model: torch.nn.Module):
     return body, head
 
 
-def lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], positions_only: bool = True) -> tuple[torch.Tensor, int]:
+def lm_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], positions_only: bool = True
+) -> tuple[torch.Tensor, int]:
     """Forward a padded or packed batch and return (summed loss, loss tokens).
 
     Prompt tuning prepends virtual tokens, so the model returns more positions than it was given:

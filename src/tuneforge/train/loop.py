@@ -140,7 +140,8 @@ def fit(task: Task, prepared, cfg, run_dir: Path, accelerator, resume: bool = Fa
                 _log(run_dir, {"step": step, "epoch": round(step / sampler.steps_per_epoch, 4), "split": "train",
                                "loss": round(loss_now, 6), "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                                "examples_per_s": round(window["examples"] / dt, 2),
-                               "tokens_per_s": round(window["tokens"] / dt, 1),
+                               "tokens_per_s": round(window["tokens"] / dt, 1), "tokens": window["tokens"],
+                               "seconds": round(dt, 4),
                                # task-specific training metrics since the last log (rewards, margins, KL, ...)
                                **(task.pop_train_metrics() if hasattr(task, "pop_train_metrics") else {})}, main)
                 window = {"loss": 0.0, "items": 0, "examples": 0, "tokens": 0, "t0": time.perf_counter()}

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import logging
 import re
 import shutil
@@ -70,7 +71,28 @@ def make_accelerator(cfg: RunConfig):
     if device == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError("training.device is cuda but no GPU is visible: use training.device=auto or cpu.")
-    return Accelerator(cpu=cpu, mixed_precision="bf16" if cfg.training.precision == "bf16" else "no")
+    precision = resolve_precision(cfg.training.precision, cpu)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # accelerate keeps one global state per process; several runs in one Python session (a notebook, a
+        # test suite) may each choose their own precision, so start from a clean state.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(cpu=cpu, mixed_precision="bf16" if precision == "bf16" else "no")
+
+
+def resolve_precision(precision: str, cpu: bool) -> str:
+    """'auto' is bf16 autocast where the hardware runs bf16 matmuls natively (about 2x fp32 here), else fp32."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    if not cpu:
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    except (AttributeError, RuntimeError):
+        return "fp32"
 
 
 def preflight_audit(cfg: RunConfig, task, main: bool = True) -> dict | None:
@@ -171,6 +193,7 @@ def train(config: RunConfig | dict | str | Path, overrides: list[str] | None = N
             "wall_seconds": round(time.perf_counter() - t0, 2), "examples_seen": result.examples_seen,
             "tokens_seen": result.tokens_seen, "peak_rss_mb": round(peak_rss_mb(), 1),
             "processes": accelerator.num_processes, "device": str(accelerator.device),
+            "precision": "bf16" if accelerator.mixed_precision == "bf16" else "fp32",
         }
         (run_dir / "run.json").write_text(json.dumps(summary, indent=1))
     accelerator.wait_for_everyone()
