@@ -78,6 +78,11 @@ def test_reward_model_learns_and_scores(tiny_llama, pairs_file, tmp_path):
     main(["score", str(run.path), "--file", str(pairs)])
     with pytest.raises(SystemExit):  # a user error: printed without a traceback, exit status 2
         main(["score", str(run.path)])
+    from tuneforge.rewards import load_reward
+
+    as_reward = load_reward(str(run.path))  # a reward model run folder is a GRPO reward function
+    scores = as_reward(["Can you tell me about a joke?"] * 2, ["Of course.", "Go away."], [None, None])
+    assert scores == pytest.approx([good, bad], abs=1e-4)
 
 
 def test_reward_rejects_prompt_tuning_and_kto_rows(tiny_llama, tmp_path):
@@ -96,7 +101,7 @@ def test_reward_rejects_prompt_tuning_and_kto_rows(tiny_llama, tmp_path):
 def test_dpo_lora_learns_with_adapter_as_reference(tiny_llama, pairs_file, tmp_path):
     from tuneforge.train.recipe import train
 
-    run = train(cfg_for("dpo", tiny_llama, pairs_file, tmp_path))
+    run = train(cfg_for("dpo", tiny_llama, pairs_file, tmp_path, training={"max_steps": 8, "eval_every": 8, "log_every": 2}))
     log = train_log(run)
     assert log[-1]["loss"] < log[0]["loss"] < 0.7  # starts at log 2 = 0.693 (policy == reference)
     assert log[-1]["margin"] > 0 and log[-1]["preference_accuracy"] > 0.8
