@@ -65,7 +65,7 @@ class MethodConfig:
     layer_lr_decay: float = _f(1.0, "full/unfreeze: learning rate multiplier per layer going down (1.0 = none, ULMFiT uses 1/2.6).")
     r: int = _f(16, "lora/dora: adapter rank.")
     alpha: int = _f(32, "lora/dora: scaling numerator (scale = alpha / r).")
-    lora_dropout: float = _f(0.05, "lora/dora: dropout on the adapter input.")
+    lora_dropout: float = _f(0.0, "lora/dora: dropout on the adapter input (0 skips it: no extra copy of the activations).")
     target_modules: str | list[str] = _f("all-linear", "lora/dora/ia3: module names to adapt, or all-linear.")
     num_virtual_tokens: int = _f(20, "prefix/prompt: number of virtual tokens.")
 
