@@ -24,8 +24,13 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"date": date.today().isoformat(), "cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "date": date.today().isoformat(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 def peak_rss_mb() -> float:

@@ -29,6 +29,7 @@ STEPS = WARMUP + TIMED
 BATCH, MAX_LEN, LR = 8, 512, 2e-4
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MODEL = "smollm2-135m-instruct"
+RESULTS_FILE = os.path.join(os.path.dirname(__file__), "results", "sft.json")
 
 
 def encoded_splits():
@@ -80,8 +81,15 @@ def arm_tuneforge(precision: str | None = None) -> dict:
         "model": {"name": MODEL},
         "data": {"train": "chatterbot", "max_length": MAX_LEN, "validation_fraction": 0.0, "audit": False},
         "method": {"name": "lora", "r": 16, "alpha": 32, "target_modules": TARGETS},
-        "training": {"max_steps": STEPS, "batch_size": BATCH, "lr": LR, "warmup_steps": 0, "log_every": 1,
-                     "eval_every": 10_000, "save_every": 10_000},
+        "training": {
+            "max_steps": STEPS,
+            "batch_size": BATCH,
+            "lr": LR,
+            "warmup_steps": 0,
+            "log_every": 1,
+            "eval_every": 10_000,
+            "save_every": 10_000,
+        },
         "sft": {"samples": 0},
         "eval": {"baseline": False, "report": False, "forgetting": False, "bias": False},
         "output": {"dir": "/tmp/tuneforge-bench", "name": "sft", "overwrite": True},
@@ -94,8 +102,14 @@ def arm_tuneforge(precision: str | None = None) -> dict:
     tokens, seconds = sum(m["tokens"] for m in logs), sum(m["seconds"] for m in logs)
     model = run.load_model()
     used = run.summary()["precision"]
-    return {"tool": f"tuneforge ({used}{'' if precision else ', defaults'})", "precision": used, "tokens_per_s": tokens / seconds, "peak_rss_mb": rss,
-            "heldout_loss": heldout_loss(model, heldout), "flops_per_token": lora_flops_per_token(model)}
+    return {
+        "tool": f"tuneforge ({used}{'' if precision else ', defaults'})",
+        "precision": used,
+        "tokens_per_s": tokens / seconds,
+        "peak_rss_mb": rss,
+        "heldout_loss": heldout_loss(model, heldout),
+        "flops_per_token": lora_flops_per_token(model),
+    }
 
 
 def _reference(kind: str, bf16: bool) -> dict:
@@ -127,10 +141,22 @@ def _reference(kind: str, bf16: bool) -> dict:
         if module.training and mask is not None:
             tokens.append(int(mask.sum()))
 
-    common = dict(output_dir=f"/tmp/bench-{kind}", per_device_train_batch_size=BATCH, learning_rate=LR,
-                  max_steps=STEPS, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, seed=42,
-                  report_to=[], save_strategy="no", logging_steps=10, use_cpu=True, bf16=bf16,
-                  dataloader_num_workers=0)
+    common = dict(
+        output_dir=f"/tmp/bench-{kind}",
+        per_device_train_batch_size=BATCH,
+        learning_rate=LR,
+        max_steps=STEPS,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        seed=42,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=10,
+        use_cpu=True,
+        bf16=bf16,
+        dataloader_num_workers=0,
+    )
     if kind == "trainer":
         from peft import get_peft_model
         from transformers import Trainer, TrainingArguments
@@ -142,28 +168,49 @@ def _reference(kind: str, bf16: bool) -> dict:
             width = max(len(r["input_ids"]) for r in batch)
             pad = tok.pad_token_id
             return {
-                "input_ids": torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in batch]),
-                "attention_mask": torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch]),
+                "input_ids": torch.tensor(
+                    [r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in batch]
+                ),
+                "attention_mask": torch.tensor(
+                    [[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch]
+                ),
                 "labels": torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in batch]),
             }
 
-        trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=rows, data_collator=collate,
-                          callbacks=[Clock()])
+        trainer = Trainer(
+            model=model,
+            args=TrainingArguments(**common),
+            train_dataset=rows,
+            data_collator=collate,
+            callbacks=[Clock()],
+        )
         model.get_base_model().register_forward_pre_hook(count_tokens, with_kwargs=True)
     else:
         from trl import SFTConfig, SFTTrainer
 
-        ds = Dataset.from_list([{"input_ids": e.input_ids, "assistant_masks": [int(x != -100) for x in e.labels]}
-                                for e in train])
-        trainer = SFTTrainer(model=model, args=SFTConfig(**common, max_length=MAX_LEN), train_dataset=ds,
-                             processing_class=tok, peft_config=lora, callbacks=[Clock()])
+        ds = Dataset.from_list(
+            [{"input_ids": e.input_ids, "assistant_masks": [int(x != -100) for x in e.labels]} for e in train]
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=SFTConfig(**common, max_length=MAX_LEN),
+            train_dataset=ds,
+            processing_class=tok,
+            peft_config=lora,
+            callbacks=[Clock()],
+        )
         trainer.model.get_base_model().register_forward_pre_hook(count_tokens, with_kwargs=True)
     trainer.train()
     rss = peak_rss_mb()
     name = "transformers Trainer + PEFT" if kind == "trainer" else "TRL SFTTrainer (defaults)"
-    return {"tool": f"{name} ({'bf16' if bf16 else 'fp32'})", "precision": "bf16" if bf16 else "fp32",
-            "tokens_per_s": sum(tokens[:TIMED]) / (marks["end"] - marks["start"]), "peak_rss_mb": rss,
-            "heldout_loss": heldout_loss(trainer.model, heldout), "flops_per_token": lora_flops_per_token(trainer.model)}
+    return {
+        "tool": f"{name} ({'bf16' if bf16 else 'fp32'})",
+        "precision": "bf16" if bf16 else "fp32",
+        "tokens_per_s": sum(tokens[:TIMED]) / (marks["end"] - marks["start"]),
+        "peak_rss_mb": rss,
+        "heldout_loss": heldout_loss(trainer.model, heldout),
+        "flops_per_token": lora_flops_per_token(trainer.model),
+    }
 
 
 def matmul_peak() -> dict:
@@ -195,37 +242,54 @@ def main() -> None:
     if len(sys.argv) > 1:
         print(json.dumps(ARMS[sys.argv[1]]()))
         return
-    arms = os.environ.get("BENCH_ARMS", "peak,tuneforge,tuneforge-fp32,trainer-fp32,trainer-bf16,trl-fp32,trl-bf16").split(",")
+    arms = os.environ.get(
+        "BENCH_ARMS", "peak,tuneforge,tuneforge-fp32,trainer-fp32,trainer-bf16,trl-fp32,trl-bf16"
+    ).split(",")
     results = {}
+    previous = os.path.exists(RESULTS_FILE) and os.environ.get("BENCH_REUSE")
+    if previous:  # BENCH_REUSE=1: keep the arms measured last time that are not re-run now
+        results = {k: v for k, v in json.loads(open(RESULTS_FILE).read())["results"].items() if k not in arms}
     for arm in arms:
         print(f"running {arm} ...", flush=True)
         results[arm] = run_isolated(__file__, arm)
-    peak = results.pop("peak", None) or matmul_peak()
+    peak = results.pop("peak", None) or (json.loads(open(RESULTS_FILE).read())["peak_flops"] if previous else matmul_peak())
     rows = list(results.values())
     for r in rows:
         r["peak_fraction"] = r["tokens_per_s"] * r["flops_per_token"] / peak[r["precision"]]
     m = machine()
     ref = {k: results[k] for k in ("trainer-fp32", "trainer-bf16", "trl-fp32", "trl-bf16") if k in results}
-    lines = [f"SFT LoRA workload: SmolLM2-135M-Instruct, LoRA r=16 on 7 projections, batch 8, max length 512, "
-             f"ChatterBot, {TIMED} timed steps ({m['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']}; "
-             f"measured matmul peak {peak['fp32'] / 1e9:.0f} GFLOP/s fp32, {peak['bf16'] / 1e9:.0f} GFLOP/s bf16)", "",
-             "| tool | real tokens/s | peak RSS (GB) | held-out loss | share of matmul peak |", "|---|---|---|---|---|"]
+    lines = [
+        f"SFT LoRA workload: SmolLM2-135M-Instruct, LoRA r=16 on 7 projections, batch 8, max length 512, "
+        f"ChatterBot, {TIMED} timed steps ({m['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']}; "
+        f"measured matmul peak {peak['fp32'] / 1e9:.0f} GFLOP/s fp32, {peak['bf16'] / 1e9:.0f} GFLOP/s bf16)",
+        "",
+        "| tool | real tokens/s | peak RSS (GB) | held-out loss | share of matmul peak |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['tool']} | {r['tokens_per_s']:.1f} | {r['peak_rss_mb'] / 1024:.2f} | {r['heldout_loss']:.4f} | "
-                     f"{100 * r['peak_fraction']:.0f}% |")
+        lines.append(
+            f"| {r['tool']} | {r['tokens_per_s']:.1f} | {r['peak_rss_mb'] / 1024:.2f} | {r['heldout_loss']:.4f} | "
+            f"{100 * r['peak_fraction']:.0f}% |"
+        )
     ours = results.get("tuneforge")
     if ours and ref:
         fastest = max(ref.values(), key=lambda r: r["tokens_per_s"])
         lines.append("")
         if "trainer-fp32" in ref:
             tr = ref["trainer-fp32"]
-            lines.append(f"tuneforge defaults vs Trainer fp32: {ours['tokens_per_s'] / tr['tokens_per_s']:.2f}x tokens/s, "
-                         f"{ours['peak_rss_mb'] / tr['peak_rss_mb']:.2f}x peak RSS, held-out loss "
-                         f"{100 * (ours['heldout_loss'] / tr['heldout_loss'] - 1):+.1f}%.")
-        lines.append(f"vs the fastest reference ({fastest['tool']}): {ours['tokens_per_s'] / fastest['tokens_per_s']:.2f}x.")
+            lines.append(
+                f"tuneforge defaults vs Trainer fp32: {ours['tokens_per_s'] / tr['tokens_per_s']:.2f}x tokens/s, "
+                f"{ours['peak_rss_mb'] / tr['peak_rss_mb']:.2f}x peak RSS, held-out loss "
+                f"{100 * (ours['heldout_loss'] / tr['heldout_loss'] - 1):+.1f}%."
+            )
+        lines.append(
+            f"vs the fastest reference ({fastest['tool']}): {ours['tokens_per_s'] / fastest['tokens_per_s']:.2f}x."
+        )
         trl = [r for k, r in ref.items() if k.startswith("trl")]
         if trl:
-            lines.append(f"peak RSS vs TRL's lowest: {ours['peak_rss_mb'] / min(r['peak_rss_mb'] for r in trl):.2f}x.")
+            lines.append(
+                f"peak RSS vs TRL's lowest: {ours['peak_rss_mb'] / min(r['peak_rss_mb'] for r in trl):.2f}x."
+            )
     write("sft", {"machine": m, "peak_flops": peak, "results": results}, "\n".join(lines))
 
 

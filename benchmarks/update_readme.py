@@ -1,6 +1,6 @@
 """Refresh the generated parts of README.md: the configuration reference and the benchmark tables.
 
-    python benchmarks/update_readme.py
+python benchmarks/update_readme.py
 """
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     text = replace_block(text, "reference", describe())
-    tables = [(RESULTS / f"{n}.md").read_text() for n in ("sft", "classification", "audit") if (RESULTS / f"{n}.md").exists()]
+    tables = [
+        (RESULTS / f"{n}.md").read_text()
+        for n in ("sft", "classification", "audit")
+        if (RESULTS / f"{n}.md").exists()
+    ]
     if tables:
         text = replace_block(text, "results", "\n\n".join(tables))
     readme.write_text(text)

@@ -10,10 +10,23 @@ def tiny_cfg(model_path: str, data_path: str, out_dir, **sections) -> dict:
     cfg = {
         "task": "classification",
         "model": {"name": model_path, "dropout": 0.0},
-        "data": {"train": data_path, "max_length": 32, "validation_fraction": 0.1, "test_fraction": 0.1, "audit": False},
+        "data": {
+            "train": data_path,
+            "max_length": 32,
+            "validation_fraction": 0.1,
+            "test_fraction": 0.1,
+            "audit": False,
+        },
         "method": {"name": "full"},
-        "training": {"max_steps": 12, "batch_size": 8, "lr": 1e-3, "eval_every": 6, "log_every": 2, "warmup_steps": 0,
-                     "precision": "fp32"},
+        "training": {
+            "max_steps": 12,
+            "batch_size": 8,
+            "lr": 1e-3,
+            "eval_every": 6,
+            "log_every": 2,
+            "warmup_steps": 0,
+            "precision": "fp32",
+        },
         "eval": {"batch_size": 32},
         "output": {"dir": str(out_dir), "name": "run", "overwrite": True},
     }

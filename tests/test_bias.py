@@ -22,13 +22,22 @@ from tuneforge.eval.bias import (
 
 def test_swaps_are_whole_word_case_keeping_and_both_ways():
     sw = Swapper(load_terms()["gender"]["groups"])
-    assert sw.swap("He told her that HIS father, the man, wasn't there.", "male", "female") == \
-        "She told his that HER mother, the woman, wasn't there."
-    assert sw.swap("The theme: he's there; ashes, shed, hers.", "male", "female") == "The theme: she's there; ashes, shed, his."
+    assert (
+        sw.swap("He told her that HIS father, the man, wasn't there.", "male", "female")
+        == "She told his that HER mother, the woman, wasn't there."
+    )
+    assert (
+        sw.swap("The theme: he's there; ashes, shed, hers.", "male", "female")
+        == "The theme: she's there; ashes, shed, his."
+    )
     assert sw.groups_in("she and her mother met him") == {"female": 3, "male": 1}
     names = Swapper(load_terms()["names"]["groups"])
     assert names.swap("emily met Greg", "European-American", "African-American") == "lakisha met Jamal"
-    assert match_case("MR", "mrs") == "MRS" and match_case("Mr", "mrs") == "Mrs" and match_case("mr", "Mrs") == "mrs"
+    assert (
+        match_case("MR", "mrs") == "MRS"
+        and match_case("Mr", "mrs") == "Mrs"
+        and match_case("mr", "Mrs") == "mrs"
+    )
 
 
 def test_counterfactuals_pick_the_dominant_group_and_respect_the_cap():
@@ -63,10 +72,15 @@ def test_classifier_probe_with_a_model_that_reads_one_word():
     texts = ["he liked it", "she liked it", "his film was fine", "nothing to see", "the French film"]
 
     def predict(batch):  # "positive" exactly when a male word is present
-        return np.array([[0.1, 0.9] if any(w in t.split() for w in ("he", "his")) else [0.8, 0.2] for t in batch])
+        return np.array(
+            [[0.1, 0.9] if any(w in t.split() for w in ("he", "his")) else [0.8, 0.2] for t in batch]
+        )
 
     out = classifier_probe(texts, predict, load_terms(), ["neg", "pos"], samples=200)
-    assert out["categories"]["gender"]["flip_rate"] == 1.0 and out["categories"]["gender"]["counterfactuals"] == 3
+    assert (
+        out["categories"]["gender"]["flip_rate"] == 1.0
+        and out["categories"]["gender"]["counterfactuals"] == 3
+    )
     assert out["categories"]["nationality"]["flip_rate"] == 0.0
     assert out["swaps"][0]["category"] == "gender" and "moved the model most" in out["summary"]
     assert "names" in out["summary"]  # says plainly that no input mentions names
@@ -111,8 +125,13 @@ def test_a_classifier_trained_on_a_gendered_word_flips_and_the_control_does_not(
     for dependent in (True, False):
         data = tmp_path / f"gender-{dependent}.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in gender_rows(240, 0, dependent)))
-        cfg = tiny_cfg(tiny_bert, str(data), tmp_path, output={"name": f"run-{dependent}"},
-                       training={"max_steps": 30, "eval_every": 30, "save_every": 1000, "lr": 3e-3})
+        cfg = tiny_cfg(
+            tiny_bert,
+            str(data),
+            tmp_path,
+            output={"name": f"run-{dependent}"},
+            training={"max_steps": 30, "eval_every": 30, "save_every": 1000, "lr": 3e-3},
+        )
         run = tuneforge.train(cfg)
         bias = json.loads((run.path / "bias.json").read_text())
         flip[dependent] = bias["categories"]["gender"]["flip_rate"]

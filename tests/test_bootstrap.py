@@ -39,7 +39,9 @@ def test_vectorised_macro_f1_equals_sklearn_on_resamples(preds):
     ours = bs._macro_f1(y[idx], pred[idx], 3)
     for row, value in zip(idx, ours):
         present = sorted(set(y[row]))
-        assert value == pytest.approx(f1_score(y[row], pred[row], labels=present, average="macro", zero_division=0))
+        assert value == pytest.approx(
+            f1_score(y[row], pred[row], labels=present, average="macro", zero_division=0)
+        )
 
 
 def test_seeded_and_paired(preds):

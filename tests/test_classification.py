@@ -29,8 +29,13 @@ def _weights(path):
 @pytest.mark.parametrize("method,extra", METHODS, ids=[m + ("-" + str(e) if e else "") for m, e in METHODS])
 def test_method_trains_and_saves(tiny_bert, sentiment_file, tmp_path, method, extra):
     lr = 3e-3 if method in ("lora", "dora", "ia3", "freeze") else 1e-3
-    cfg = tiny_cfg(tiny_bert, sentiment_file, tmp_path, method={"name": method, **extra},
-                   training={"max_steps": 24, "lr": lr, "head_lr": 5e-3, "log_every": 6, "eval_every": 24})
+    cfg = tiny_cfg(
+        tiny_bert,
+        sentiment_file,
+        tmp_path,
+        method={"name": method, **extra},
+        training={"max_steps": 24, "lr": lr, "head_lr": 5e-3, "log_every": 6, "eval_every": 24},
+    )
     run = tuneforge.train(cfg)
     metrics = run.metrics()
     train_losses = [m["loss"] for m in metrics if m["split"] == "train"]
@@ -65,7 +70,9 @@ def test_method_trains_and_saves(tiny_bert, sentiment_file, tmp_path, method, ex
             assert not any("encoder.layer.0." in k or "embeddings" in k for k in changed)
             assert any("encoder.layer.1." in k for k in changed)
         elif method == "unfreeze":  # after 24 steps with a new layer every 6: both blocks trained
-            assert any("encoder.layer.1." in k for k in changed) and any("encoder.layer.0." in k for k in changed)
+            assert any("encoder.layer.1." in k for k in changed) and any(
+                "encoder.layer.0." in k for k in changed
+            )
     else:
         assert (run.path / "model" / "adapter_config.json").exists()
         inner = model.get_base_model()
@@ -79,16 +86,30 @@ def test_method_trains_and_saves(tiny_bert, sentiment_file, tmp_path, method, ex
 
 
 def test_full_finetune_learns_the_task(tiny_bert, sentiment_file, tmp_path):
-    cfg = tiny_cfg(tiny_bert, sentiment_file, tmp_path, training={"max_steps": 80, "lr": 2e-3, "eval_every": 20})
+    cfg = tiny_cfg(
+        tiny_bert, sentiment_file, tmp_path, training={"max_steps": 80, "lr": 2e-3, "eval_every": 20}
+    )
     run = tuneforge.train(cfg)
     ev = json.loads((run.path / "eval.json").read_text())
     assert ev["tuned"]["accuracy"] >= 0.8 > ev["baseline"]["accuracy"]
-    assert set(run.path.joinpath(p).exists() for p in ("config.yaml", "metrics.jsonl", "run.json", "data.json")) == {True}
+    assert set(
+        run.path.joinpath(p).exists() for p in ("config.yaml", "metrics.jsonl", "run.json", "data.json")
+    ) == {True}
 
 
 def test_early_stopping_keeps_the_best(tiny_bert, sentiment_file, tmp_path):
-    cfg = tiny_cfg(tiny_bert, sentiment_file, tmp_path,
-                   training={"max_steps": 200, "lr": 5e-3, "eval_every": 2, "early_stopping_patience": 2, "metric": "loss"})
+    cfg = tiny_cfg(
+        tiny_bert,
+        sentiment_file,
+        tmp_path,
+        training={
+            "max_steps": 200,
+            "lr": 5e-3,
+            "eval_every": 2,
+            "early_stopping_patience": 2,
+            "metric": "loss",
+        },
+    )
     run = tuneforge.train(cfg)
     s = run.summary()
     assert s["status"] == "stopped early" and s["steps"] < 200
@@ -99,7 +120,14 @@ def test_early_stopping_keeps_the_best(tiny_bert, sentiment_file, tmp_path):
 
 def test_unknown_label_in_test_file_is_reported(tiny_bert, sentiment_file, tmp_path):
     bad = tmp_path / "test.jsonl"
-    bad.write_text(json.dumps({"text": "fine", "label": "pos"}) + "\n" + json.dumps({"text": "meh", "label": "neutral"}) + "\n")
+    bad.write_text(
+        json.dumps({"text": "fine", "label": "pos"})
+        + "\n"
+        + json.dumps({"text": "meh", "label": "neutral"})
+        + "\n"
+    )
     cfg = tiny_cfg(tiny_bert, sentiment_file, tmp_path, data={"test": str(bad)})
-    with pytest.raises(tuneforge.TuneforgeError, match=r"test.jsonl:2: label 'neutral' is not one of the labels"):
+    with pytest.raises(
+        tuneforge.TuneforgeError, match=r"test.jsonl:2: label 'neutral' is not one of the labels"
+    ):
         tuneforge.train(cfg)

@@ -23,19 +23,26 @@ def test_help(cmd):
 
 def test_models_and_reference():
     out = tf("models")
-    assert out.returncode == 0 and "minilm-l6" in out.stderr + out.stdout and "gemma3-270m" in out.stderr + out.stdout
+    assert (
+        out.returncode == 0
+        and "minilm-l6" in out.stderr + out.stdout
+        and "gemma3-270m" in out.stderr + out.stdout
+    )
     ref = tf("config", "--reference")
     assert "`training.lr`" in ref.stdout
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["train", "missing.yaml"], "config file missing.yaml not found"),
-    (["train", "model.name=no-such-model", "data.limit=10"], "not a bundled alias"),
-    (["train", "model.name=someorg/some-model", "data.limit=10"], "not in the local Hugging Face cache"),
-    (["train", "training.lr=-1"], "training.lr must be positive"),
-    (["train", "data.train=nowhere.jsonl"], "nowhere.jsonl: file not found"),
-    (["eval", "not-a-run"], "not a tuneforge run folder"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["train", "missing.yaml"], "config file missing.yaml not found"),
+        (["train", "model.name=no-such-model", "data.limit=10"], "not a bundled alias"),
+        (["train", "model.name=someorg/some-model", "data.limit=10"], "not in the local Hugging Face cache"),
+        (["train", "training.lr=-1"], "training.lr must be positive"),
+        (["train", "data.train=nowhere.jsonl"], "nowhere.jsonl: file not found"),
+        (["eval", "not-a-run"], "not a tuneforge run folder"),
+    ],
+)
 def test_user_mistakes_are_explained_without_traceback(args, expected, tmp_path, monkeypatch, capsys):
     from tuneforge.cli import main
 
@@ -61,7 +68,9 @@ def test_train_predict_eval_from_the_cli(tiny_bert, sentiment_file, tmp_path):
     assert pred.returncode == 0 and [r["text"] for r in rows] == ["the great film", "an awful plot"]
     assert set(rows[0]["probs"]) == {"neg", "pos"}
     test_file = tmp_path / "extra.jsonl"
-    test_file.write_text("".join(json.dumps({"text": f"the great film {i}", "label": "pos"}) + "\n" for i in range(5)))
+    test_file.write_text(
+        "".join(json.dumps({"text": f"the great film {i}", "label": "pos"}) + "\n" for i in range(5))
+    )
     ev = tf("eval", str(run), "--data", str(test_file))
     assert ev.returncode == 0, ev.stderr[-2000:]
     assert json.loads((run / "eval-extra.json").read_text())["tuned"]["n"] == 5

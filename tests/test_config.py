@@ -52,7 +52,9 @@ def test_overrides_and_yaml_errors(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("model:\n  name: minilm-l6\ntraining:\n  lr: 1e-4\n")
     cfg = load_config(p, ["training.lr=3e-4", "data.limit=100", "method.target_modules=[query, value]"])
-    assert cfg.training.lr == 3e-4 and cfg.data.limit == 100 and cfg.method.target_modules == ["query", "value"]
+    assert (
+        cfg.training.lr == 3e-4 and cfg.data.limit == 100 and cfg.method.target_modules == ["query", "value"]
+    )
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config(p, ["training.lr"])
     bad = tmp_path / "bad.yaml"

@@ -26,7 +26,10 @@ def test_reads_jsonl_csv_tsv_parquet_with_line_numbers(tmp_path):
 def test_malformed_rows_name_file_and_line(tmp_path):
     p = tmp_path / "bad.jsonl"
     p.write_text('{"text": "ok", "label": "a"}\n{"text": "broken", \n[1, 2]\n')
-    with pytest.raises(DataError, match=r"(?s)bad.jsonl:2: not valid JSON.*bad.jsonl:3: expected a JSON object.*tuneforge data prepare"):
+    with pytest.raises(
+        DataError,
+        match=r"(?s)bad.jsonl:2: not valid JSON.*bad.jsonl:3: expected a JSON object.*tuneforge data prepare",
+    ):
         read_table(p)
     t = read_table(p, strict=False)
     assert len(t.rows) == 1 and [b.line for b in t.bad] == [2, 3]

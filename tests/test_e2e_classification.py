@@ -21,10 +21,23 @@ CASES = [
 def test_real_model_method(tmp_path, model, method, extra, lr):
     cfg = {
         "model": {"name": model},
-        "data": {"train": "rotten-tomatoes", "max_length": 64, "limit": 384, "eval_limit": 64, "audit": False},
+        "data": {
+            "train": "rotten-tomatoes",
+            "max_length": 64,
+            "limit": 384,
+            "eval_limit": 64,
+            "audit": False,
+        },
         "method": {"name": method, **extra},
-        "training": {"max_steps": 16, "batch_size": 16, "lr": lr, "head_lr": max(lr, 2e-3), "log_every": 4, "eval_every": 16,
-                     "warmup_steps": 0},
+        "training": {
+            "max_steps": 16,
+            "batch_size": 16,
+            "lr": lr,
+            "head_lr": max(lr, 2e-3),
+            "log_every": 4,
+            "eval_every": 16,
+            "warmup_steps": 0,
+        },
         "eval": {"bias": False},  # the bias probe has its own tests; here it would only add minutes
         "output": {"dir": str(tmp_path), "name": "run"},
     }
@@ -40,7 +53,9 @@ def test_real_model_method(tmp_path, model, method, extra, lr):
     tuned_model = load_sequence_classifier(run.path / "model")
     if method == "lora":
         inner = tuned_model.get_base_model().state_dict()
-        frozen = [k for k in base if "classifier" not in k and "score" not in k and "pooler" not in k and k in inner]
+        frozen = [
+            k for k in base if "classifier" not in k and "score" not in k and "pooler" not in k and k in inner
+        ]
         assert frozen and all(torch.equal(base[k], inner[k]) for k in frozen)
         assert any("lora_B" in k and v.abs().sum() > 0 for k, v in tuned_model.state_dict().items())
     else:
@@ -50,12 +65,16 @@ def test_real_model_method(tmp_path, model, method, extra, lr):
             assert changed and all("pooler" in k for k in changed)
         else:
             assert any("encoder.layer.5" in k for k in changed)
-            if method == "unfreeze":  # 16 steps, a block every 4: the top 4 of 6 blocks trained, the bottom one not
+            if (
+                method == "unfreeze"
+            ):  # 16 steps, a block every 4: the top 4 of 6 blocks trained, the bottom one not
                 assert not any("encoder.layer.0." in k for k in changed)
     texts = ["A gripping, beautifully acted film.", "Dull, lifeless and far too long."]
     tok = run.load_tokenizer()
     with torch.no_grad():
         enc = tok(texts, return_tensors="pt", padding=True)
-        probs = tuned_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.softmax(-1)
+        probs = tuned_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.softmax(
+            -1
+        )
     preds = run.predict(texts)
     assert all(abs(float(probs[i].max()) - preds[i]["score"]) < 1e-4 for i in range(2))

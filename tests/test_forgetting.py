@@ -9,8 +9,12 @@ from tuneforge.errors import DataError
 from tuneforge.eval.forgetting import example_nll, forgetting_result, reference_texts
 from tuneforge.eval.perplexity import nll as task_nll
 
-TEXTS = ["The train left the city a little after nine.", "Bread is one of the oldest foods that people make, "
-         "and at its simplest it needs only flour, water, salt and yeast.", "Why is the sky blue?"]
+TEXTS = [
+    "The train left the city a little after nine.",
+    "Bread is one of the oldest foods that people make, "
+    "and at its simplest it needs only flour, water, salt and yeast.",
+    "Why is the sky blue?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +43,9 @@ def test_example_nll_sums_to_the_task_perplexity_and_windows_long_texts(llama):
     assert nll.sum() == pytest.approx(total, rel=1e-4) and count.sum() == n
     ids = tok(TEXTS[1])["input_ids"]
     _, windows = example_nll(model, tok, [TEXTS[1]], max_length=8)
-    assert windows[0] == sum(len(ids[i : i + 8]) - 1 for i in range(0, len(ids), 8) if len(ids[i : i + 8]) > 1)
+    assert windows[0] == sum(
+        len(ids[i : i + 8]) - 1 for i in range(0, len(ids), 8) if len(ids[i : i + 8]) > 1
+    )
 
 
 def test_reference_texts(tmp_path):
@@ -58,7 +64,7 @@ def test_verdicts():
     rng = np.random.default_rng(0)
     counts = rng.integers(50, 150, 22)
     base = counts * rng.uniform(2.0, 2.4, 22)
-    worse = forgetting_result(base + counts * 0.3, base, counts, threshold=0.1)   # ppl x e^0.3 = +35%
+    worse = forgetting_result(base + counts * 0.3, base, counts, threshold=0.1)  # ppl x e^0.3 = +35%
     assert worse["warning"] and "Forgetting warning" in worse["message"]
     assert worse["relative_change"]["value"] == pytest.approx(np.exp(0.3) - 1)
     same = forgetting_result(base + 10 * (-1) ** np.arange(22), base, counts)  # no change overall

@@ -16,13 +16,17 @@ def curves(train: list[float], val: list[float], every: int = 10) -> list[dict]:
 
 
 def test_rising_validation_with_falling_training_is_overfitting():
-    v = overfitting_verdict(curves([2.0, 1.6, 1.2, 0.9, 0.6, 0.4, 0.2, 0.1, 0.05, 0.02], [1.5, 1.1, 1.2, 1.4, 1.7]))
+    v = overfitting_verdict(
+        curves([2.0, 1.6, 1.2, 0.9, 0.6, 0.4, 0.2, 0.1, 0.05, 0.02], [1.5, 1.1, 1.2, 1.4, 1.7])
+    )
     assert v.status == "overfitting" and v.best_step == 20 and v.evals_after_best == 3
     assert "rose for 3 evaluations after step 20" in v.message
 
 
 def test_other_cases():
-    assert overfitting_verdict(curves([2, 1.5, 1.2, 1.0, 0.9, 0.8], [1.5, 1.2, 1.0])).status == "still improving"
+    assert (
+        overfitting_verdict(curves([2, 1.5, 1.2, 1.0, 0.9, 0.8], [1.5, 1.2, 1.0])).status == "still improving"
+    )
     stable = overfitting_verdict(curves([2, 1.5, 1.2, 1.0, 0.9, 0.8, 0.8, 0.8], [1.5, 1.0, 1.01, 1.0]))
     assert stable.status == "stable"
     assert overfitting_verdict(curves([2, 1], [1.0, 0.9])).status == "too few evaluations"
@@ -36,12 +40,20 @@ def test_overfitted_run_is_flagged(tiny_bert, tmp_path):
     """About 35 rows with random labels, 10 epochs: training loss goes to ~0, validation loss climbs."""
     rng = random.Random(0)
     words = "film plot cast music story ending scene actor script pacing".split()
-    rows = [{"text": " ".join(rng.choices(words, k=6)) + f" {i}", "label": rng.choice(["a", "b"])} for i in range(48)]
+    rows = [
+        {"text": " ".join(rng.choices(words, k=6)) + f" {i}", "label": rng.choice(["a", "b"])}
+        for i in range(48)
+    ]
     data = tmp_path / "noise.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = tiny_cfg(tiny_bert, str(data), tmp_path, data={"validation_fraction": 0.2, "test_fraction": 0.1},
-                   training={"max_steps": 48, "eval_every": 8, "save_every": 1000, "log_every": 4, "lr": 3e-3},
-                   eval={"bias": False})
+    cfg = tiny_cfg(
+        tiny_bert,
+        str(data),
+        tmp_path,
+        data={"validation_fraction": 0.2, "test_fraction": 0.1},
+        training={"max_steps": 48, "eval_every": 8, "save_every": 1000, "log_every": 4, "lr": 3e-3},
+        eval={"bias": False},
+    )
     run = tuneforge.train(cfg)
     report = json.loads((run.path / "report.json").read_text())
     verdict = report["curves"]["verdict"]

@@ -23,8 +23,14 @@ def _final(run_path: Path) -> dict[str, torch.Tensor]:
 
 def _cfg(tiny_bert, data, out, **training):
     # No validation: the final model is the last weights. Dropout on: RNG states must be restored too.
-    return tiny_cfg(tiny_bert, data, out, model={"dropout": 0.1}, data={"validation_fraction": 0.0},
-                    training={"max_steps": 12, "save_every": 4, "eval_every": None, **training})
+    return tiny_cfg(
+        tiny_bert,
+        data,
+        out,
+        model={"dropout": 0.1},
+        data={"validation_fraction": 0.0},
+        training={"max_steps": 12, "save_every": 4, "eval_every": None, **training},
+    )
 
 
 def test_resume_after_crash_matches_uninterrupted(tiny_bert, sentiment_file, tmp_path, monkeypatch):
@@ -75,15 +81,31 @@ def test_crash_while_writing_keeps_the_previous_checkpoint(tiny_bert, sentiment_
 
 
 def test_gradient_accumulation_is_exactly_a_larger_batch(tiny_bert, sentiment_file, tmp_path):
-    a = tuneforge.train(tiny_cfg(tiny_bert, sentiment_file, tmp_path / "a", data={"validation_fraction": 0.0},
-                                 training={"batch_size": 8, "grad_accum": 1, "eval_every": None}))
-    b = tuneforge.train(tiny_cfg(tiny_bert, sentiment_file, tmp_path / "b", data={"validation_fraction": 0.0},
-                                 training={"batch_size": 2, "grad_accum": 4, "eval_every": None}))
+    a = tuneforge.train(
+        tiny_cfg(
+            tiny_bert,
+            sentiment_file,
+            tmp_path / "a",
+            data={"validation_fraction": 0.0},
+            training={"batch_size": 8, "grad_accum": 1, "eval_every": None},
+        )
+    )
+    b = tuneforge.train(
+        tiny_cfg(
+            tiny_bert,
+            sentiment_file,
+            tmp_path / "b",
+            data={"validation_fraction": 0.0},
+            training={"batch_size": 2, "grad_accum": 4, "eval_every": None},
+        )
+    )
     assert max_diff(_final(a.path), _final(b.path)) < 1e-5
 
 
 def test_two_ddp_processes_equal_one_with_double_accumulation(tiny_bert, sentiment_file, tmp_path):
-    common = dict(data={"validation_fraction": 0.0}, training={"max_steps": 6, "batch_size": 4, "eval_every": None})
+    common = dict(
+        data={"validation_fraction": 0.0}, training={"max_steps": 6, "batch_size": 4, "eval_every": None}
+    )
     one = tiny_cfg(tiny_bert, sentiment_file, tmp_path / "one", **common)
     one["training"]["grad_accum"] = 2
     ddp = tiny_cfg(tiny_bert, sentiment_file, tmp_path / "ddp", **common)

@@ -1,9 +1,9 @@
 """tuneforge: fine-tune pre-trained models on your own task data.
 
-    import tuneforge
-    run = tuneforge.train("configs/classify-minilm-rotten.yaml")      # or a RunConfig / dict
-    run.evaluate()                                                     # eval.json: tuned beside baseline
-    run.predict(["a gripping, beautiful film"])                        # [{'label': 'fresh', ...}]
+import tuneforge
+run = tuneforge.train("configs/classify-minilm-rotten.yaml")      # or a RunConfig / dict
+run.evaluate()                                                     # eval.json: tuned beside baseline
+run.predict(["a gripping, beautiful film"])                        # [{'label': 'fresh', ...}]
 """
 
 from tuneforge.config import RunConfig, load_config

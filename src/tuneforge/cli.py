@@ -1,12 +1,12 @@
 """The command line: one command per user verb.
 
-    tuneforge train CONFIG [key=value ...] [--resume [RUN_DIR]] [--nproc N]
-    tuneforge eval RUN_DIR [--data FILE]
-    tuneforge predict RUN_DIR "some text" ...
-    tuneforge chat RUN_DIR | generate RUN_DIR --prompt "..." [--base] | export RUN_DIR OUT [--merge]
-    tuneforge score RUN_DIR --prompt "..." --response "..." [--response "..."]
-    tuneforge report RUN_DIR | compare RUN_A RUN_B ...
-    tuneforge models | datasets | config [CONFIG] | demo
+tuneforge train CONFIG [key=value ...] [--resume [RUN_DIR]] [--nproc N]
+tuneforge eval RUN_DIR [--data FILE]
+tuneforge predict RUN_DIR "some text" ...
+tuneforge chat RUN_DIR | generate RUN_DIR --prompt "..." [--base] | export RUN_DIR OUT [--merge]
+tuneforge score RUN_DIR --prompt "..." --response "..." [--response "..."]
+tuneforge report RUN_DIR | compare RUN_A RUN_B ...
+tuneforge models | datasets | config [CONFIG] | demo
 """
 
 from __future__ import annotations
@@ -39,7 +39,11 @@ def print_eval(result: dict) -> None:
 
         console.print("\n".join(format_eval(result)), highlight=False)
         return
-    if result.get("task") in ("reward", "dpo", "grpo"):  # preference tuning: accuracy or reward, base vs tuned
+    if result.get("task") in (
+        "reward",
+        "dpo",
+        "grpo",
+    ):  # preference tuning: accuracy or reward, base vs tuned
         import importlib
 
         lines = importlib.import_module(f"tuneforge.tasks.{result['task']}").format_eval(result)
@@ -48,13 +52,31 @@ def print_eval(result: dict) -> None:
     tuned, base = result["tuned"], result.get("baseline")
     rows = [["tuned model", f"{tuned['accuracy']:.4f}", f"{tuned['macro_f1']:.4f}", str(tuned["n"])]]
     if base:
-        rows.append([f"baseline (always '{base['predicts']}')", f"{base['accuracy']:.4f}", f"{base['macro_f1']:.4f}", str(base["n"])])
-    console.print(_table(f"{result['split']} split: {result['data']}", ["model", "accuracy", "macro-F1", "examples"], rows))
+        rows.append(
+            [
+                f"baseline (always '{base['predicts']}')",
+                f"{base['accuracy']:.4f}",
+                f"{base['macro_f1']:.4f}",
+                str(base["n"]),
+            ]
+        )
+    console.print(
+        _table(
+            f"{result['split']} split: {result['data']}", ["model", "accuracy", "macro-F1", "examples"], rows
+        )
+    )
     per = tuned["per_class"]
     if len(per) <= 25:
-        console.print(_table("per class (tuned)", ["label", "precision", "recall", "F1", "support"],
-                             [[k, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"])]
-                              for k, v in per.items()]))
+        console.print(
+            _table(
+                "per class (tuned)",
+                ["label", "precision", "recall", "F1", "support"],
+                [
+                    [k, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"])]
+                    for k, v in per.items()
+                ],
+            )
+        )
 
 
 def cmd_train(args) -> None:
@@ -73,7 +95,9 @@ def cmd_train(args) -> None:
     run = train(config, overrides, resume=args.resume or False)
     if run.path.joinpath("eval.json").exists() and int(os.environ.get("RANK", "0")) == 0:
         result = json.loads((run.path / "eval.json").read_text())
-        if "tuned" in result and ("accuracy" in result["tuned"] or result.get("task") in ("sft", "reward", "dpo", "grpo")):
+        if "tuned" in result and (
+            "accuracy" in result["tuned"] or result.get("task") in ("sft", "reward", "dpo", "grpo")
+        ):
             print_eval(result)
         console.print(f"run folder: [bold]{run.path}[/bold]")
 
@@ -99,18 +123,34 @@ def cmd_score(args) -> None:
             chosen = run.score([r["prompt"] for r in rows], [r["chosen"] for r in rows])
             rejected = run.score([r["prompt"] for r in rows], [r["rejected"] for r in rows])
             for r, c, j in zip(rows, chosen, rejected):
-                print(json.dumps({"prompt": r["prompt"], "chosen_score": round(c, 4), "rejected_score": round(j, 4),
-                                  "prefers_chosen": c > j}))
-            console.print(f"pairwise accuracy: {sum(c > j for c, j in zip(chosen, rejected)) / max(1, len(rows)):.4f} "
-                          f"on {len(rows)} pairs")
+                print(
+                    json.dumps(
+                        {
+                            "prompt": r["prompt"],
+                            "chosen_score": round(c, 4),
+                            "rejected_score": round(j, 4),
+                            "prefers_chosen": c > j,
+                        }
+                    )
+                )
+            console.print(
+                f"pairwise accuracy: {sum(c > j for c, j in zip(chosen, rejected)) / max(1, len(rows)):.4f} "
+                f"on {len(rows)} pairs"
+            )
             return
         if not {"prompt", "response"} <= set(table.columns):
-            raise TuneforgeError(f"{args.file}: score needs rows with prompt and response (or prompt, chosen, rejected).")
-        for r, s in zip(table.rows, run.score([r["prompt"] for r in table.rows], [r["response"] for r in table.rows])):
+            raise TuneforgeError(
+                f"{args.file}: score needs rows with prompt and response (or prompt, chosen, rejected)."
+            )
+        for r, s in zip(
+            table.rows, run.score([r["prompt"] for r in table.rows], [r["response"] for r in table.rows])
+        ):
             print(json.dumps({"prompt": r["prompt"], "response": r["response"], "score": round(s, 4)}))
         return
     if not args.prompt or not args.response:
-        raise TuneforgeError('score: give --prompt "..." and one or more --response "...", or --file FILE.jsonl.')
+        raise TuneforgeError(
+            'score: give --prompt "..." and one or more --response "...", or --file FILE.jsonl.'
+        )
     for response, s in zip(args.response, run.score(args.prompt, args.response)):
         print(f"{s:+.4f}\t{response}")
 
@@ -134,17 +174,31 @@ def cmd_predict(args) -> None:
 def cmd_models(args) -> None:
     from tuneforge.models.catalogue import MODELS
 
-    console.print(_table("bundled models (model.name)", ["alias", "kind", "params", "licence", "description"],
-                         [[m.alias, m.kind, m.params, m.licence, m.description] for m in MODELS.values()]))
-    console.print("Also accepted: a local transformers folder, a .gguf file, or a hub id already in the local cache.")
+    console.print(
+        _table(
+            "bundled models (model.name)",
+            ["alias", "kind", "params", "licence", "description"],
+            [[m.alias, m.kind, m.params, m.licence, m.description] for m in MODELS.values()],
+        )
+    )
+    console.print(
+        "Also accepted: a local transformers folder, a .gguf file, or a hub id already in the local cache."
+    )
 
 
 def cmd_datasets(args) -> None:
     from tuneforge.data.bundled import DATASETS
 
-    console.print(_table("bundled datasets (data.train)", ["alias", "format", "description"],
-                         [[d.name, d.format, d.description] for d in DATASETS.values()]))
-    console.print("Use alias:split (e.g. rotten-tomatoes:test) for a split; any JSONL/CSV/TSV/Parquet file works too.")
+    console.print(
+        _table(
+            "bundled datasets (data.train)",
+            ["alias", "format", "description"],
+            [[d.name, d.format, d.description] for d in DATASETS.values()],
+        )
+    )
+    console.print(
+        "Use alias:split (e.g. rotten-tomatoes:test) for a split; any JSONL/CSV/TSV/Parquet file works too."
+    )
 
 
 def cmd_config(args) -> None:
@@ -170,46 +224,69 @@ def cmd_demo(args) -> None:
     """The main job on embedded defaults: MiniLM-L6 fine-tuned for Rotten Tomatoes sentiment."""
     from tuneforge.train.recipe import train
 
-    console.print("[bold]demo:[/bold] full fine-tuning of MiniLM-L6 on Rotten Tomatoes sentiment "
-                  "(4,000 training snippets, 1 epoch; the full recipe is configs/classify-minilm-rotten.yaml)")
+    console.print(
+        "[bold]demo:[/bold] full fine-tuning of MiniLM-L6 on Rotten Tomatoes sentiment "
+        "(4,000 training snippets, 1 epoch; the full recipe is configs/classify-minilm-rotten.yaml)"
+    )
     run = train(DEMO, list(args.overrides))
     print_eval(json.loads((run.path / "eval.json").read_text()))
-    for p, text in zip(run.predict(["A gripping, beautifully acted film.", "Dull, lifeless and far too long."]),
-                       ["A gripping, beautifully acted film.", "Dull, lifeless and far too long."]):
+    for p, text in zip(
+        run.predict(["A gripping, beautifully acted film.", "Dull, lifeless and far too long."]),
+        ["A gripping, beautifully acted film.", "Dull, lifeless and far too long."],
+    ):
         console.print(f"  predict: {text!r} -> {p['label']} ({p['score']:.2f})")
     console.print(f"run folder: [bold]{run.path}[/bold]")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tuneforge", description="Fine-tune pre-trained models on your own task data.")
+    parser = argparse.ArgumentParser(
+        prog="tuneforge", description="Fine-tune pre-trained models on your own task data."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="fine-tune a model as a YAML config says", description="Fine-tune a model and write a run folder.")
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a model as a YAML config says",
+        description="Fine-tune a model and write a run folder.",
+    )
     p.add_argument("config", nargs="?", help="YAML run config (see configs/); omit to use the defaults")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.lr=1e-4 data.limit=500")
-    p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR",
-                   help="continue a stopped run from its latest checkpoint (the run folder, or the newest matching run)")
-    p.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (DDP through torchrun)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        metavar="RUN_DIR",
+        help="continue a stopped run from its latest checkpoint (the run folder, or the newest matching run)",
+    )
+    p.add_argument(
+        "--nproc", type=int, default=1, help="data-parallel processes on this machine (DDP through torchrun)"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run's final model on its test split or a file")
     p.add_argument("run_dir")
-    p.add_argument("--data", help="a labelled file (or alias:split) to evaluate on instead of the run's test split")
+    p.add_argument(
+        "--data", help="a labelled file (or alias:split) to evaluate on instead of the run's test split"
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="classify texts with a run's final model")
     p.add_argument("run_dir")
     p.add_argument("texts", nargs="*", help="texts to classify")
     p.add_argument("--file", help="a text file, one input per line")
-    p.add_argument("--json", action="store_true", help="print one JSON object per text, with every label's probability")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object per text, with every label's probability"
+    )
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("score", help="score responses with a reward model run (task: reward)")
     p.add_argument("run_dir")
     p.add_argument("--prompt", help="the prompt (one user turn)")
     p.add_argument("--response", action="append", help="a response to score (repeat for several)")
-    p.add_argument("--file", help="JSONL/CSV rows of prompt+response, or prompt+chosen+rejected (prints the accuracy)")
+    p.add_argument(
+        "--file", help="JSONL/CSV rows of prompt+response, or prompt+chosen+rejected (prints the accuracy)"
+    )
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("models", help="list the bundled offline models")

@@ -55,7 +55,9 @@ def regex(pattern: str) -> Callable[..., list[float]]:
     try:
         compiled = re.compile(pattern, re.DOTALL)
     except re.error as e:
-        raise ConfigError(f"grpo.rewards: 'regex:{pattern}' is not a valid regular expression ({e}).") from None
+        raise ConfigError(
+            f"grpo.rewards: 'regex:{pattern}' is not a valid regular expression ({e})."
+        ) from None
     return lambda completions, **_: [float(compiled.search(c) is not None) for c in completions]
 
 
@@ -82,7 +84,9 @@ class RewardModel:
 
         self.run = Run(path)
         if self.run.config.task != "reward":
-            raise ConfigError(f"grpo.rewards: {path} is a '{self.run.config.task}' run, not a reward model (task: reward).")
+            raise ConfigError(
+                f"grpo.rewards: {path} is a '{self.run.config.task}' run, not a reward model (task: reward)."
+            )
 
     def __call__(self, prompts: list[str], completions: list[str], **_) -> list[float]:
         return self.run.score(prompts, completions)
@@ -102,8 +106,10 @@ def _import(spec: str) -> Callable:
         else:
             module = importlib.import_module(where)
     except ImportError as e:
-        raise ConfigError(f"grpo.rewards: cannot import '{where}' for '{spec}' ({e}). Is it on PYTHONPATH, or give "
-                          f"path/to/file.py:{name}.") from None
+        raise ConfigError(
+            f"grpo.rewards: cannot import '{where}' for '{spec}' ({e}). Is it on PYTHONPATH, or give "
+            f"path/to/file.py:{name}."
+        ) from None
     fn = getattr(module, name, None)
     if not callable(fn):
         raise ConfigError(f"grpo.rewards: '{where}' has no function '{name}'.")
@@ -116,7 +122,9 @@ class Reward:
     fn: Callable[..., list[float]]
     weight: float = 1.0
 
-    def __call__(self, prompts: list[str], completions: list[str], references: list[str | None]) -> list[float]:
+    def __call__(
+        self, prompts: list[str], completions: list[str], references: list[str | None]
+    ) -> list[float]:
         kwargs = {"prompts": prompts, "completions": completions, "references": references}
         try:
             params = inspect.signature(self.fn).parameters
@@ -127,14 +135,18 @@ class Reward:
         values = self.fn(**kwargs)
         values = list(values) if values is not None else []
         if len(values) != len(completions):
-            raise TuneforgeError(f"reward '{self.name}' returned {len(values)} values for {len(completions)} completions: "
-                                 f"it must return one number per completion.")
+            raise TuneforgeError(
+                f"reward '{self.name}' returned {len(values)} values for {len(completions)} completions: "
+                f"it must return one number per completion."
+            )
         out = []
         for v in values:
             v = float("nan") if v is None else float(v)
             out.append(v)
         if any(math.isnan(v) for v in out):
-            raise TuneforgeError(f"reward '{self.name}' returned None or NaN for some completions: return a number for each.")
+            raise TuneforgeError(
+                f"reward '{self.name}' returned None or NaN for some completions: return a number for each."
+            )
         return out
 
 
@@ -148,18 +160,24 @@ def load_reward(spec: str, weight: float = 1.0) -> Reward:
                 raise ConfigError(f"grpo.rewards: '{name}' takes no argument (got '{spec}').")
             return Reward(spec, fn, weight)
         if not arg:
-            raise ConfigError(f"grpo.rewards: '{name}' needs an argument, e.g. '{name}:{12 if kind is int else 'text'}'.")
+            raise ConfigError(
+                f"grpo.rewards: '{name}' needs an argument, e.g. '{name}:{12 if kind is int else 'text'}'."
+            )
         if kind is int:
             if not arg.isdigit() or int(arg) < 1:
-                raise ConfigError(f"grpo.rewards: '{spec}': the argument must be a positive whole number of words.")
+                raise ConfigError(
+                    f"grpo.rewards: '{spec}': the argument must be a positive whole number of words."
+                )
             return Reward(spec, fn(int(arg)), weight)
         return Reward(spec, fn(arg), weight)
     if Path(spec).expanduser().is_dir():
         return Reward(spec, RewardModel(spec), weight)
     if ":" in spec:
         return Reward(spec, _import(spec), weight)
-    raise ConfigError(f"grpo.rewards: '{spec}' is not a built-in reward ({', '.join(BUILTINS)}), a reward-model run "
-                      f"folder, nor module:function.")
+    raise ConfigError(
+        f"grpo.rewards: '{spec}' is not a built-in reward ({', '.join(BUILTINS)}), a reward-model run "
+        f"folder, nor module:function."
+    )
 
 
 def load_rewards(specs: list[str], weights: list[float] | None = None) -> list[Reward]:

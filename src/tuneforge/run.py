@@ -35,8 +35,10 @@ class Run:
     def model_dir(self) -> Path:
         d = self.path / "model"
         if not d.exists():
-            raise TuneforgeError(f"{self.path}: no final model yet (training did not finish). Resume it with "
-                                 f"`tuneforge train --resume {self.path}`.")
+            raise TuneforgeError(
+                f"{self.path}: no final model yet (training did not finish). Resume it with "
+                f"`tuneforge train --resume {self.path}`."
+            )
         return d
 
     @property
@@ -65,8 +67,13 @@ class Run:
             self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         return self._tokenizer
 
-    def generate(self, prompts: str | list, max_new_tokens: int | None = None, base: bool = False,
-                 temperature: float | None = None) -> list[str]:
+    def generate(
+        self,
+        prompts: str | list,
+        max_new_tokens: int | None = None,
+        base: bool = False,
+        temperature: float | None = None,
+    ) -> list[str]:
         """Answer prompts (strings or conversations) with the tuned model, or with the base model (``base=True``)."""
         from tuneforge.serve.generate import generate
         from tuneforge.tasks.sft import base_model
@@ -74,8 +81,11 @@ class Run:
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], dict)):
             prompts = [prompts]
         s = self.config.sft
-        kw = dict(max_new_tokens=max_new_tokens or s.max_new_tokens, system_prompt=s.system_prompt,
-                  temperature=s.temperature if temperature is None else temperature)
+        kw = dict(
+            max_new_tokens=max_new_tokens or s.max_new_tokens,
+            system_prompt=s.system_prompt,
+            temperature=s.temperature if temperature is None else temperature,
+        )
         model, tok = self.load_model(), self.load_tokenizer()
         if not base:
             return generate(model, tok, prompts, **kw)
@@ -97,7 +107,9 @@ class Run:
         A prompt is a string (one user turn) or a conversation (a list of {role, content}).
         """
         if self.config.task != "reward":
-            raise TuneforgeError(f"{self.path}: score needs a reward model run (task: reward); this run is '{self.config.task}'.")
+            raise TuneforgeError(
+                f"{self.path}: score needs a reward model run (task: reward); this run is '{self.config.task}'."
+            )
         from tuneforge.tasks.pairs import pad
         from tuneforge.tasks.reward import encode_response
 
@@ -105,16 +117,27 @@ class Run:
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], dict)):
             prompts = [prompts] * len(responses)
         if len(prompts) != len(responses):
-            raise TuneforgeError(f"score: {len(prompts)} prompts for {len(responses)} responses; give one prompt, or one per response.")
+            raise TuneforgeError(
+                f"score: {len(prompts)} prompts for {len(responses)} responses; give one prompt, or one per response."
+            )
         model, tok = self.load_model(), self.load_tokenizer()
         device = next(model.parameters()).device
         as_turns = lambda p: [{"role": "user", "content": p}] if isinstance(p, str) else list(p)  # noqa: E731
-        ids = [encode_response(tok, as_turns(p), [{"role": "assistant", "content": r}], self.config.data.max_length)[0]
-               for p, r in zip(prompts, responses)]
+        ids = [
+            encode_response(
+                tok, as_turns(p), [{"role": "assistant", "content": r}], self.config.data.max_length
+            )[0]
+            for p, r in zip(prompts, responses)
+        ]
         out: list[float] = []
         for start in range(0, len(ids), batch_size):
             batch, mask = pad(ids[start : start + batch_size], tok.pad_token_id)
-            out += model(input_ids=batch.to(device), attention_mask=mask.to(device)).logits[:, 0].float().tolist()
+            out += (
+                model(input_ids=batch.to(device), attention_mask=mask.to(device))
+                .logits[:, 0]
+                .float()
+                .tolist()
+            )
         return out
 
     @torch.no_grad()
@@ -124,14 +147,24 @@ class Run:
             texts = [texts]
         model, tok = self.load_model(), self.load_tokenizer()
         id2label = model.config.id2label
-        enc = tok(texts, truncation=True, max_length=max_length or self.config.data.max_length, padding=True,
-                  return_tensors="pt")
+        enc = tok(
+            texts,
+            truncation=True,
+            max_length=max_length or self.config.data.max_length,
+            padding=True,
+            return_tensors="pt",
+        )
         probs = model(**{k: enc[k] for k in ("input_ids", "attention_mask")}).logits.float().softmax(-1)
         out = []
         for row in probs:
             i = int(row.argmax())
-            out.append({"label": id2label[i], "score": float(row[i]),
-                        "probs": {id2label[j]: float(p) for j, p in enumerate(row)}})
+            out.append(
+                {
+                    "label": id2label[i],
+                    "score": float(row[i]),
+                    "probs": {id2label[j]: float(p) for j, p in enumerate(row)},
+                }
+            )
         return out
 
     def evaluate(self, data: str | None = None, task=None) -> dict:
@@ -157,7 +190,8 @@ class Run:
         (self.path / out_name).write_text(json.dumps(result, indent=1))
         if "samples" in result:  # LM tasks: sample answers, base beside tuned
             (self.path / out_name.replace("eval", "samples", 1).replace(".json", ".jsonl")).write_text(
-                "".join(json.dumps(s) + "\n" for s in result["samples"]))
+                "".join(json.dumps(s) + "\n" for s in result["samples"])
+            )
         return result
 
 
@@ -196,8 +230,12 @@ def load_sequence_classifier(model_dir: Path):
         adapter = json.loads((model_dir / "adapter_config.json").read_text())
         labels = json.loads((model_dir / "labels.json").read_text())
         base_path = adapter["base_model_name_or_path"]
-        config = AutoConfig.from_pretrained(base_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                                            label2id={label: i for i, label in enumerate(labels)})
+        config = AutoConfig.from_pretrained(
+            base_path,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+        )
         if getattr(config, "pad_token_id", None) is None and (model_dir / "labels.json").exists():
             from transformers import AutoTokenizer
 

@@ -15,8 +15,17 @@ import torch
 
 
 class StepSampler:
-    def __init__(self, lengths: list[int], batch_size: int, grad_accum: int = 1, world_size: int = 1, rank: int = 0,
-                 seed: int = 42, group_by_length: bool = True, megabatch_steps: int = 16):
+    def __init__(
+        self,
+        lengths: list[int],
+        batch_size: int,
+        grad_accum: int = 1,
+        world_size: int = 1,
+        rank: int = 0,
+        seed: int = 42,
+        group_by_length: bool = True,
+        megabatch_steps: int = 16,
+    ):
         self.lengths = lengths
         self.batch_size = batch_size
         self.grad_accum = grad_accum
@@ -41,7 +50,9 @@ class StepSampler:
             return self._epoch_cache[1]
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         perm = torch.randperm(len(self.lengths), generator=g).tolist()
-        steps = [perm[i : i + self.step_size] for i in range(0, len(perm), self.step_size)][: self.steps_per_epoch]
+        steps = [perm[i : i + self.step_size] for i in range(0, len(perm), self.step_size)][
+            : self.steps_per_epoch
+        ]
         if self.group_by_length:
             # Within a megabatch of steps, give each step examples of similar length, then shuffle the steps.
             grouped: list[list[int]] = []
@@ -61,7 +72,11 @@ class StepSampler:
 
     def micro_batches(self, step_indices: list[int]) -> list[list[int]]:
         """This process's micro-batches for one step (examples sorted by length inside the step)."""
-        ordered = sorted(step_indices, key=lambda i: (-self.lengths[i], i)) if self.group_by_length else step_indices
+        ordered = (
+            sorted(step_indices, key=lambda i: (-self.lengths[i], i))
+            if self.group_by_length
+            else step_indices
+        )
         parts = self.grad_accum * self.world_size
         base, extra = divmod(len(ordered), parts)
         bounds, pos = [], 0

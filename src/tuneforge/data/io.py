@@ -18,7 +18,15 @@ from typing import Any
 
 from tuneforge.errors import DataError
 
-SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet"}
+SUFFIXES = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".parquet": "parquet",
+}
 
 
 @dataclass
@@ -119,7 +127,9 @@ def _read_jsonl(p: Path) -> Table:
                 bad.append(BadRow(str(p), n, f"not valid JSON ({e.msg} at column {e.colno})", s[:200]))
                 continue
             if not isinstance(obj, dict):
-                bad.append(BadRow(str(p), n, f"expected a JSON object per line, got {type(obj).__name__}", s[:200]))
+                bad.append(
+                    BadRow(str(p), n, f"expected a JSON object per line, got {type(obj).__name__}", s[:200])
+                )
                 continue
             rows.append(obj)
             lines.append(n)
@@ -132,7 +142,9 @@ def _read_json(p: Path) -> Table:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"{p}:{e.lineno}: not valid JSON ({e.msg}). For one record per line use .jsonl.") from None
+        raise DataError(
+            f"{p}:{e.lineno}: not valid JSON ({e.msg}). For one record per line use .jsonl."
+        ) from None
     if isinstance(obj, dict):
         for key in ("data", "rows", "examples"):
             if isinstance(obj.get(key), list):
@@ -170,7 +182,12 @@ def _read_csv(p: Path, delimiter: str, skip_lines: int) -> Table:
                 continue
             if len(fields) != len(header):
                 bad.append(
-                    BadRow(str(p), line, f"has {len(fields)} fields, the header has {len(header)}", delimiter.join(fields)[:200])
+                    BadRow(
+                        str(p),
+                        line,
+                        f"has {len(fields)} fields, the header has {len(header)}",
+                        delimiter.join(fields)[:200],
+                    )
                 )
                 continue
             rows.append(dict(zip(header, fields)))

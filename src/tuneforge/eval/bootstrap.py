@@ -16,9 +16,9 @@ SEED = 1234
 
 @dataclass
 class Interval:
-    value: float      # the point estimate on all examples
-    low: float        # 2.5th percentile of the bootstrap distribution
-    high: float       # 97.5th percentile
+    value: float  # the point estimate on all examples
+    low: float  # 2.5th percentile of the bootstrap distribution
+    high: float  # 97.5th percentile
     samples: int
     n: int
 
@@ -61,18 +61,20 @@ def _macro_f1(yt: np.ndarray, yp: np.ndarray, n_classes: int) -> np.ndarray:
     (as ``tuneforge.eval.metrics.classification_metrics`` computes it). Returns (S,)."""
     f1s, present = [], []
     for c in range(n_classes):
-        t, p = yt == c, yp == c                                  # (S, N)
+        t, p = yt == c, yp == c  # (S, N)
         tp = (t & p).sum(1)
         fp = (~t & p).sum(1)
         fn = (t & ~p).sum(1)
         denom = 2 * tp + fp + fn
         f1s.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0))
         present.append(t.any(1))
-    f1, pres = np.stack(f1s, 1), np.stack(present, 1)             # (S, C)
+    f1, pres = np.stack(f1s, 1), np.stack(present, 1)  # (S, C)
     return (f1 * pres).sum(1) / np.maximum(pres.sum(1), 1)
 
 
-def macro_f1_ci(y_true, y_pred, n_classes: int | None = None, samples: int = 1000, seed: int = SEED) -> Interval:
+def macro_f1_ci(
+    y_true, y_pred, n_classes: int | None = None, samples: int = 1000, seed: int = SEED
+) -> Interval:
     yt, yp = np.asarray(y_true), np.asarray(y_pred)
     if len(yt) == 0:
         return Interval(float("nan"), float("nan"), float("nan"), 0, 0)
@@ -106,10 +108,14 @@ def paired_difference_ci(stat, a, b, samples: int = 1000, seed: int = SEED) -> I
 def accuracy_difference_ci(y_true, pred_a, pred_b, samples: int = 1000, seed: int = SEED) -> Interval:
     """Accuracy of A minus accuracy of B on the same examples (paired)."""
     yt = np.asarray(y_true)
-    return paired_difference_ci(lambda c: c.mean(-1), np.asarray(pred_a) == yt, np.asarray(pred_b) == yt, samples, seed)
+    return paired_difference_ci(
+        lambda c: c.mean(-1), np.asarray(pred_a) == yt, np.asarray(pred_b) == yt, samples, seed
+    )
 
 
-def macro_f1_difference_ci(y_true, pred_a, pred_b, n_classes: int, samples: int = 1000, seed: int = SEED) -> Interval:
+def macro_f1_difference_ci(
+    y_true, pred_a, pred_b, n_classes: int, samples: int = 1000, seed: int = SEED
+) -> Interval:
     yt, pa, pb = np.asarray(y_true), np.asarray(pred_a), np.asarray(pred_b)
     idx = resample_indices(len(yt), samples, seed)
     value = _macro_f1(yt[None], pa[None], n_classes)[0] - _macro_f1(yt[None], pb[None], n_classes)[0]

@@ -44,10 +44,15 @@ def paragraphs(text: str) -> list[str]:
     return parts
 
 
-def reference_texts(spec: str, max_texts: int | None = None, field: str = "eval.forgetting_text") -> tuple[list[str], str]:
+def reference_texts(
+    spec: str, max_texts: int | None = None, field: str = "eval.forgetting_text"
+) -> tuple[list[str], str]:
     """Units of reference text and a name for them: ``builtin``, a .txt file, a data file or a bundled alias."""
     if spec == "builtin":
-        texts, name = paragraphs(REFERENCE_FILE.read_text(encoding="utf-8")), "built-in English reference text"
+        texts, name = (
+            paragraphs(REFERENCE_FILE.read_text(encoding="utf-8")),
+            "built-in English reference text",
+        )
     elif Path(spec).suffix in (".txt", ".md") and Path(spec).is_file():
         texts, name = paragraphs(Path(spec).read_text(encoding="utf-8")), spec
     else:
@@ -57,7 +62,9 @@ def reference_texts(spec: str, max_texts: int | None = None, field: str = "eval.
         try:
             table, hint = resolve(spec)
         except DataError as e:
-            raise DataError(f"{field}: {e} Use 'builtin', a .txt file, a data file or a bundled alias.") from None
+            raise DataError(
+                f"{field}: {e} Use 'builtin', a .txt file, a data file or a bundled alias."
+            ) from None
         examples, _ = to_examples(table, hint if hint in ("messages", "text") else "auto")
         texts, name = [example_text(e) for e in examples], spec
     texts = [t for t in texts if t and t.strip()]
@@ -69,13 +76,21 @@ def reference_texts(spec: str, max_texts: int | None = None, field: str = "eval.
 def encode_windows(tokenizer, text: str, max_length: int) -> list[EncodedChat]:
     """A text as windows of at most ``max_length`` tokens (the first with the tokenizer's BOS, if it adds one)."""
     ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-    return [EncodedChat(ids[i : i + max_length], ids[i : i + max_length]) for i in range(0, len(ids), max_length)
-            if len(ids[i : i + max_length]) > 1]
+    return [
+        EncodedChat(ids[i : i + max_length], ids[i : i + max_length])
+        for i in range(0, len(ids), max_length)
+        if len(ids[i : i + max_length]) > 1
+    ]
 
 
 @torch.no_grad()
-def example_nll(model, tokenizer, examples: Sequence[str] | Sequence[EncodedChat], batch_size: int = 8,
-                max_length: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def example_nll(
+    model,
+    tokenizer,
+    examples: Sequence[str] | Sequence[EncodedChat],
+    batch_size: int = 8,
+    max_length: int = 512,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per example: summed negative log-likelihood (nats) over its loss tokens, and how many there are.
 
     Strings are scored on every token after the first of each window; encoded chats on their labelled
@@ -92,7 +107,9 @@ def example_nll(model, tokenizer, examples: Sequence[str] | Sequence[EncodedChat
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in pad_batch([flat[i][1] for i in idx], pad).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+        logits = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits  # (B, T, V)
         for row, i in enumerate(idx):
             loss, n = token_nll(logits[row : row + 1], batch["labels"][row : row + 1])
             nll[flat[i][0]] += float(loss)
@@ -101,30 +118,47 @@ def example_nll(model, tokenizer, examples: Sequence[str] | Sequence[EncodedChat
     return nll, count
 
 
-def forgetting_result(nll_tuned, nll_base, counts, threshold: float = 0.1, name: str = "reference text",
-                      samples: int = 1000) -> dict:
+def forgetting_result(
+    nll_tuned, nll_base, counts, threshold: float = 0.1, name: str = "reference text", samples: int = 1000
+) -> dict:
     """Base and tuned perplexity with 95% intervals, the relative change (paired interval) and a verdict."""
     tuned, base = perplexity_ci(nll_tuned, counts, samples), perplexity_ci(nll_base, counts, samples)
     change = perplexity_ratio_ci(nll_tuned, counts, nll_base, counts, samples)
     warn = change.value > threshold
     real = change.excludes(0.0)
     if warn:
-        message = (f"Forgetting warning: perplexity on the {name} rose {100 * change.value:.1f}% "
-                   f"(base {base.value:.2f} -> tuned {tuned.value:.2f}, 95% CI of the change "
-                   f"{100 * change.low:+.1f}% to {100 * change.high:+.1f}%), above the {100 * threshold:.0f}% threshold: "
-                   f"the tuned model has lost some general English. A lower learning rate, fewer steps, LoRA instead of "
-                   f"full fine-tuning, or mixing general text into the data reduce this.")
+        message = (
+            f"Forgetting warning: perplexity on the {name} rose {100 * change.value:.1f}% "
+            f"(base {base.value:.2f} -> tuned {tuned.value:.2f}, 95% CI of the change "
+            f"{100 * change.low:+.1f}% to {100 * change.high:+.1f}%), above the {100 * threshold:.0f}% threshold: "
+            f"the tuned model has lost some general English. A lower learning rate, fewer steps, LoRA instead of "
+            f"full fine-tuning, or mixing general text into the data reduce this."
+        )
     elif change.value > 0 and real:
-        message = (f"Mild forgetting: perplexity on the {name} rose {100 * change.value:.1f}% "
-                   f"(base {base.value:.2f} -> tuned {tuned.value:.2f}), a real but small change, under the "
-                   f"{100 * threshold:.0f}% threshold.")
+        message = (
+            f"Mild forgetting: perplexity on the {name} rose {100 * change.value:.1f}% "
+            f"(base {base.value:.2f} -> tuned {tuned.value:.2f}), a real but small change, under the "
+            f"{100 * threshold:.0f}% threshold."
+        )
     elif change.value <= 0 and real:
-        message = (f"No forgetting: perplexity on the {name} fell {100 * -change.value:.1f}% "
-                   f"(base {base.value:.2f} -> tuned {tuned.value:.2f}).")
+        message = (
+            f"No forgetting: perplexity on the {name} fell {100 * -change.value:.1f}% "
+            f"(base {base.value:.2f} -> tuned {tuned.value:.2f})."
+        )
     else:
-        message = (f"No measurable forgetting: perplexity on the {name} changed {100 * change.value:+.1f}% "
-                   f"(base {base.value:.2f} -> tuned {tuned.value:.2f}; 95% CI of the change "
-                   f"{100 * change.low:+.1f}% to {100 * change.high:+.1f}% includes zero).")
-    return {"name": name, "units": len(counts), "tokens": int(np.sum(counts)), "threshold": threshold,
-            "base": base.to_dict(), "tuned": tuned.to_dict(), "relative_change": change.to_dict(),
-            "warning": bool(warn), "message": message}
+        message = (
+            f"No measurable forgetting: perplexity on the {name} changed {100 * change.value:+.1f}% "
+            f"(base {base.value:.2f} -> tuned {tuned.value:.2f}; 95% CI of the change "
+            f"{100 * change.low:+.1f}% to {100 * change.high:+.1f}% includes zero)."
+        )
+    return {
+        "name": name,
+        "units": len(counts),
+        "tokens": int(np.sum(counts)),
+        "threshold": threshold,
+        "base": base.to_dict(),
+        "tuned": tuned.to_dict(),
+        "relative_change": change.to_dict(),
+        "warning": bool(warn),
+        "message": message,
+    }

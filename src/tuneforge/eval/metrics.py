@@ -18,8 +18,15 @@ def classification_metrics(y_true: list[int], y_pred: list[int], labels: list[st
         "accuracy": float((yt == yp).mean()) if len(yt) else 0.0,
         "macro_f1": float(np.mean([f[i] for i in present])) if present else 0.0,
         "n": int(len(yt)),
-        "per_class": {labels[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                      for i in ids},
+        "per_class": {
+            labels[i]: {
+                "precision": float(p[i]),
+                "recall": float(r[i]),
+                "f1": float(f[i]),
+                "support": int(s[i]),
+            }
+            for i in ids
+        },
         "confusion_matrix": confusion_matrix(yt, yp, labels=ids).tolist(),
         "labels": labels,
     }

@@ -39,7 +39,11 @@ def find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The transformer blocks: the longest ModuleList in the model (encoder.layer, model.layers, h, ...)."""
     best: tuple[str, nn.ModuleList] | None = None
     for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0 and (best is None or len(module) > len(best[1])):
+        if (
+            isinstance(module, nn.ModuleList)
+            and len(module) > 0
+            and (best is None or len(module) > len(best[1]))
+        ):
             best = (name, module)
     if best is None:
         raise ValueError(f"{type(model).__name__}: cannot find its transformer layers")
@@ -68,7 +72,7 @@ def layer_index(name: str, layers_prefix: str) -> int | None:
     prefix = layers_prefix + "."
     if not name.startswith(prefix):
         return None
-    return int(name[len(prefix):].split(".")[0])
+    return int(name[len(prefix) :].split(".")[0])
 
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layernorm.weight", "norm.weight", "ln_", "layer_norm")
@@ -78,8 +82,14 @@ def no_decay(name: str, p: torch.Tensor) -> bool:
     return p.ndim < 2 or any(k in name for k in NO_DECAY)
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float, head_lr: float | None = None,
-                 layer_lr_decay: float = 1.0, include_frozen: bool = False) -> list[dict]:
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    head_lr: float | None = None,
+    layer_lr_decay: float = 1.0,
+    include_frozen: bool = False,
+) -> list[dict]:
     """AdamW groups: no weight decay on biases and norms; optional head learning rate and layer-wise decay.
 
     Layer-wise decay gives block i (of L) ``lr * decay ** (L - i)``; embeddings get ``lr * decay ** (L + 1)``

@@ -28,17 +28,23 @@ def prepare_freeze(model: nn.Module, m, t, task: str) -> Prepared:
     prefix, layers = find_layers(model)
     if m.freeze_layers is None:
         if task != "classification":
-            raise ValueError("method 'freeze' without freeze_layers leaves nothing to train in a language model: "
-                             "set method.freeze_layers to the number of lowest layers to freeze.")
+            raise ValueError(
+                "method 'freeze' without freeze_layers leaves nothing to train in a language model: "
+                "set method.freeze_layers to the number of lowest layers to freeze."
+            )
         _freeze_all_but_head(model, task)
     else:
         if m.freeze_layers > len(layers):
-            raise ValueError(f"method.freeze_layers={m.freeze_layers} but the model has {len(layers)} layers.")
+            raise ValueError(
+                f"method.freeze_layers={m.freeze_layers} but the model has {len(layers)} layers."
+            )
         for name, p in model.named_parameters():
             i = layer_index(name, prefix)
             if is_head(name) and task == "classification":
                 frozen = False
-            elif i is None:  # embeddings and anything before the blocks are frozen; final norms / lm_head train
+            elif (
+                i is None
+            ):  # embeddings and anything before the blocks are frozen; final norms / lm_head train
                 frozen = "embed" in name or "wte" in name or "wpe" in name
             else:
                 frozen = i < m.freeze_layers
@@ -75,7 +81,13 @@ class Unfreezer:
             else:  # embeddings, final norms
                 trains = k > self.n_layers or ("norm" in name and "embed" not in name and k > 0)
             p.requires_grad_(trains)
-        log.info("unfreeze: %d of %d blocks trainable (step %d, epoch %d)", min(k, self.n_layers), self.n_layers, step, epoch)
+        log.info(
+            "unfreeze: %d of %d blocks trainable (step %d, epoch %d)",
+            min(k, self.n_layers),
+            self.n_layers,
+            step,
+            epoch,
+        )
 
 
 def prepare_unfreeze(model: nn.Module, m, t, task: str) -> Prepared:

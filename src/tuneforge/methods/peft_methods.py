@@ -18,7 +18,11 @@ def linear_targets(model: nn.Module, exclude: list[str]) -> list[str]:
     prefix, _ = find_layers(model)
     names = set()
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and name.startswith(prefix + ".") and not any(name.startswith(e) for e in exclude):
+        if (
+            isinstance(module, nn.Linear)
+            and name.startswith(prefix + ".")
+            and not any(name.startswith(e) for e in exclude)
+        ):
             names.add(name.split(".")[-1])
     return sorted(names)
 
@@ -31,13 +35,24 @@ def peft_config(model: nn.Module, m, task: str):
     targets = linear_targets(model, heads) if m.target_modules == "all-linear" else m.target_modules
     save = heads or None
     if m.name in ("lora", "dora"):
-        return peft.LoraConfig(task_type=task_type, r=m.r, lora_alpha=m.alpha, lora_dropout=m.lora_dropout,
-                               target_modules=targets, use_dora=m.name == "dora", modules_to_save=save)
+        return peft.LoraConfig(
+            task_type=task_type,
+            r=m.r,
+            lora_alpha=m.alpha,
+            lora_dropout=m.lora_dropout,
+            target_modules=targets,
+            use_dora=m.name == "dora",
+            modules_to_save=save,
+        )
     if m.name == "ia3":
-        if m.target_modules == "all-linear":  # PEFT's per-architecture defaults (keys, values, feed-forward output)
+        if (
+            m.target_modules == "all-linear"
+        ):  # PEFT's per-architecture defaults (keys, values, feed-forward output)
             return peft.IA3Config(task_type=task_type, modules_to_save=save)
         ff = [t for t in targets if t in ("down_proj", "fc2", "c_proj", "output.dense", "w2")]
-        return peft.IA3Config(task_type=task_type, target_modules=targets, feedforward_modules=ff, modules_to_save=save)
+        return peft.IA3Config(
+            task_type=task_type, target_modules=targets, feedforward_modules=ff, modules_to_save=save
+        )
     if m.name == "prefix":
         return peft.PrefixTuningConfig(task_type=task_type, num_virtual_tokens=m.num_virtual_tokens)
     if m.name == "prompt":
@@ -50,4 +65,6 @@ def prepare_peft(model: nn.Module, m, t, task: str) -> Prepared:
 
     config = peft_config(model, m, task)
     model = peft.get_peft_model(model, config)
-    return Prepared(model, param_groups(model, t.lr, t.weight_decay, t.head_lr), info={"peft": config.peft_type.value})
+    return Prepared(
+        model, param_groups(model, t.lr, t.weight_decay, t.head_lr), info={"peft": config.peft_type.value}
+    )

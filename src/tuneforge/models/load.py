@@ -35,12 +35,16 @@ def resolve_model(name: str) -> Path:
             return _from_hub_cache(name)
     if path.is_file():
         if path.suffix != ".gguf":
-            raise ModelError(f"{path}: a model file must be .gguf; otherwise give the folder with config.json.")
+            raise ModelError(
+                f"{path}: a model file must be .gguf; otherwise give the folder with config.json."
+            )
         return _gguf_to_folder(path)
     if not (path / "config.json").exists():
         if (path / "adapter_config.json").exists():
             return path
-        raise ModelError(f"{path}: no config.json here. Give a transformers model folder, a .gguf file, or a bundled alias.")
+        raise ModelError(
+            f"{path}: no config.json here. Give a transformers model folder, a .gguf file, or a bundled alias."
+        )
     return path
 
 
@@ -79,7 +83,9 @@ def _gguf_to_folder(gguf: Path) -> Path:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     except Exception as e:
-        raise ModelError(f"{gguf}: cannot read this GGUF file ({e}). Is the architecture supported by transformers?") from None
+        raise ModelError(
+            f"{gguf}: cannot read this GGUF file ({e}). Is the architecture supported by transformers?"
+        ) from None
     if getattr(model, "hf_quantizer", None) is not None:
         # GGUF weights are dequantised to dense floats; drop the quantised marker so training and saving work.
         model.hf_quantizer.remove_quantization_config(model)
@@ -117,14 +123,28 @@ def _dtype(name: str) -> torch.dtype:
 
 def set_dropout(config, p: float) -> None:
     """Set every dropout probability a transformers config names (hidden, attention, classifier)."""
-    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "hidden_dropout",
-                "dropout", "classifier_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+    for key in (
+        "hidden_dropout_prob",
+        "attention_probs_dropout_prob",
+        "attention_dropout",
+        "hidden_dropout",
+        "dropout",
+        "classifier_dropout",
+        "resid_pdrop",
+        "embd_pdrop",
+        "attn_pdrop",
+    ):
         if hasattr(config, key):
             setattr(config, key, p)
 
 
-def load_classifier(name: str, labels: list[str], dtype: str = "float32", dropout: float | None = None,
-                    pad_token_id: int | None = None):
+def load_classifier(
+    name: str,
+    labels: list[str],
+    dtype: str = "float32",
+    dropout: float | None = None,
+    pad_token_id: int | None = None,
+):
     """A sequence classifier with a new head sized to ``labels`` (encoders and causal LMs alike)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -140,7 +160,9 @@ def load_classifier(name: str, labels: list[str], dtype: str = "float32", dropou
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=_dtype(dtype))
     except ValueError as e:
-        raise ModelError(f"{name}: transformers has no sequence-classification head for this architecture ({e}).") from None
+        raise ModelError(
+            f"{name}: transformers has no sequence-classification head for this architecture ({e})."
+        ) from None
     return model
 
 

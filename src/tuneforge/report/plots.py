@@ -33,13 +33,16 @@ def _series(metrics: list[dict], split: str, key: str) -> tuple[list[int], list[
     return [int(m["step"]) for m in rows], [float(m[key]) for m in rows]
 
 
-def loss_curves(metrics: list[dict], metric: str | None = None, best_step: int | None = None,
-                stop_step: int | None = None) -> bytes:
+def loss_curves(
+    metrics: list[dict], metric: str | None = None, best_step: int | None = None, stop_step: int | None = None
+) -> bytes:
     """Training and validation loss over steps (left) and the validation metric (right), best step marked."""
     plt = _plt()
     extra = metric if metric and metric != "loss" and _series(metrics, "validation", metric)[0] else None
     if extra is None:
-        extra = next((k for k in ("perplexity", "accuracy", "macro_f1") if _series(metrics, "validation", k)[0]), None)
+        extra = next(
+            (k for k in ("perplexity", "accuracy", "macro_f1") if _series(metrics, "validation", k)[0]), None
+        )
     fig, axes = plt.subplots(1, 2 if extra else 1, figsize=(11 if extra else 6.5, 3.8), squeeze=False)
     ax = axes[0][0]
     s, v = _series(metrics, "train", "loss")
@@ -63,7 +66,9 @@ def loss_curves(metrics: list[dict], metric: str | None = None, best_step: int |
     for a in panels:
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
         if best_step is not None:
-            a.axvline(best_step, color="#c44e52", ls="--", lw=1.2, label=f"best checkpoint (step {best_step})")
+            a.axvline(
+                best_step, color="#c44e52", ls="--", lw=1.2, label=f"best checkpoint (step {best_step})"
+            )
         if stop_step is not None:
             a.axvline(stop_step, color="#8172b3", ls=":", lw=1.4, label=f"early stop (step {stop_step})")
         a.grid(alpha=0.3)
@@ -81,8 +86,13 @@ def confusion_matrix(cm: Sequence[Sequence[int]], labels: Sequence[str]) -> byte
     size = min(3.2 + 0.45 * k, 12)
     fig, ax = plt.subplots(figsize=(size + 1.2, size))
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(k), [str(x) for x in labels], rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center",
-                  fontsize=8 if k > 8 else 10)
+    ax.set_xticks(
+        range(k),
+        [str(x) for x in labels],
+        rotation=45 if k > 4 else 0,
+        ha="right" if k > 4 else "center",
+        fontsize=8 if k > 8 else 10,
+    )
     ax.set_yticks(range(k), [str(x) for x in labels], fontsize=8 if k > 8 else 10)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -90,14 +100,23 @@ def confusion_matrix(cm: Sequence[Sequence[int]], labels: Sequence[str]) -> byte
     if k <= 25:
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7 if k > 8 else 10,
-                        color="white" if share[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    int(m[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7 if k > 8 else 10,
+                    color="white" if share[i, j] > 0.5 else "black",
+                )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     fig.tight_layout()
     return to_png(fig)
 
 
-def calibration(confidence: Sequence[float], correct: Sequence[bool], bins: int = 10) -> tuple[bytes, float, list[dict]]:
+def calibration(
+    confidence: Sequence[float], correct: Sequence[bool], bins: int = 10
+) -> tuple[bytes, float, list[dict]]:
     """Reliability diagram: accuracy against confidence per bin; returns (png, expected calibration error, bins)."""
     plt = _plt()
     conf, ok = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
@@ -107,12 +126,27 @@ def calibration(confidence: Sequence[float], correct: Sequence[bool], bins: int 
     for b in range(bins):
         sel = which == b
         if sel.any():
-            table.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": int(sel.sum()),
-                          "confidence": float(conf[sel].mean()), "accuracy": float(ok[sel].mean())})
+            table.append(
+                {
+                    "low": float(edges[b]),
+                    "high": float(edges[b + 1]),
+                    "n": int(sel.sum()),
+                    "confidence": float(conf[sel].mean()),
+                    "accuracy": float(ok[sel].mean()),
+                }
+            )
             ece += sel.mean() * abs(conf[sel].mean() - ok[sel].mean())
-    fig, (ax, axh) = plt.subplots(2, 1, figsize=(5.5, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig, (ax, axh) = plt.subplots(
+        2, 1, figsize=(5.5, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
-    ax.plot([t["confidence"] for t in table], [t["accuracy"] for t in table], "o-", color="#4c72b0", label="tuned model")
+    ax.plot(
+        [t["confidence"] for t in table],
+        [t["accuracy"] for t in table],
+        "o-",
+        color="#4c72b0",
+        label="tuned model",
+    )
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
     ax.set_title(f"Calibration (test): expected calibration error {ece:.3f}")
@@ -126,8 +160,9 @@ def calibration(confidence: Sequence[float], correct: Sequence[bool], bins: int 
     return to_png(fig), float(ece), table
 
 
-def length_histogram(lengths: dict[str, Sequence[int]], max_length: int | None = None,
-                     truncated: dict[str, int] | None = None) -> bytes:
+def length_histogram(
+    lengths: dict[str, Sequence[int]], max_length: int | None = None, truncated: dict[str, int] | None = None
+) -> bytes:
     """Token lengths per split (after truncation), with the max_length cut marked."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.4))
@@ -162,7 +197,9 @@ def bias_bars(swaps: list[dict], kind: str, top: int = 12) -> bytes:
     if kind == "classifier":
         fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, height), sharey=True)
         v = np.array([s["flip_rate"] for s in rows])
-        err = np.array([[s["flip_rate"] - s["low"] for s in rows], [s["high"] - s["flip_rate"] for s in rows]])
+        err = np.array(
+            [[s["flip_rate"] - s["low"] for s in rows], [s["high"] - s["flip_rate"] for s in rows]]
+        )
         ax.barh(y, 100 * v, xerr=100 * err, color="#c44e52", alpha=0.8, capsize=3)
         ax.set_xlabel("predictions flipped (%), with 95% CI")
         ax.set_xlim(0, 100)
@@ -193,8 +230,9 @@ def compare_curves(runs: list[tuple[str, list[dict]]]) -> bytes:
     plt = _plt()
     metric = None
     for _, metrics in runs:
-        metric = metric or next((k for k in ("accuracy", "macro_f1", "perplexity")
-                                 if _series(metrics, "validation", k)[0]), None)
+        metric = metric or next(
+            (k for k in ("accuracy", "macro_f1", "perplexity") if _series(metrics, "validation", k)[0]), None
+        )
     fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(12 if metric else 7, 4), squeeze=False)
     cmap = plt.get_cmap("tab10")
     for k, (name, metrics) in enumerate(runs):

@@ -1,9 +1,9 @@
 """The measurements the report needs beyond eval.json, computed once with the final model and saved in the run:
 
-    lengths.json      token lengths of every split (for the histogram)
-    bias.json         the bias probe (classifier: flip rates; language model: Δ log-likelihood, base and tuned)
-    forgetting.json   language models: base vs tuned perplexity on the reference text (and eval.forgetting_data)
-    lm_eval.json      language models: per-example NLL of the test split, base and tuned (for the intervals)
+lengths.json      token lengths of every split (for the histogram)
+bias.json         the bias probe (classifier: flip rates; language model: Δ log-likelihood, base and tuned)
+forgetting.json   language models: base vs tuned perplexity on the reference text (and eval.forgetting_data)
+lm_eval.json      language models: per-example NLL of the test split, base and tuned (for the intervals)
 """
 
 from __future__ import annotations
@@ -55,8 +55,12 @@ def run_probes(run, task=None, only_missing: bool = False) -> list[str]:
 
     cfg, folder = run.config, run.path
     missing = lambda name: not only_missing or not (folder / name).exists()  # noqa: E731
-    wanted = {"lengths.json": True, "bias.json": cfg.eval.bias,
-              "forgetting.json": cfg.eval.forgetting and cfg.task in LM_TASKS, "lm_eval.json": cfg.task in LM_TASKS}
+    wanted = {
+        "lengths.json": True,
+        "bias.json": cfg.eval.bias,
+        "forgetting.json": cfg.eval.forgetting and cfg.task in LM_TASKS,
+        "lm_eval.json": cfg.task in LM_TASKS,
+    }
     todo = [name for name, on in wanted.items() if on and missing(name)]
     if not todo:
         return []
@@ -86,9 +90,15 @@ def _classifier_bias(run, task) -> list[str]:
 
     cfg = run.config
     t0 = time.perf_counter()
-    result = classifier_probe(_held_out_texts(task), classifier_predict_proba(task, run.load_model()),
-                              load_terms(cfg.eval.bias_terms), task.labels, cfg.eval.bias_max_examples,
-                              cfg.training.seed, cfg.eval.bootstrap_samples)
+    result = classifier_probe(
+        _held_out_texts(task),
+        classifier_predict_proba(task, run.load_model()),
+        load_terms(cfg.eval.bias_terms),
+        task.labels,
+        cfg.eval.bias_max_examples,
+        cfg.training.seed,
+        cfg.eval.bootstrap_samples,
+    )
     result["seconds"] = round(time.perf_counter() - t0, 2)
     _write(run.path / "bias.json", result)
     console.print(f"[bold]bias probe:[/bold] {result['summary']}", highlight=False)
@@ -108,15 +118,21 @@ def _lm_probes(run, task, todo: list[str]) -> list[str]:
     t0 = time.perf_counter()
     jobs: dict[str, list] = {}  # name -> examples (strings or encoded chats) scored by both models
     test = (getattr(task, "encoded", None) or {}).get("test")
-    if "lm_eval.json" in todo and isinstance(test, list) and test and isinstance(test[0], EncodedChat):  # SFT: the same tokens eval.json scores
+    if (
+        "lm_eval.json" in todo and isinstance(test, list) and test and isinstance(test[0], EncodedChat)
+    ):  # SFT: the same tokens eval.json scores
         jobs["test"] = test
     if "forgetting.json" in todo:
         ref, ref_name = reference_texts(e.forgetting_text, e.forgetting_max_texts)
         jobs["reference"] = ref
-        if e.forgetting_data and hasattr(task, "read_file") and cfg.task == "sft":  # scored like the task's own data
+        if (
+            e.forgetting_data and hasattr(task, "read_file") and cfg.task == "sft"
+        ):  # scored like the task's own data
             jobs["forgetting_data"] = task.encode(task.read_file(e.forgetting_data)[: e.forgetting_max_texts])
         elif e.forgetting_data:
-            jobs["forgetting_data"] = reference_texts(e.forgetting_data, e.forgetting_max_texts, "eval.forgetting_data")[0]
+            jobs["forgetting_data"] = reference_texts(
+                e.forgetting_data, e.forgetting_max_texts, "eval.forgetting_data"
+            )[0]
     bias_texts = []
     if "bias.json" in todo:
         from tuneforge.eval.bias import make_counterfactuals
@@ -141,23 +157,35 @@ def _lm_probes(run, task, todo: list[str]) -> list[str]:
     written = []
     if "test" in jobs:
         (nt, ct), (nb, _) = scores["tuned"]["test"], scores["base"]["test"]
-        _write(run.path / "lm_eval.json", {"split": "test", "tokens": ct.tolist(), "tuned_nll": nt.tolist(),
-                                           "base_nll": nb.tolist()})
+        _write(
+            run.path / "lm_eval.json",
+            {"split": "test", "tokens": ct.tolist(), "tuned_nll": nt.tolist(), "base_nll": nb.tolist()},
+        )
         written.append("lm_eval.json")
     if "reference" in jobs:
         (nt, ct), (nb, _) = scores["tuned"]["reference"], scores["base"]["reference"]
-        result = {"reference": forgetting_result(nt, nb, ct, e.forgetting_threshold, ref_name, e.bootstrap_samples)}
+        result = {
+            "reference": forgetting_result(nt, nb, ct, e.forgetting_threshold, ref_name, e.bootstrap_samples)
+        }
         if "forgetting_data" in jobs:
             (nt, ct), (nb, _) = scores["tuned"]["forgetting_data"], scores["base"]["forgetting_data"]
-            result["data"] = forgetting_result(nt, nb, ct, e.forgetting_threshold, e.forgetting_data, e.bootstrap_samples)
+            result["data"] = forgetting_result(
+                nt, nb, ct, e.forgetting_threshold, e.forgetting_data, e.bootstrap_samples
+            )
         result["seconds"] = round(time.perf_counter() - t0, 2)
         _write(run.path / "forgetting.json", result)
         console.print(f"[bold]forgetting:[/bold] {result['reference']['message']}", highlight=False)
         written.append("forgetting.json")
     if bias_texts:
-        result = lm_probe(bias_texts, lambda ts: np.array([lls["tuned"][t] for t in ts]),
-                          lambda ts: np.array([lls["base"][t] for t in ts]), terms, e.bias_max_examples,
-                          cfg.training.seed, e.bootstrap_samples)
+        result = lm_probe(
+            bias_texts,
+            lambda ts: np.array([lls["tuned"][t] for t in ts]),
+            lambda ts: np.array([lls["base"][t] for t in ts]),
+            terms,
+            e.bias_max_examples,
+            cfg.training.seed,
+            e.bootstrap_samples,
+        )
         _write(run.path / "bias.json", result)
         console.print(f"[bold]bias probe:[/bold] {result['summary']}", highlight=False)
         written.append("bias.json")

@@ -75,7 +75,16 @@ def to_markdown(doc: Doc, image_dir: str = "report_files") -> tuple[str, dict[st
                 files[path] = png
                 out += [f"![{alt}]({path})", ""]
         elif kind == "details":
-            out += [f"<details><summary>{b[1]}</summary>", "", "```", b[2].rstrip(), "```", "", "</details>", ""]
+            out += [
+                f"<details><summary>{b[1]}</summary>",
+                "",
+                "```",
+                b[2].rstrip(),
+                "```",
+                "",
+                "</details>",
+                "",
+            ]
     return "\n".join(out), files
 
 
@@ -94,14 +103,20 @@ pre{background:#f6f8fa;padding:.8em;overflow:auto;font-size:.85em}details{margin
 
 
 def _img(png: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+    return (
+        f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+    )
 
 
 def to_html(doc: Doc) -> str:
     """One self-contained HTML page."""
     e = html.escape
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           f"<title>{e(doc.title)}</title><style>{CSS}</style></head><body>", f"<h1>{e(doc.title)}</h1>"]
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(doc.title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{e(doc.title)}</h1>",
+    ]
     for b in doc.blocks:
         kind = b[0]
         if kind in ("h2", "h3"):

@@ -26,8 +26,12 @@ def _examples(spec: str, d) -> list[Example]:
     table, hint = resolve(spec)
     fmt = d.format if d.format != "auto" else (hint or "auto")
     if fmt not in ("auto", "classification"):
-        raise DataError(f"{spec}: format '{fmt}' is not classification data; task 'classification' needs text and label columns.")
-    examples, fmt = to_examples(table, "classification" if fmt == "classification" else "auto", d.text_column, d.label_column)
+        raise DataError(
+            f"{spec}: format '{fmt}' is not classification data; task 'classification' needs text and label columns."
+        )
+    examples, fmt = to_examples(
+        table, "classification" if fmt == "classification" else "auto", d.text_column, d.label_column
+    )
     if fmt != "classification":
         raise DataError(
             f"{table.path}: looks like '{fmt}' data, but task 'classification' needs a text and a label column "
@@ -59,7 +63,9 @@ def load_splits(d, seed: int) -> dict[str, list[Example]]:
 def label_list(d, train: list[Example]) -> list[str]:
     labels = list(d.labels) if d.labels else sorted({e.label for e in train})
     if len(labels) < 2:
-        raise DataError(f"{d.train}: found {len(labels)} label(s) {labels}; classification needs at least two.")
+        raise DataError(
+            f"{d.train}: found {len(labels)} label(s) {labels}; classification needs at least two."
+        )
     return labels
 
 
@@ -82,7 +88,7 @@ class ClassificationTask:
         self.splits = splits or load_splits(d, cfg.training.seed)
         self.labels = label_list(d, self.splits["train"])
         self.label2id = {label: i for i, label in enumerate(self.labels)}
-        for name, exs in self.splits.items():
+        for exs in self.splits.values():
             check_labels(exs, self.label2id)
         self.tokenizer = load_tokenizer(cfg.model.name)
         self.encoded = {name: self.encode(exs) for name, exs in self.splits.items()}
@@ -91,24 +97,37 @@ class ClassificationTask:
         self.counts = [1] * len(self.lengths)
         self.model = None
         if load_model:
-            self.model = load_classifier(cfg.model.name, self.labels, cfg.model.dtype, cfg.model.dropout,
-                                         pad_token_id=self.tokenizer.pad_token_id)
+            self.model = load_classifier(
+                cfg.model.name,
+                self.labels,
+                cfg.model.dtype,
+                cfg.model.dropout,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
 
     def encode(self, examples: list[Example]) -> dict:
         """Tokenise once; count truncated examples."""
         max_len = self.cfg.data.max_length
         if not examples:
             return {"input_ids": [], "labels": [], "truncated": 0}
-        ids = self.tokenizer([e.text for e in examples], truncation=False, add_special_tokens=True)["input_ids"]
+        ids = self.tokenizer([e.text for e in examples], truncation=False, add_special_tokens=True)[
+            "input_ids"
+        ]
         truncated = sum(len(x) > max_len for x in ids)
         if truncated:
             eos = self.tokenizer.sep_token_id  # encoders end with [SEP]: keep it; causal LMs are cut plainly
-            ids = [x if len(x) <= max_len else (x[: max_len - 1] + [eos] if eos is not None else x[:max_len]) for x in ids]
+            ids = [
+                x if len(x) <= max_len else (x[: max_len - 1] + [eos] if eos is not None else x[:max_len])
+                for x in ids
+            ]
         labels = [self.label2id.get(e.label, -1) for e in examples]
         return {"input_ids": ids, "labels": labels, "truncated": truncated}
 
     def data_summary(self) -> dict:
-        return {name: {"examples": len(enc["labels"]), "truncated": enc["truncated"]} for name, enc in self.encoded.items()}
+        return {
+            name: {"examples": len(enc["labels"]), "truncated": enc["truncated"]}
+            for name, enc in self.encoded.items()
+        }
 
     def collate_encoded(self, enc: dict, indices: list[int]) -> dict[str, torch.Tensor]:
         seqs = [enc["input_ids"][i] for i in indices]
@@ -119,8 +138,11 @@ class ClassificationTask:
         for row, s in enumerate(seqs):  # right padding
             input_ids[row, : len(s)] = torch.tensor(s)
             mask[row, : len(s)] = 1
-        return {"input_ids": input_ids, "attention_mask": mask,
-                "labels": torch.tensor([enc["labels"][i] for i in indices], dtype=torch.long)}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "labels": torch.tensor([enc["labels"][i] for i in indices], dtype=torch.long),
+        }
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
         return self.collate_encoded(self.encoded["train"], indices)
@@ -141,7 +163,9 @@ class ClassificationTask:
         for start in range(0, len(order), bs):
             idx = order[start : start + bs]
             batch = {k: v.to(device) for k, v in self.collate_encoded(enc, idx).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits.float()
             if (batch["labels"] >= 0).all():
                 loss += F.cross_entropy(logits, batch["labels"], reduction="sum").item()
             probs[idx] = logits.softmax(-1).cpu()
@@ -158,8 +182,15 @@ class ClassificationTask:
     def full_evaluation(self, model, split: str = "test", baseline: bool = True) -> dict:
         enc = self.encoded[split]
         pred, probs, loss = self.predict_encoded(model, enc)
-        out = {"split": split, "tuned": {"loss": loss, **classification_metrics(enc["labels"], pred, self.labels)}}
-        out["predictions"] = {"y_true": enc["labels"], "y_pred": pred, "confidence": probs.max(-1).values.tolist()}
+        out = {
+            "split": split,
+            "tuned": {"loss": loss, **classification_metrics(enc["labels"], pred, self.labels)},
+        }
+        out["predictions"] = {
+            "y_true": enc["labels"],
+            "y_pred": pred,
+            "confidence": probs.max(-1).values.tolist(),
+        }
         if baseline:
             out["baseline"] = majority_baseline(self.encoded["train"]["labels"], enc["labels"], self.labels)
         return out

@@ -69,8 +69,10 @@ class PreferenceTask:
         else:
             self.data_format = "preference" if is_paired(splits["train"]) else "kto"
         if self.data_format == "kto" and self.loss_type != "kto":
-            raise DataError(f"{cfg.data.train}: unpaired {{prompt, completion, label}} rows train with "
-                            f"preference.loss_type=kto; loss '{self.loss_type}' needs {{prompt, chosen, rejected}} pairs.")
+            raise DataError(
+                f"{cfg.data.train}: unpaired {{prompt, completion, label}} rows train with "
+                f"preference.loss_type=kto; loss '{self.loss_type}' needs {{prompt, chosen, rejected}} pairs."
+            )
         self.splits = splits
         self.tokenizer = load_tokenizer(cfg.model.name, cfg.model.chat_template)
         ensure_template(self.tokenizer)
@@ -78,23 +80,31 @@ class PreferenceTask:
         self.train_paired = self.loss_type != "kto"
         train = self.encode(unpair(splits["train"])) if self.loss_type == "kto" else self.encoded["train"]
         if not train["rows"]:
-            raise DataError(f"{cfg.data.train}: no training example has a response token left within data.max_length "
-                            f"({cfg.data.max_length}); raise it.")
+            raise DataError(
+                f"{cfg.data.train}: no training example has a response token left within data.max_length "
+                f"({cfg.data.max_length}); raise it."
+            )
         self.train = train
         self.lengths = [len(r.input_ids) for r in train["rows"]]
         if self.train_paired:  # a pair trains as one example: both of its rows
             half = len(self.lengths) // 2
             self.lengths = [a + b for a, b in zip(self.lengths[:half], self.lengths[half:])]
         self.counts = [1] * len(self.lengths)
-        paired_eval = all(enc["paired"] for name, enc in self.encoded.items() if name != "train" and enc["rows"])
+        paired_eval = all(
+            enc["paired"] for name, enc in self.encoded.items() if name != "train" and enc["rows"]
+        )
         self.primary_metric = "preference_accuracy" if paired_eval else "label_accuracy"
         self.running = Running()
-        self._ref_cache: dict[str, torch.Tensor] = {}  # split -> reference log-probs of its rows (NaN: not yet)
+        self._ref_cache: dict[
+            str, torch.Tensor
+        ] = {}  # split -> reference log-probs of its rows (NaN: not yet)
         self.model = self.ref_model = None
         if load_model:
             self.model = load_causal_lm(cfg.model.name, cfg.model.dtype, cfg.model.dropout)
             self.configure_generation(self.model)
-            if self.loss_type != "orpo":  # full fine-tuning: the reference is a frozen copy of the starting weights
+            if (
+                self.loss_type != "orpo"
+            ):  # full fine-tuning: the reference is a frozen copy of the starting weights
                 self.ref_model = frozen_copy(self.model, cfg.method.name)
 
     # ---- data
@@ -112,20 +122,34 @@ class PreferenceTask:
         if paired:
             pairs = [(e, enc(e, e.chosen), enc(e, e.rejected)) for e in examples]
             kept = [(e, c, r) for e, c, r in pairs if n_loss(c) and n_loss(r)]
-            out = {"paired": True, "examples": [e for e, _, _ in kept], "rows": [c for _, c, _ in kept] + [r for _, _, r in kept],
-                   "dropped": len(pairs) - len(kept), "truncated": sum(c.truncated or r.truncated for _, c, r in kept)}
+            out = {
+                "paired": True,
+                "examples": [e for e, _, _ in kept],
+                "rows": [c for _, c, _ in kept] + [r for _, _, r in kept],
+                "dropped": len(pairs) - len(kept),
+                "truncated": sum(c.truncated or r.truncated for _, c, r in kept),
+            }
         else:
             rows = [(e, enc(e, e.chosen)) for e in examples]
             kept = [(e, r) for e, r in rows if n_loss(r)]
-            out = {"paired": False, "examples": [e for e, _ in kept], "rows": [r for _, r in kept],
-                   "desirable": [e.label == "true" for e, _ in kept], "dropped": len(rows) - len(kept),
-                   "truncated": sum(r.truncated for _, r in kept)}
-        out["input_ids"] = [r.input_ids for r in out["rows"]]  # every row's tokens (the report's length figures)
+            out = {
+                "paired": False,
+                "examples": [e for e, _ in kept],
+                "rows": [r for _, r in kept],
+                "desirable": [e.label == "true" for e, _ in kept],
+                "dropped": len(rows) - len(kept),
+                "truncated": sum(r.truncated for _, r in kept),
+            }
+        out["input_ids"] = [
+            r.input_ids for r in out["rows"]
+        ]  # every row's tokens (the report's length figures)
         return out
 
     def data_summary(self) -> dict:
-        out = {name: {"examples": len(enc["examples"]), "dropped": enc["dropped"], "truncated": enc["truncated"]}
-               for name, enc in self.encoded.items()}
+        out = {
+            name: {"examples": len(enc["examples"]), "dropped": enc["dropped"], "truncated": enc["truncated"]}
+            for name, enc in self.encoded.items()
+        }
         if self.loss_type == "kto" and self.encoded["train"]["paired"]:
             out["train"]["kto_rows"] = len(self.train["rows"])
         out["format"], out["loss_type"] = self.data_format, self.loss_type
@@ -153,15 +177,24 @@ class PreferenceTask:
             other = picked[k - 1]
             p, q = response_start(row), response_start(other)
             ids, labels = row.input_ids[:p] + other.input_ids[q:], [IGNORE] * p + other.labels[q:]
-            mismatched.append(EncodedChat(ids[: self.cfg.data.max_length], labels[: self.cfg.data.max_length]))
+            mismatched.append(
+                EncodedChat(ids[: self.cfg.data.max_length], labels[: self.cfg.data.max_length])
+            )
         kl = self._batch(mismatched)
-        batch.update({"kl_input_ids": kl["input_ids"], "kl_attention_mask": kl["attention_mask"], "kl_labels": kl["labels"]})
+        batch.update(
+            {
+                "kl_input_ids": kl["input_ids"],
+                "kl_attention_mask": kl["attention_mask"],
+                "kl_labels": kl["labels"],
+            }
+        )
         return batch
 
     # ---- model side
     @staticmethod
-    def logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+    def logps(
+        model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed response log-probs (N,) and response token counts (N,).
 
         Only the positions from the earliest response token on get logits (``logits_to_keep``): the system
@@ -170,7 +203,9 @@ class PreferenceTask:
         width = input_ids.shape[1]
         first = int((labels != IGNORE).float().argmax(1).min())  # earliest response token in the batch
         keep = width - max(first - 1, 0)  # positions first-1 .. T-1 predict every response token
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits  # (N, keep', V)
+        logits = model(
+            input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep
+        ).logits  # (N, keep', V)
         logits = logits[:, -keep:]  # prompt tuning prepends virtual tokens: keep the real positions
         lp, mask = token_logps(logits, labels[:, -keep:])  # (N, keep-1)
         return lp.sum(-1), mask.sum(-1)
@@ -187,11 +222,17 @@ class PreferenceTask:
         idx = index.cpu()
         if torch.isnan(cache[idx]).any():
             with self.reference(model) as ref:
-                cache[idx] = self.logps(ref, batch["input_ids"], batch["attention_mask"], batch["labels"])[0].float().cpu()
+                cache[idx] = (
+                    self.logps(ref, batch["input_ids"], batch["attention_mask"], batch["labels"])[0]
+                    .float()
+                    .cpu()
+                )
         return cache[idx].to(batch["input_ids"].device)
 
     def loss(self, model, batch) -> tuple[torch.Tensor, int]:
-        logps, n_tokens = self.logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])  # (N,)
+        logps, n_tokens = self.logps(
+            model, batch["input_ids"], batch["attention_mask"], batch["labels"]
+        )  # (N,)
         r = self.running
         if self.loss_type == "orpo":
             avg = logps / n_tokens.clamp(min=1)
@@ -213,7 +254,9 @@ class PreferenceTask:
                     ref_kl = self.logps(ref_model, *kl_args)[0]
                 kl = kto_kl(policy_kl, ref_kl)
             p = self.cfg.preference
-            losses, rewards = kto_loss(logps, ref, batch["desirable"], kl, self.beta, p.desirable_weight, p.undesirable_weight)
+            losses, rewards = kto_loss(
+                logps, ref, batch["desirable"], kl, self.beta, p.desirable_weight, p.undesirable_weight
+            )
             good = batch["desirable"].bool()
             r.add("kl", float(kl))
             r.add("reward_desirable", rewards[good])
@@ -222,8 +265,9 @@ class PreferenceTask:
         pc, pr = logps.chunk(2)
         rc, rr = ref.chunk(2)
         ct, rt = n_tokens.chunk(2)
-        losses, chosen_r, rejected_r = dpo_loss(pc, pr, rc, rr, self.beta, self.loss_type,
-                                                self.cfg.preference.label_smoothing, ct, rt)
+        losses, chosen_r, rejected_r = dpo_loss(
+            pc, pr, rc, rr, self.beta, self.loss_type, self.cfg.preference.label_smoothing, ct, rt
+        )
         r.add("preference_accuracy", (chosen_r > rejected_r).float() + 0.5 * (chosen_r == rejected_r).float())
         r.add("reward_chosen", chosen_r)
         r.add("reward_rejected", rejected_r)
@@ -266,23 +310,39 @@ class PreferenceTask:
             return self.beta * policy / counts.clamp(min=1)
         return self.beta * (policy - ref)
 
-    def metrics(self, enc: dict, policy: torch.Tensor, counts: torch.Tensor, ref: torch.Tensor | None) -> dict[str, float]:
+    def metrics(
+        self, enc: dict, policy: torch.Tensor, counts: torch.Tensor, ref: torch.Tensor | None
+    ) -> dict[str, float]:
         rewards = self.scores(policy, counts, ref)
         avg = policy / counts.clamp(min=1)
         if not enc["paired"]:
             good = torch.tensor(enc["desirable"])
             right = torch.where(good, rewards > 0, rewards < 0).float() + 0.5 * (rewards == 0).float()
-            return {"label_accuracy": round(float(right.mean()), 6),
-                    "reward_desirable": round(float(rewards[good].mean()), 6) if good.any() else float("nan"),
-                    "reward_undesirable": round(float(rewards[~good].mean()), 6) if (~good).any() else float("nan")}
+            return {
+                "label_accuracy": round(float(right.mean()), 6),
+                "reward_desirable": round(float(rewards[good].mean()), 6) if good.any() else float("nan"),
+                "reward_undesirable": round(float(rewards[~good].mean()), 6)
+                if (~good).any()
+                else float("nan"),
+            }
         c, r = rewards.chunk(2)
-        out = {"preference_accuracy": round(pairwise_accuracy(c, r), 6), "reward_chosen": round(float(c.mean()), 6),
-               "reward_rejected": round(float(r.mean()), 6), "margin": round(float((c - r).mean()), 6),
-               "likelihood_accuracy": round(pairwise_accuracy(*avg.chunk(2)), 6)}
+        out = {
+            "preference_accuracy": round(pairwise_accuracy(c, r), 6),
+            "reward_chosen": round(float(c.mean()), 6),
+            "reward_rejected": round(float(r.mean()), 6),
+            "margin": round(float((c - r).mean()), 6),
+            "likelihood_accuracy": round(pairwise_accuracy(*avg.chunk(2)), 6),
+        }
         if self.loss_type in ("sigmoid", "ipo", "hinge") and ref is not None:
             (pc, pr), (rc, rr), (ct, rt) = policy.chunk(2), ref.chunk(2), counts.chunk(2)
-            out["loss"] = round(float(dpo_loss(pc, pr, rc, rr, self.beta, self.loss_type,
-                                               self.cfg.preference.label_smoothing, ct, rt)[0].mean()), 6)
+            out["loss"] = round(
+                float(
+                    dpo_loss(
+                        pc, pr, rc, rr, self.beta, self.loss_type, self.cfg.preference.label_smoothing, ct, rt
+                    )[0].mean()
+                ),
+                6,
+            )
         elif self.loss_type == "orpo":
             ac, ar = avg.chunk(2)
             out["loss"] = round(float(orpo_loss(ac, ar, -ac, self.beta)[0].mean()), 6)
@@ -302,7 +362,13 @@ class PreferenceTask:
 
         t0 = time.perf_counter()
         enc = self.encoded[split]
-        out: dict = {"split": split, "task": "dpo", "loss_type": self.loss_type, "beta": self.beta, "tuned": {}}
+        out: dict = {
+            "split": split,
+            "task": "dpo",
+            "loss_type": self.loss_type,
+            "beta": self.beta,
+            "tuned": {},
+        }
         if enc["rows"]:
             policy, counts = self.split_logps(model, enc["rows"])
             ref = self.split_reference(model, split)  # the base model's log-probs
@@ -317,16 +383,27 @@ class PreferenceTask:
         s = self.cfg.sft
         examples = enc["examples"][: s.samples]
         if examples:
-            gen = dict(max_new_tokens=s.max_new_tokens, temperature=s.temperature, batch_size=8,
-                       system_prompt=s.system_prompt)
+            gen = dict(
+                max_new_tokens=s.max_new_tokens,
+                temperature=s.temperature,
+                batch_size=8,
+                system_prompt=s.system_prompt,
+            )
             convs = [e.messages for e in examples]
             tuned = generate(model, self.tokenizer, convs, **gen)
             base = [None] * len(convs)
             if baseline:
                 with self.reference(model) as ref_model:
                     base = generate(ref_model, self.tokenizer, convs, **gen)
-            out["samples"] = [{"prompt": prompt_text(e.messages), "reference": e.chosen[-1]["content"], "base": b,
-                               "tuned": a} for e, a, b in zip(examples, tuned, base)]
+            out["samples"] = [
+                {
+                    "prompt": prompt_text(e.messages),
+                    "reference": e.chosen[-1]["content"],
+                    "base": b,
+                    "tuned": a,
+                }
+                for e, a, b in zip(examples, tuned, base)
+            ]
         out["seconds"] = round(time.perf_counter() - t0, 2)
         return out
 
@@ -346,9 +423,13 @@ def format_eval(result: dict) -> list[str]:
     lines.append(f"  {key.replace('_', ' ')} (implicit reward ranks chosen first): {base}tuned {t[key]:.4f}")
     if "likelihood_accuracy" in t:
         base = f"base {b['likelihood_accuracy']:.4f} -> " if "likelihood_accuracy" in b else ""
-        lines.append(f"  likelihood accuracy (higher per-token log-prob for chosen): {base}tuned {t['likelihood_accuracy']:.4f}")
+        lines.append(
+            f"  likelihood accuracy (higher per-token log-prob for chosen): {base}tuned {t['likelihood_accuracy']:.4f}"
+        )
     if "margin" in t:
-        lines.append(f"  rewards: chosen {t['reward_chosen']:+.3f}, rejected {t['reward_rejected']:+.3f}, margin {t['margin']:+.3f}")
+        lines.append(
+            f"  rewards: chosen {t['reward_chosen']:+.3f}, rejected {t['reward_rejected']:+.3f}, margin {t['margin']:+.3f}"
+        )
     for s in result.get("samples", [])[:3]:
         lines.append(f"\nprompt:    {s['prompt']}\nchosen:    {s['reference']}")
         if s.get("base") is not None:

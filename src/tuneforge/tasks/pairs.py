@@ -24,12 +24,16 @@ def read_examples(spec: str, d, allowed: tuple[str, ...], task: str) -> tuple[li
     fmt = d.format if d.format != "auto" else (hint or "auto")
     examples, fmt = to_examples(table, fmt, d.text_column, d.label_column)
     if fmt not in allowed:
-        raise DataError(f"{table.path}: '{fmt}' rows cannot train task '{task}', which needs {' or '.join(allowed)} rows "
-                        f"(columns here: {', '.join(table.columns)}).\n{SHAPES}")
+        raise DataError(
+            f"{table.path}: '{fmt}' rows cannot train task '{task}', which needs {' or '.join(allowed)} rows "
+            f"(columns here: {', '.join(table.columns)}).\n{SHAPES}"
+        )
     return examples, fmt
 
 
-def load_splits(d, seed: int, allowed: tuple[str, ...], task: str, reader=None) -> tuple[dict[str, list[Example]], str]:
+def load_splits(
+    d, seed: int, allowed: tuple[str, ...], task: str, reader=None
+) -> tuple[dict[str, list[Example]], str]:
     """train / validation / test: files or bundled splits, split off the training data when absent.
 
     ``reader(spec) -> (examples, format)`` reads one file or split (default: ``read_examples`` with ``allowed``).
@@ -45,8 +49,11 @@ def load_splits(d, seed: int, allowed: tuple[str, ...], task: str, reader=None) 
     validation = read(d.validation)[0] if d.validation else None
     if validation is None:
         train, validation = split(train, d.validation_fraction, seed)
-    splits = {"train": subsample(train, d.limit, seed), "validation": subsample(validation, d.eval_limit, seed),
-              "test": subsample(test, d.eval_limit, seed)}
+    splits = {
+        "train": subsample(train, d.limit, seed),
+        "validation": subsample(validation, d.eval_limit, seed),
+        "test": subsample(test, d.eval_limit, seed),
+    }
     if not splits["train"]:
         raise DataError(f"{d.train}: no training examples left after splitting.")
     return splits, fmt

@@ -24,7 +24,9 @@ from tuneforge.train.losses import bradley_terry_loss
 log = logging.getLogger(__name__)
 
 
-def encode_response(tokenizer, prompt: list[dict], response: list[dict], max_length: int) -> tuple[list[int], bool]:
+def encode_response(
+    tokenizer, prompt: list[dict], response: list[dict], max_length: int
+) -> tuple[list[int], bool]:
     """Token ids of a prompt and its response as the reward model reads them; returns (ids, truncated).
 
     Chat models: the chat template, and a too-long conversation loses its start (the model scores the last
@@ -35,12 +37,14 @@ def encode_response(tokenizer, prompt: list[dict], response: list[dict], max_len
         if len(ids) <= max_length:
             return ids, False
         keep_bos = tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
-        return (ids[:1] + ids[len(ids) - max_length + 1:]) if keep_bos else ids[-max_length:], True
+        return (ids[:1] + ids[len(ids) - max_length + 1 :]) if keep_bos else ids[-max_length:], True
     p, r = "\n".join(m["content"] for m in prompt), "\n".join(m["content"] for m in response)
     full = tokenizer(p, r, add_special_tokens=True)["input_ids"]
     if len(full) <= max_length:
         return full, False
-    return tokenizer(p, r, add_special_tokens=True, truncation="longest_first", max_length=max_length)["input_ids"], True
+    return tokenizer(p, r, add_special_tokens=True, truncation="longest_first", max_length=max_length)[
+        "input_ids"
+    ], True
 
 
 class RewardTask:
@@ -59,8 +63,13 @@ class RewardTask:
         self.running = Running()
         self.model = None
         if load_model:
-            self.model = load_classifier(cfg.model.name, ["reward"], cfg.model.dtype, cfg.model.dropout,
-                                         pad_token_id=self.tokenizer.pad_token_id)
+            self.model = load_classifier(
+                cfg.model.name,
+                ["reward"],
+                cfg.model.dtype,
+                cfg.model.dropout,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
 
     # ---- data
     def read_file(self, spec: str) -> list[Example]:
@@ -70,18 +79,26 @@ class RewardTask:
         n = self.cfg.data.max_length
         chosen = [encode_response(self.tokenizer, e.messages, e.chosen, n) for e in examples]
         rejected = [encode_response(self.tokenizer, e.messages, e.rejected, n) for e in examples]
-        out = {"chosen": [ids for ids, _ in chosen], "rejected": [ids for ids, _ in rejected],
-               "truncated": sum(t1 or t2 for (_, t1), (_, t2) in zip(chosen, rejected))}
+        out = {
+            "chosen": [ids for ids, _ in chosen],
+            "rejected": [ids for ids, _ in rejected],
+            "truncated": sum(t1 or t2 for (_, t1), (_, t2) in zip(chosen, rejected)),
+        }
         out["input_ids"] = out["chosen"] + out["rejected"]  # every sequence (the report's length figures)
         return out
 
     def data_summary(self) -> dict:
-        return {name: {"pairs": len(enc["chosen"]), "truncated": enc["truncated"]} for name, enc in self.encoded.items()}
+        return {
+            name: {"pairs": len(enc["chosen"]), "truncated": enc["truncated"]}
+            for name, enc in self.encoded.items()
+        }
 
     def collate_encoded(self, enc: dict, indices: list[int]) -> dict[str, torch.Tensor]:
         """B chosen rows then B rejected rows, right-padded to one width: (2B, T)."""
-        ids, mask = pad([enc["chosen"][i] for i in indices] + [enc["rejected"][i] for i in indices],
-                        self.tokenizer.pad_token_id)
+        ids, mask = pad(
+            [enc["chosen"][i] for i in indices] + [enc["rejected"][i] for i in indices],
+            self.tokenizer.pad_token_id,
+        )
         return {"input_ids": ids, "attention_mask": mask}
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
@@ -89,7 +106,11 @@ class RewardTask:
 
     # ---- training
     def loss(self, model, batch) -> tuple[torch.Tensor, int]:
-        rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1).float()
+        rewards = (
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            .logits.squeeze(-1)
+            .float()
+        )
         chosen, rejected = rewards.chunk(2)  # (B,), (B,)
         losses = bradley_terry_loss(chosen, rejected, center_coefficient=self.cfg.preference.center_rewards)
         self.running.add("accuracy", (chosen > rejected).float() + 0.5 * (chosen == rejected).float())
@@ -118,10 +139,16 @@ class RewardTask:
         return chosen, rejected
 
     def metrics(self, chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
-        loss = bradley_terry_loss(chosen, rejected, center_coefficient=self.cfg.preference.center_rewards).mean()
-        return {"loss": round(float(loss), 6), "accuracy": round(pairwise_accuracy(chosen, rejected), 6),
-                "margin": round(float((chosen - rejected).mean()), 6), "reward_chosen": round(float(chosen.mean()), 6),
-                "reward_rejected": round(float(rejected.mean()), 6)}
+        loss = bradley_terry_loss(
+            chosen, rejected, center_coefficient=self.cfg.preference.center_rewards
+        ).mean()
+        return {
+            "loss": round(float(loss), 6),
+            "accuracy": round(pairwise_accuracy(chosen, rejected), 6),
+            "margin": round(float((chosen - rejected).mean()), 6),
+            "reward_chosen": round(float(chosen.mean()), 6),
+            "reward_rejected": round(float(rejected.mean()), 6),
+        }
 
     def evaluate(self, model, split: str) -> dict[str, float]:
         enc = self.encoded.get(split)
@@ -133,16 +160,30 @@ class RewardTask:
         """Pairwise accuracy of the reward on held-out pairs, beside "the longer answer wins" and chance."""
         enc, examples = self.encoded[split], self.splits[split]
         chosen, rejected = self.scores(model, enc)
-        out = {"split": split, "task": "reward", "tuned": {**self.metrics(chosen, rejected), "n": len(examples)}}
+        out = {
+            "split": split,
+            "task": "reward",
+            "tuned": {**self.metrics(chosen, rejected), "n": len(examples)},
+        }
         if baseline:
             c_len = torch.tensor([float(sum(len(m["content"]) for m in e.chosen)) for e in examples])
             r_len = torch.tensor([float(sum(len(m["content"]) for m in e.rejected)) for e in examples])
-            out["baseline"] = {"accuracy": round(pairwise_accuracy(c_len, r_len), 6), "predicts": "the longer answer",
-                               "chance": 0.5, "n": len(examples)}
-        out["examples"] = [{"prompt": prompt_text(e.messages), "chosen": e.chosen[-1]["content"],
-                            "rejected": e.rejected[-1]["content"], "reward_chosen": round(float(c), 4),
-                            "reward_rejected": round(float(r), 4)}
-                           for e, c, r in list(zip(examples, chosen, rejected))[:5]]
+            out["baseline"] = {
+                "accuracy": round(pairwise_accuracy(c_len, r_len), 6),
+                "predicts": "the longer answer",
+                "chance": 0.5,
+                "n": len(examples),
+            }
+        out["examples"] = [
+            {
+                "prompt": prompt_text(e.messages),
+                "chosen": e.chosen[-1]["content"],
+                "rejected": e.rejected[-1]["content"],
+                "reward_chosen": round(float(c), 4),
+                "reward_rejected": round(float(r), 4),
+            }
+            for e, c, r in list(zip(examples, chosen, rejected))[:5]
+        ]
         return out
 
     def save_model(self, model, out: Path) -> None:
@@ -162,8 +203,10 @@ class RewardTask:
 def format_eval(result: dict) -> list[str]:
     """Lines that summarise a reward eval.json."""
     t, b = result["tuned"], result.get("baseline")
-    lines = [f"{result['split']} split: pairwise accuracy {t['accuracy']:.4f} on {t['n']} held-out pairs "
-             f"(mean margin {t['margin']:+.3f})"]
+    lines = [
+        f"{result['split']} split: pairwise accuracy {t['accuracy']:.4f} on {t['n']} held-out pairs "
+        f"(mean margin {t['margin']:+.3f})"
+    ]
     if b:
         lines.append(f"baselines: {b['predicts']} {b['accuracy']:.4f}, chance {b['chance']:.2f}")
     return lines

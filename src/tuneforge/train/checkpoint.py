@@ -50,8 +50,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer, scheduler,
-                    trainer_state: dict[str, Any], keep: int = 2, weights: dict[str, torch.Tensor] | None = None) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    trainer_state: dict[str, Any],
+    keep: int = 2,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> Path:
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
@@ -60,8 +68,10 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer,
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_file(weights if weights is not None else trainable_state(model), tmp / "weights.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-               tmp / "state.pt")
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+        tmp / "state.pt",
+    )
     _atomic_write_text(tmp / "trainer_state.json", json.dumps(trainer_state, indent=1))
     if final.exists():
         shutil.rmtree(final)

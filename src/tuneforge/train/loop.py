@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class Task(Protocol):
-    lengths: list[int]          # length of every training example (for grouping and token counts)
-    counts: list[int]           # items each training example adds to the loss (1 per example, or its loss tokens)
+    lengths: list[int]  # length of every training example (for grouping and token counts)
+    counts: list[int]  # items each training example adds to the loss (1 per example, or its loss tokens)
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]: ...
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]: ...
@@ -60,20 +60,39 @@ def _truncate_metrics(run_dir: Path, step: int) -> None:
     """On resume, forget metrics logged after the checkpoint (they will be logged again)."""
     path = run_dir / "metrics.jsonl"
     if path.exists():
-        keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        keep = [
+            line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step
+        ]
         path.write_text("".join(line + "\n" for line in keep))
 
 
-def fit(task: Task, prepared, cfg, run_dir: Path, accelerator, resume: bool = False,
-        metric: str = "loss", greater_is_better: bool = False) -> FitResult:
+def fit(
+    task: Task,
+    prepared,
+    cfg,
+    run_dir: Path,
+    accelerator,
+    resume: bool = False,
+    metric: str = "loss",
+    greater_is_better: bool = False,
+) -> FitResult:
     t = cfg.training
     model = prepared.model
     main = accelerator.is_main_process
-    sampler = StepSampler(task.lengths, t.batch_size, t.grad_accum, accelerator.num_processes,
-                          accelerator.process_index, t.seed, t.group_by_length)
+    sampler = StepSampler(
+        task.lengths,
+        t.batch_size,
+        t.grad_accum,
+        accelerator.num_processes,
+        accelerator.process_index,
+        t.seed,
+        t.group_by_length,
+    )
     total = sampler.total_steps(t.epochs, t.max_steps)
     optimizer = build_optimizer(prepared.param_groups, t.lr)
-    scheduler = build_scheduler(optimizer, t.scheduler, warmup_steps(total, t.warmup_ratio, t.warmup_steps), total)
+    scheduler = build_scheduler(
+        optimizer, t.scheduler, warmup_steps(total, t.warmup_ratio, t.warmup_steps), total
+    )
     trained_names = {id(p) for g in prepared.param_groups for p in g["params"]}
     trained_keys = [n for n, p in model.named_parameters() if id(p) in trained_names]
     model = accelerator.prepare(model)
@@ -93,9 +112,21 @@ def fit(task: Task, prepared, cfg, run_dir: Path, accelerator, resume: bool = Fa
     def checkpoint(step: int) -> None:
         accelerator.wait_for_everyone()
         if main:
-            weights = {k: v.detach().cpu().clone().contiguous() for k, v in raw.state_dict().items() if k in set(trained_keys)}
-            save_checkpoint(run_dir, step, raw, optimizer, scheduler,
-                            {**state, "early_stopping": stopper.state_dict()}, t.keep_checkpoints, weights)
+            weights = {
+                k: v.detach().cpu().clone().contiguous()
+                for k, v in raw.state_dict().items()
+                if k in set(trained_keys)
+            }
+            save_checkpoint(
+                run_dir,
+                step,
+                raw,
+                optimizer,
+                scheduler,
+                {**state, "early_stopping": stopper.state_dict()},
+                t.keep_checkpoints,
+                weights,
+            )
         accelerator.wait_for_everyone()
 
     step = state["step"]
@@ -108,7 +139,9 @@ def fit(task: Task, prepared, cfg, run_dir: Path, accelerator, resume: bool = Fa
             if prepared.on_step is not None:
                 prepared.on_step(step, epoch)
             step_indices = sampler.epoch_steps(epoch)[in_epoch]
-            n_items = sum(task.counts[i] for i in step_indices)  # the loss of the whole step is a mean over these
+            n_items = sum(
+                task.counts[i] for i in step_indices
+            )  # the loss of the whole step is a mean over these
             micro = sampler.micro_batches(step_indices)
             model.train()
             for k, idx in enumerate(micro):
@@ -129,46 +162,82 @@ def fit(task: Task, prepared, cfg, run_dir: Path, accelerator, resume: bool = Fa
             window["items"] += n_items
             window["examples"] += len(step_indices)
             window["tokens"] += sum(task.lengths[i] for i in step_indices)
-            state.update(step=step, examples=state["examples"] + len(step_indices),
-                         tokens=state["tokens"] + sum(task.lengths[i] for i in step_indices),
-                         seconds=time.perf_counter() - start)
+            state.update(
+                step=step,
+                examples=state["examples"] + len(step_indices),
+                tokens=state["tokens"] + sum(task.lengths[i] for i in step_indices),
+                seconds=time.perf_counter() - start,
+            )
             loss_now = window["loss"] * accelerator.num_processes / max(1, window["items"])
             bar.update(step, loss=loss_now)
 
             if step % t.log_every == 0 or step == total:
                 dt = max(1e-9, time.perf_counter() - window["t0"])
-                _log(run_dir, {"step": step, "epoch": round(step / sampler.steps_per_epoch, 4), "split": "train",
-                               "loss": round(loss_now, 6), "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                               "examples_per_s": round(window["examples"] / dt, 2),
-                               "tokens_per_s": round(window["tokens"] / dt, 1), "tokens": window["tokens"],
-                               "seconds": round(dt, 4),
-                               # task-specific training metrics since the last log (rewards, margins, KL, ...)
-                               **(task.pop_train_metrics() if hasattr(task, "pop_train_metrics") else {})}, main)
+                _log(
+                    run_dir,
+                    {
+                        "step": step,
+                        "epoch": round(step / sampler.steps_per_epoch, 4),
+                        "split": "train",
+                        "loss": round(loss_now, 6),
+                        "lr": scheduler.get_last_lr()[0],
+                        "grad_norm": grad_norm,
+                        "examples_per_s": round(window["examples"] / dt, 2),
+                        "tokens_per_s": round(window["tokens"] / dt, 1),
+                        "tokens": window["tokens"],
+                        "seconds": round(dt, 4),
+                        # task-specific training metrics since the last log (rewards, margins, KL, ...)
+                        **(task.pop_train_metrics() if hasattr(task, "pop_train_metrics") else {}),
+                    },
+                    main,
+                )
                 window = {"loss": 0.0, "items": 0, "examples": 0, "tokens": 0, "t0": time.perf_counter()}
 
             if step % eval_every == 0 or step == total:
                 eval_start = time.perf_counter()
-                metrics = task.evaluate(raw, "validation")
-                window["t0"] += time.perf_counter() - eval_start  # keep evaluation out of the throughput figures
+                with accelerator.autocast():  # the precision training runs in (adapter runs may hold a bf16 base)
+                    metrics = task.evaluate(raw, "validation")
+                window["t0"] += (
+                    time.perf_counter() - eval_start
+                )  # keep evaluation out of the throughput figures
                 if metrics:
                     value = metrics.get(metric, metrics.get("loss"))
                     improved = stopper.update(value, step)
-                    _log(run_dir, {"step": step, "epoch": round(step / sampler.steps_per_epoch, 4),
-                                   "split": "validation", **metrics}, main)
-                    bar.note(f"step {step}: validation " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()
-                                                                     if isinstance(v, float)))
+                    _log(
+                        run_dir,
+                        {
+                            "step": step,
+                            "epoch": round(step / sampler.steps_per_epoch, 4),
+                            "split": "validation",
+                            **metrics,
+                        },
+                        main,
+                    )
+                    bar.note(
+                        f"step {step}: validation "
+                        + " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+                    )
                     if improved and main:
                         task.save_model(raw, run_dir / "best")
                     if stopper.should_stop:
                         stopped_early = True
-                        bar.note(f"early stopping at step {step}: no {metric} improvement in "
-                                 f"{t.early_stopping_patience} evaluations (best at step {stopper.best_step})")
+                        bar.note(
+                            f"early stopping at step {step}: no {metric} improvement in "
+                            f"{t.early_stopping_patience} evaluations (best at step {stopper.best_step})"
+                        )
             if step % save_every == 0 or step == total or stopped_early:
                 checkpoint(step)
             if stopped_early:
                 break
-    return FitResult(step, stopper.best_step, stopper.best, stopped_early, state["seconds"],
-                     state["examples"], state["tokens"])
+    return FitResult(
+        step,
+        stopper.best_step,
+        stopper.best,
+        stopped_early,
+        state["seconds"],
+        state["examples"],
+        state["tokens"],
+    )
 
 
 def peak_memory_mb() -> float:

@@ -43,8 +43,12 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, average: bool = F
     return total / mask.sum(-1).clamp(min=1) if average else total
 
 
-def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None,
-                       center_coefficient: float | None = None) -> torch.Tensor:
+def bradley_terry_loss(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    margin: torch.Tensor | None = None,
+    center_coefficient: float | None = None,
+) -> torch.Tensor:
     """Pairwise reward-model loss per pair (B,): ``-log sigmoid(r_c - r_r - margin)``.
 
     ``center_coefficient`` adds ``c * (r_c + r_r)^2``, which keeps rewards centred on zero.
@@ -56,10 +60,17 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: tor
     return loss
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
-             chosen_tokens: torch.Tensor | None = None, rejected_tokens: torch.Tensor | None = None,
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+    chosen_tokens: torch.Tensor | None = None,
+    rejected_tokens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DPO-family loss per pair from summed response log-probs (all (B,)).
 
     sigmoid  ``-log sigmoid(beta * delta)`` (DPO; with ``label_smoothing`` e, the conservative cDPO form)
@@ -74,7 +85,10 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     rejected_ratio = policy_rejected - ref_rejected  # (B,)
     delta = chosen_ratio - rejected_ratio
     if loss_type == "sigmoid":
-        losses = -F.logsigmoid(beta * delta) * (1 - label_smoothing) - F.logsigmoid(-beta * delta) * label_smoothing
+        losses = (
+            -F.logsigmoid(beta * delta) * (1 - label_smoothing)
+            - F.logsigmoid(-beta * delta) * label_smoothing
+        )
     elif loss_type == "ipo":
         if chosen_tokens is not None and rejected_tokens is not None:
             delta = chosen_ratio / chosen_tokens.clamp(min=1) - rejected_ratio / rejected_tokens.clamp(min=1)
@@ -91,8 +105,12 @@ def _log1mexp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
 
 
-def orpo_loss(chosen_avg_logps: torch.Tensor, rejected_avg_logps: torch.Tensor, chosen_nll: torch.Tensor,
-              beta: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+def orpo_loss(
+    chosen_avg_logps: torch.Tensor,
+    rejected_avg_logps: torch.Tensor,
+    chosen_nll: torch.Tensor,
+    beta: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """ORPO per pair: ``nll_chosen - beta * log sigmoid(log odds(chosen) - log odds(rejected))``.
 
     Inputs are per-token averaged response log-probs (B,) and the chosen response's mean NLL (B,).
@@ -109,9 +127,15 @@ def kto_kl(policy_mismatched: torch.Tensor, ref_mismatched: torch.Tensor) -> tor
     return (policy_mismatched - ref_mismatched).mean().detach().clamp(min=0)
 
 
-def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, desirable: torch.Tensor, kl: torch.Tensor | float,
-             beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def kto_loss(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    desirable: torch.Tensor,
+    kl: torch.Tensor | float,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """KTO per row (B,): ``w_d (1 - sigmoid(beta (ratio - kl)))`` for desirable rows and
     ``w_u (1 - sigmoid(beta (kl - ratio)))`` for undesirable ones, ``ratio = pi - ref``.
 
@@ -119,12 +143,17 @@ def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, desirable: tor
     """
     ratio = policy_logps - ref_logps  # (B,)
     good = desirable.bool()
-    losses = torch.where(good, desirable_weight * (1 - torch.sigmoid(beta * (ratio - kl))),
-                         undesirable_weight * (1 - torch.sigmoid(beta * (kl - ratio))))
+    losses = torch.where(
+        good,
+        desirable_weight * (1 - torch.sigmoid(beta * (ratio - kl))),
+        undesirable_weight * (1 - torch.sigmoid(beta * (kl - ratio))),
+    )
     return losses, beta * ratio.detach()
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-4
+) -> torch.Tensor:
     """GRPO advantages (N,): each reward minus its group's mean, divided by the group's std when ``scale``.
 
     ``rewards`` (N,) holds ``group_size`` consecutive completions per prompt.
@@ -136,9 +165,17 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
     return adv.reshape(-1)
 
 
-def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tensor | None, advantages: torch.Tensor,
-              mask: torch.Tensor, kl_beta: float = 0.04, epsilon_low: float = 0.2, epsilon_high: float = 0.2,
-              kl_importance_weight: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def grpo_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    ref_logps: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    kl_beta: float = 0.04,
+    epsilon_low: float = 0.2,
+    epsilon_high: float = 0.2,
+    kl_importance_weight: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """GRPO per sequence (B,): the clipped surrogate ``-min(rho A, clip(rho) A)`` plus ``kl_beta * KL`` per token,
     averaged over each sequence's completion tokens.
 

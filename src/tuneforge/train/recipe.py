@@ -6,15 +6,15 @@
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import re
 import shutil
 import time
 from datetime import datetime
 from pathlib import Path
 
-from tuneforge.config import RunConfig, from_dict, load_config
+from tuneforge.config import PEFT_METHODS, RunConfig, from_dict, load_config
 from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.methods import count_parameters, prepare
 from tuneforge.tasks import task_class
@@ -45,32 +45,39 @@ def run_dir_for(cfg: RunConfig, resume: bool) -> Path:
         path = root / cfg.output.name
         if path.exists() and not resume:
             if not cfg.output.overwrite and any(path.iterdir()):
-                raise ConfigError(f"run folder {path} exists. Add --resume to continue it, output.overwrite=true to "
-                                  f"replace it, or choose another output.name.")
+                raise ConfigError(
+                    f"run folder {path} exists. Add --resume to continue it, output.overwrite=true to "
+                    f"replace it, or choose another output.name."
+                )
             shutil.rmtree(path)
         return path
     model = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.model.name).name or cfg.model.name)
     prefix = f"{cfg.task}-{model}-{cfg.method.name}"
     if resume:
-        runs = sorted((p for p in root.glob(prefix + "-*") if (p / "checkpoints" / "latest").exists()),
-                      key=lambda p: p.stat().st_mtime)
+        runs = sorted(
+            (p for p in root.glob(prefix + "-*") if (p / "checkpoints" / "latest").exists()),
+            key=lambda p: p.stat().st_mtime,
+        )
         if not runs:
-            raise ConfigError(f"--resume: no run of {prefix} with a checkpoint under {root}/. Give the run folder instead.")
+            raise ConfigError(
+                f"--resume: no run of {prefix} with a checkpoint under {root}/. Give the run folder instead."
+            )
         return runs[-1]
     return root / f"{prefix}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 def make_accelerator(cfg: RunConfig):
-    from accelerate import Accelerator
-
     import torch
+    from accelerate import Accelerator
 
     device = cfg.training.device
     # On a machine without a GPU accelerate must be told so, or processes started by torchrun don't join (gloo).
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError("training.device is cuda but no GPU is visible: use training.device=auto or cpu.")
+            raise ConfigError(
+                "training.device is cuda but no GPU is visible: use training.device=auto or cpu."
+            )
     precision = resolve_precision(cfg.training.precision, cpu)
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         # accelerate keeps one global state per process; several runs in one Python session (a notebook, a
@@ -104,9 +111,14 @@ def preflight_audit(cfg: RunConfig, task, main: bool = True) -> dict | None:
     except ImportError:
         return None
     model = getattr(task, "model", None)
-    report = audit_splits(task.splits, getattr(task, "data_format", "classification"), tokenizer=task.tokenizer,
-                          max_length=cfg.data.max_length, near_dup_threshold=cfg.data.near_dup_threshold,
-                          model_config=getattr(model, "config", None))
+    report = audit_splits(
+        task.splits,
+        getattr(task, "data_format", "classification"),
+        tokenizer=task.tokenizer,
+        max_length=cfg.data.max_length,
+        near_dup_threshold=cfg.data.near_dup_threshold,
+        model_config=getattr(model, "config", None),
+    )
     if main:
         console.print(f"[bold]data audit:[/bold] {report.headline()}")
     if report.leaked and not cfg.data.allow_leakage:
@@ -118,7 +130,28 @@ def preflight_audit(cfg: RunConfig, task, main: bool = True) -> dict | None:
     return report.to_dict()
 
 
-def train(config: RunConfig | dict | str | Path, overrides: list[str] | None = None, resume: bool | str | Path = False):
+def frozen_to_bf16(model) -> int:
+    """Store the frozen base weights of an adapter run in bf16 (autocast computes in bf16 anyway).
+
+    Halves their memory and saves a cast of every weight in every forward; trainable weights stay fp32
+    (their optimizer updates need it). The base is never saved from here: exports and evaluations load it
+    again from disk in full precision. Returns the number of parameters converted.
+    """
+    import torch
+
+    n = 0
+    for p in model.parameters():
+        if not p.requires_grad and p.dtype == torch.float32:
+            p.data = p.data.to(torch.bfloat16)
+            n += p.numel()
+    return n
+
+
+def train(
+    config: RunConfig | dict | str | Path,
+    overrides: list[str] | None = None,
+    resume: bool | str | Path = False,
+):
     """Fine-tune as ``config`` says; returns the finished ``Run``."""
     from accelerate.utils import set_seed
 
@@ -154,7 +187,9 @@ def train(config: RunConfig | dict | str | Path, overrides: list[str] | None = N
     # --- setup: data, tokenizer, model (seeded: the new head starts the same on every process and every run)
     set_seed(cfg.training.seed)
     if main:
-        console.print(f"[bold]tuneforge[/bold] {cfg.task} · model {cfg.model.name} · method {cfg.method.name} · run {run_dir}")
+        console.print(
+            f"[bold]tuneforge[/bold] {cfg.task} · model {cfg.model.name} · method {cfg.method.name} · run {run_dir}"
+        )
     task = task_class(cfg.task)(cfg)
     audit = preflight_audit(cfg, task, main)  # every process, so all of them stop together on leakage
     if main and hasattr(task, "preflight"):
@@ -163,19 +198,39 @@ def train(config: RunConfig | dict | str | Path, overrides: list[str] | None = N
         prepared = prepare(task.model, cfg.method, cfg.training, cfg.task)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if accelerator.mixed_precision == "bf16" and cfg.method.name in PEFT_METHODS and cfg.training.bf16_frozen_base:
+        frozen_to_bf16(prepared.model)
     trainable, total = count_parameters(prepared.model)
     if accelerator.num_processes > 1 and prepared.on_step is not None:
-        raise ConfigError("method 'unfreeze' changes which weights train during the run, which DDP cannot follow: "
-                          "run it on one process.")
+        raise ConfigError(
+            "method 'unfreeze' changes which weights train during the run, which DDP cannot follow: "
+            "run it on one process."
+        )
     if main:
         console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
-        (run_dir / "data.json").write_text(json.dumps({**task.data_summary(), "labels": getattr(task, "labels", None),
-                                                       "audit": audit}, indent=1, default=str))
+        (run_dir / "data.json").write_text(
+            json.dumps(
+                {**task.data_summary(), "labels": getattr(task, "labels", None), "audit": audit},
+                indent=1,
+                default=str,
+            )
+        )
 
     # --- train
     metric = cfg.training.metric if cfg.training.metric != "auto" else task.primary_metric
-    greater = task.greater_is_better if metric == task.primary_metric else metric not in ("loss", "perplexity")
-    result = fit(task, prepared, cfg, run_dir, accelerator, resume=bool(resume), metric=metric, greater_is_better=greater)
+    greater = (
+        task.greater_is_better if metric == task.primary_metric else metric not in ("loss", "perplexity")
+    )
+    result = fit(
+        task,
+        prepared,
+        cfg,
+        run_dir,
+        accelerator,
+        resume=bool(resume),
+        metric=metric,
+        greater_is_better=greater,
+    )
 
     # --- the final model: the best validation checkpoint when there is one, else the last weights
     if main:
@@ -188,11 +243,19 @@ def train(config: RunConfig | dict | str | Path, overrides: list[str] | None = N
             task.save_model(accelerator.unwrap_model(prepared.model), final)
         summary = {
             "status": "stopped early" if result.stopped_early else "completed",
-            "steps": result.steps, "best_step": result.best_step, "best_metric": result.best_metric, "metric": metric,
-            "trainable_parameters": trainable, "total_parameters": total, "train_seconds": round(result.train_seconds, 2),
-            "wall_seconds": round(time.perf_counter() - t0, 2), "examples_seen": result.examples_seen,
-            "tokens_seen": result.tokens_seen, "peak_rss_mb": round(peak_rss_mb(), 1),
-            "processes": accelerator.num_processes, "device": str(accelerator.device),
+            "steps": result.steps,
+            "best_step": result.best_step,
+            "best_metric": result.best_metric,
+            "metric": metric,
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+            "train_seconds": round(result.train_seconds, 2),
+            "wall_seconds": round(time.perf_counter() - t0, 2),
+            "examples_seen": result.examples_seen,
+            "tokens_seen": result.tokens_seen,
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "processes": accelerator.num_processes,
+            "device": str(accelerator.device),
             "precision": "bf16" if accelerator.mixed_precision == "bf16" else "fp32",
         }
         (run_dir / "run.json").write_text(json.dumps(summary, indent=1))
