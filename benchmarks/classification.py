@@ -155,7 +155,7 @@ def main() -> None:
     m = machine()
     ratio = rows[0]["train_examples_per_s"] / rows[1]["train_examples_per_s"]
     lines = [
-        f"Classification: MiniLM-L6 full fine-tuning, Rotten Tomatoes, 1 epoch, batch 32, max length 128, fp32 "
+        f"Classification: MiniLM-L6 full fine-tuning, Rotten Tomatoes, 1 epoch, batch 32, max length 128; Trainer in fp32, tuneforge with its defaults "
         f"({m['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']})",
         "",
         "| tool | test accuracy | macro-F1 | train examples/s | peak RSS (MB) |",

@@ -38,3 +38,13 @@ def test_length_grouping_reduces_padding():
         return waste / total
 
     assert padding(True) < 0.1 < padding(False)
+
+
+def test_token_budget_splits_only_what_is_too_large():
+    lengths = [500, 480, 40, 30, 20, 10, 10, 10]
+    s = StepSampler(lengths, batch_size=8, seed=0, max_batch_tokens=1024)
+    (step,) = s.epoch_steps(0)
+    mbs = s.micro_batches(step)
+    assert sorted(i for mb in mbs for i in mb) == list(range(8))
+    assert all(len(mb) * max(lengths[i] for i in mb) <= 1024 for mb in mbs if len(mb) > 1)
+    assert len(StepSampler(lengths, batch_size=8, seed=0).micro_batches(step)) == 1

@@ -137,6 +137,11 @@ class TrainingConfig:
         True, "Batch examples of similar length together (less padding, same examples per step)."
     )
     device: str = _f("auto", "auto, cpu or cuda.")
+    max_batch_tokens: int | None = _f(
+        1024,
+        "Split a micro-batch whose padded tokens exceed this (caps activation memory; the gradient is unchanged); "
+        "null never splits.",
+    )
     bf16_frozen_base: bool = _f(
         True, "Adapter methods under bf16: keep the frozen base weights in bf16 (less memory, no per-step casts)."
     )

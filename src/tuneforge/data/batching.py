@@ -25,8 +25,10 @@ class StepSampler:
         seed: int = 42,
         group_by_length: bool = True,
         megabatch_steps: int = 16,
+        max_batch_tokens: int | None = None,
     ):
         self.lengths = lengths
+        self.max_batch_tokens = max_batch_tokens
         self.batch_size = batch_size
         self.grad_accum = grad_accum
         self.world_size = world_size
@@ -85,7 +87,26 @@ class StepSampler:
             bounds.append(ordered[pos : pos + size])
             pos += size
         mine = bounds[self.rank * self.grad_accum : (self.rank + 1) * self.grad_accum]
-        return [b for b in mine if b]
+        return [piece for b in mine if b for piece in self._cap(b)]
+
+    def _cap(self, batch: list[int]) -> list[list[int]]:
+        """Split a micro-batch whose padded size (examples x longest) exceeds ``max_batch_tokens``.
+
+        The loop divides every micro-batch's summed loss by the item count of the whole step, so the
+        split changes peak activation memory, not the gradient.
+        """
+        if not self.max_batch_tokens:
+            return [batch]
+        out, cur, width = [], [], 0
+        for i in batch:
+            w = max(width, self.lengths[i])
+            if cur and w * (len(cur) + 1) > self.max_batch_tokens:
+                out.append(cur)
+                cur, w = [], self.lengths[i]
+            cur.append(i)
+            width = w
+        out.append(cur)
+        return out
 
     def position(self, global_step: int) -> tuple[int, int]:
         """(epoch, step within epoch) of a global step."""

@@ -87,6 +87,7 @@ def fit(
         accelerator.process_index,
         t.seed,
         t.group_by_length,
+        max_batch_tokens=t.max_batch_tokens,
     )
     total = sampler.total_steps(t.epochs, t.max_steps)
     optimizer = build_optimizer(prepared.param_groups, t.lr)
