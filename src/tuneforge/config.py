@@ -143,7 +143,8 @@ class TrainingConfig:
         "null never splits.",
     )
     bf16_frozen_base: bool = _f(
-        True, "Adapter methods under bf16: keep the frozen base weights in bf16 (less memory, no per-step casts)."
+        True,
+        "Adapter methods under bf16: keep the frozen base weights in bf16 (less memory, no per-step casts).",
     )
 
 

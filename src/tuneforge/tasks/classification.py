@@ -18,6 +18,7 @@ from tuneforge.data.split import split, subsample
 from tuneforge.errors import DataError
 from tuneforge.eval.metrics import classification_metrics, majority_baseline
 from tuneforge.models.load import load_classifier, load_tokenizer
+from tuneforge.models.save import save_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -196,18 +197,4 @@ class ClassificationTask:
         return out
 
     def save_model(self, model, out: Path) -> None:
-        out = Path(out)
-        tmp = out.with_name(out.name + ".tmp")
-        import shutil
-
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        model.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        if (tmp / "adapter_config.json").exists():  # PEFT adapter: keep the label set beside it
-            import json
-
-            (tmp / "labels.json").write_text(json.dumps(self.labels))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        save_model_folder(model, self.tokenizer, out, labels=self.labels)  # labels.json beside an adapter

@@ -16,6 +16,7 @@ from tuneforge.data.bundled import DATASETS, load_bundled, resolve
 from tuneforge.data.formats import SHAPES, Example, to_examples
 from tuneforge.data.split import split, subsample
 from tuneforge.errors import DataError
+from tuneforge.models.save import save_model_folder
 
 
 def read_examples(spec: str, d, allowed: tuple[str, ...], task: str) -> tuple[list[Example], str]:
@@ -121,22 +122,8 @@ def configure_generation(model, tokenizer) -> None:
 
 
 def save_lm(model, tokenizer, out) -> None:
-    """Save a causal LM (or its adapter), tokenizer and generation config, atomically (``out.tmp`` then rename)."""
-    import shutil
-    from pathlib import Path
-
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    gc = getattr(model, "generation_config", None)
-    if gc is not None and not (tmp / "generation_config.json").exists():
-        gc.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    """Save a causal LM (or its adapter), tokenizer and generation config, atomically."""
+    save_model_folder(model, tokenizer, out, generation_config=True)
 
 
 def prompt_text(messages: list[dict]) -> str:

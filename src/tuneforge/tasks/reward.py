@@ -8,9 +8,7 @@ held-out pairs (the reward ranks chosen above rejected), beside the "longer answ
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from pathlib import Path
 
 import torch
@@ -18,6 +16,7 @@ import torch
 from tuneforge.data.chat import encode_prompt_response
 from tuneforge.data.formats import Example
 from tuneforge.models.load import load_classifier, load_tokenizer
+from tuneforge.models.save import save_model_folder
 from tuneforge.tasks.pairs import Running, load_splits, pad, pairwise_accuracy, prompt_text, read_examples
 from tuneforge.train.losses import bradley_terry_loss
 
@@ -187,17 +186,7 @@ class RewardTask:
         return out
 
     def save_model(self, model, out: Path) -> None:
-        out = Path(out)
-        tmp = out.with_name(out.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        model.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        if (tmp / "adapter_config.json").exists():  # PEFT adapter: the label set rebuilds the one-output head
-            (tmp / "labels.json").write_text(json.dumps(["reward"]))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        save_model_folder(model, self.tokenizer, out, labels=["reward"])  # rebuilds the one-output head
 
 
 def format_eval(result: dict) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from tuneforge.data.split import split, subsample
 from tuneforge.errors import DataError
 from tuneforge.eval.perplexity import nll
 from tuneforge.models.load import load_causal_lm, load_tokenizer
+from tuneforge.models.save import save_model_folder
 from tuneforge.models.templates import ensure_template
 from tuneforge.serve.generate import generate, stop_ids
 from tuneforge.train.lm_loss import lm_loss
@@ -243,18 +243,7 @@ class SFTTask:
             gc.pad_token_id = self.tokenizer.pad_token_id
 
     def save_model(self, model, out: Path) -> None:
-        out = Path(out)
-        tmp = out.with_name(out.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        model.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        gc = getattr(model, "generation_config", None)
-        if gc is not None and not (tmp / "generation_config.json").exists():
-            gc.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        save_model_folder(model, self.tokenizer, out, generation_config=True)
 
 
 class base_model:

@@ -196,7 +196,9 @@ def fit(
 
             if step % eval_every == 0 or step == total:
                 eval_start = time.perf_counter()
-                with accelerator.autocast():  # the precision training runs in (adapter runs may hold a bf16 base)
+                with (
+                    accelerator.autocast()
+                ):  # the precision training runs in (adapter runs may hold a bf16 base)
                     metrics = task.evaluate(raw, "validation")
                 window["t0"] += (
                     time.perf_counter() - eval_start

@@ -198,7 +198,11 @@ def train(
         prepared = prepare(task.model, cfg.method, cfg.training, cfg.task)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if accelerator.mixed_precision == "bf16" and cfg.method.name in PEFT_METHODS and cfg.training.bf16_frozen_base:
+    if (
+        accelerator.mixed_precision == "bf16"
+        and cfg.method.name in PEFT_METHODS
+        and cfg.training.bf16_frozen_base
+    ):
         frozen_to_bf16(prepared.model)
     trainable, total = count_parameters(prepared.model)
     if accelerator.num_processes > 1 and prepared.on_step is not None:

@@ -1,0 +1,31 @@
+"""Write a model folder atomically: what every task saves as ``best/`` and ``model/``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+
+def save_model_folder(
+    model, tokenizer, out: str | Path, labels: list[str] | None = None, generation_config: bool = False
+) -> None:
+    """Save ``model`` (or its PEFT adapter) and ``tokenizer`` into ``out`` via ``out.tmp`` and a rename.
+
+    ``labels``: written as ``labels.json`` beside an adapter, so a classifier head can be rebuilt on load.
+    ``generation_config``: also write the model's generation config when ``save_pretrained`` did not.
+    """
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if labels is not None and (tmp / "adapter_config.json").exists():
+        (tmp / "labels.json").write_text(json.dumps(labels))
+    gc = getattr(model, "generation_config", None) if generation_config else None
+    if gc is not None and not (tmp / "generation_config.json").exists():
+        gc.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
