@@ -146,6 +146,10 @@ class TrainingConfig:
         True,
         "Adapter methods under bf16: keep the frozen base weights in bf16 (less memory, no per-step casts).",
     )
+    memory_check: bool = _f(
+        True,
+        "Print a pre-flight memory estimate and refuse to start a run that would not fit (false: warn only).",
+    )
 
 
 @dataclass

@@ -130,6 +130,32 @@ def preflight_audit(cfg: RunConfig, task, main: bool = True) -> dict | None:
     return report.to_dict()
 
 
+def preflight_memory(cfg: RunConfig, task, model, accelerator, main: bool = True) -> dict | None:
+    """Estimate the run's peak memory; refuse a run that will not fit unless training.memory_check is off."""
+    from tuneforge.train.memory import estimate, too_big_message
+
+    try:
+        est = estimate(
+            model,
+            cfg.task,
+            task.lengths,
+            cfg,
+            accelerator.device,
+            accelerator.autocast,
+            processes=accelerator.num_processes,
+        )
+    except Exception as e:  # the estimate must never be the reason a run cannot start
+        log.warning("memory estimate skipped: %s", e)
+        return None
+    if main:
+        console.print(f"[bold]memory estimate:[/bold] {est.line()}")
+    if not est.fits:
+        if cfg.training.memory_check:
+            raise TuneforgeError(too_big_message(est, cfg))
+        log.warning("%s", too_big_message(est, cfg))
+    return est.to_dict()
+
+
 def frozen_to_bf16(model) -> int:
     """Store the frozen base weights of an adapter run in bf16 (autocast computes in bf16 anyway).
 
@@ -205,6 +231,7 @@ def train(
     ):
         frozen_to_bf16(prepared.model)
     trainable, total = count_parameters(prepared.model)
+    memory = preflight_memory(cfg, task, prepared.model, accelerator, main)
     if accelerator.num_processes > 1 and prepared.on_step is not None:
         raise ConfigError(
             "method 'unfreeze' changes which weights train during the run, which DDP cannot follow: "
@@ -261,6 +288,7 @@ def train(
             "processes": accelerator.num_processes,
             "device": str(accelerator.device),
             "precision": "bf16" if accelerator.mixed_precision == "bf16" else "fp32",
+            "memory_estimate": memory,
         }
         (run_dir / "run.json").write_text(json.dumps(summary, indent=1))
     accelerator.wait_for_everyone()

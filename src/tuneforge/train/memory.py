@@ -1,0 +1,238 @@
+"""Pre-flight memory estimate: weights, trainable state, activations and logits at the run's largest micro-batch.
+
+Activations are measured, not guessed from a formula: three short probe forwards of the prepared model
+(under the run's precision, in training mode) count the bytes that autograd keeps for the backward
+pass (``saved_tensors_hooks``, each storage once, parameters excluded). Per sequence of length T those
+bytes are ``a + b*T + c*T^2`` (``c`` is non-zero where attention keeps its T x T probabilities), so
+three lengths fix the curve and the run's largest micro-batch follows from it. Weights, gradients
+and the AdamW moments are counted from the parameters; the output layer's float32 logits (plus their
+log-softmax and gradient) are added for language-model tasks. On a CPU the process's resident memory
+now (Python, libraries, the loaded weights) is the starting point; on a GPU the weights are.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+GB = 1024**3
+LM_TASKS = ("sft", "dpo", "grpo")
+
+
+@dataclass
+class MemoryEstimate:
+    device: str
+    weights: int  # bytes of parameters and buffers
+    gradients: int  # trainable parameters' gradients
+    optimizer: int  # AdamW's two moments
+    activations: int  # saved for backward at the largest micro-batch
+    logits: int  # output-layer logits of the loss positions (language models)
+    runtime: int  # Python, libraries and allocator (CPU: resident memory besides the weights)
+    micro_batch: tuple[int, int]  # (sequences, tokens each) of the largest micro-batch
+    available: int | None  # bytes this run may use (CPU: available RAM; GPU: device memory)
+    processes: int = 1  # processes sharing this machine's RAM (DDP on CPU)
+
+    @property
+    def total(self) -> int:
+        per_process = (
+            self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.runtime
+        )
+        return per_process * self.processes
+
+    @property
+    def fits(self) -> bool:
+        return self.available is None or self.total <= self.available
+
+    def to_dict(self) -> dict:
+        out = {
+            k: (round(v / 2**20, 1) if isinstance(v, int) and k != "processes" else v)
+            for k, v in asdict(self).items()
+        }
+        out["total"] = round(self.total / 2**20, 1)
+        out["unit"] = "MB"
+        return out
+
+    def line(self) -> str:
+        n, t = self.micro_batch
+        parts = [
+            f"weights {self.weights / GB:.2f}",
+            f"gradients+optimizer {(self.gradients + self.optimizer) / GB:.2f}",
+            f"activations {self.activations / GB:.2f} ({n} x {t} tokens)",
+        ]
+        if self.logits:
+            parts.append(f"logits {self.logits / GB:.2f}")
+        parts.append(f"runtime {self.runtime / GB:.2f}")
+        avail = f" of {self.available / GB:.1f} GB available" if self.available else ""
+        procs = f" ({self.processes} processes)" if self.processes > 1 else ""
+        return f"~{self.total / GB:.2f} GB peak{procs}{avail}: " + ", ".join(parts) + " (GB)"
+
+
+def saved_bytes(model: torch.nn.Module, inputs: dict, autocast) -> int:
+    """Bytes autograd keeps for backward after one training-mode forward of ``inputs``."""
+    params = {p.data_ptr() for p in model.parameters()}
+    seen: set[int] = set()
+    total = 0
+
+    def pack(t: torch.Tensor):
+        nonlocal total
+        try:
+            ptr = t.untyped_storage().data_ptr()
+            size = t.untyped_storage().nbytes()
+        except (RuntimeError, NotImplementedError):
+            return t
+        if ptr and ptr not in seen and t.data_ptr() not in params:
+            seen.add(ptr)
+            total += size
+        return t
+
+    was_training = model.training
+    model.train()
+    try:
+        with torch.enable_grad(), autocast(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(**inputs)
+            del out
+    finally:
+        model.train(was_training)
+    return total
+
+
+def _probe_body(model: torch.nn.Module, task: str) -> torch.nn.Module:
+    """What to probe: for a causal LM the transformer body (its logits are counted apart), else the model."""
+    if task in LM_TASKS:
+        from tuneforge.train.lm_loss import _body_and_head
+
+        parts = _body_and_head(model)
+        if parts is not None:
+            return parts[0]
+    return model
+
+
+def activation_curve(model, task: str, device, autocast, max_len: int) -> tuple[float, float, float]:
+    """(a, b, c) of bytes(T) = a + b*T + c*T^2 for one sequence of T tokens, from three probe lengths."""
+    body = _probe_body(model, task)
+    config = getattr(model, "config", None) or getattr(getattr(model, "base_model", None), "config", None)
+    vocab = int(getattr(config, "vocab_size", 1000) or 1000)
+    top = max(12, min(64, max_len))
+    lengths = [top // 4, top // 2, top]
+    ys = []
+    g = torch.Generator().manual_seed(0)
+    for t in lengths:
+        ids = torch.randint(3, max(4, vocab - 1), (1, t), generator=g).to(device)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if body is not model:
+            inputs["use_cache"] = False
+        ys.append(saved_bytes(body, inputs, autocast))
+    (t1, t2, t3), (y1, y2, y3) = lengths, ys
+    # exact quadratic through the three points (Newton's divided differences)
+    d12, d23 = (y2 - y1) / (t2 - t1), (y3 - y2) / (t3 - t2)
+    c = max(0.0, (d23 - d12) / (t3 - t1))
+    b = max(0.0, d12 - c * (t1 + t2))
+    a = max(0.0, y1 - b * t1 - c * t1 * t1)
+    return a, b, c
+
+
+def largest_micro_batch(lengths: list[int], batch_size: int, max_batch_tokens: int | None) -> tuple[int, int]:
+    """(sequences, padded length) of the biggest micro-batch the step sampler can form from ``lengths``."""
+    longest = max(lengths) if lengths else 1
+    n = batch_size
+    if max_batch_tokens:
+        n = max(1, min(batch_size, max_batch_tokens // longest))
+    return min(n, max(1, len(lengths))), longest
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory this process may still use: free RAM (and the cgroup limit) on CPU, total memory on a GPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if limit != "max":
+            avail = min(avail or int(limit), int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return None if avail is None else avail + current_rss()
+
+
+def current_rss() -> int:
+    """Resident memory of this process now (bytes)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        from tuneforge.utils import peak_rss_mb
+
+        return int(peak_rss_mb() * 2**20)
+
+
+def estimate(
+    model: torch.nn.Module,
+    task_name: str,
+    lengths: list[int],
+    cfg,
+    device: torch.device,
+    autocast,
+    processes: int = 1,
+) -> MemoryEstimate:
+    """The peak memory of training ``model`` as ``cfg`` says, before the first step."""
+    t = cfg.training
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    weights += sum(b.numel() * b.element_size() for b in model.buffers())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    gradients = sum(p.numel() * p.element_size() for p in trainable)
+    optimizer = 2 * sum(p.numel() * 4 for p in trainable)  # AdamW: exp_avg and exp_avg_sq in fp32
+    n, length = largest_micro_batch(lengths, t.batch_size, t.max_batch_tokens)
+    probe_device = next(model.parameters()).device
+    a, b, c = activation_curve(model, task_name, probe_device, autocast, length)
+    activations = int(a + n * (b * length + c * length * length))
+    logits = 0
+    if task_name in LM_TASKS:
+        config = getattr(model, "config", None)
+        vocab = int(getattr(config, "vocab_size", 0) or 0)
+        # float32 logits of every position that carries loss, their log-softmax and their gradient
+        logits = n * length * vocab * 4 * 3
+    if device.type == "cuda":
+        runtime = 512 * 2**20  # CUDA context and allocator slack
+    else:
+        runtime = max(0, current_rss() - weights)
+    return MemoryEstimate(
+        device=device.type,
+        weights=weights,
+        gradients=gradients,
+        optimizer=optimizer,
+        activations=activations,
+        logits=logits,
+        runtime=runtime,
+        micro_batch=(n, length),
+        available=available_bytes(device),
+        processes=processes if device.type == "cpu" else 1,
+    )
+
+
+def too_big_message(est: MemoryEstimate, cfg) -> str:
+    n, length = est.micro_batch
+    fixes = [
+        f"training.max_batch_tokens={max(64, (n * length) // 2)} (smaller micro-batches, same gradient)",
+        "data.max_length=... (shorter sequences)",
+    ]
+    if cfg.method.name not in ("lora", "dora", "ia3", "prefix", "prompt"):
+        fixes.append(
+            "method.name=lora (trains a small adapter: no gradients or optimizer state for the base)"
+        )
+    if cfg.training.precision == "fp32":
+        fixes.append("training.precision=auto (bf16 where supported)")
+    return (
+        f"memory estimate: this run needs about {est.total / GB:.1f} GB but {est.available / GB:.1f} GB are "
+        f"available ({est.line()}). Try "
+        + "; ".join(fixes)
+        + ", or set training.memory_check=false to start anyway."
+    )

@@ -1,0 +1,74 @@
+"""Pre-flight memory estimate: the measured activation curve extrapolates, and a run that will not fit stops."""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import tiny_cfg
+
+from tuneforge.train import memory
+
+
+def _ids(vocab: int, n: int, t: int) -> dict:
+    ids = torch.randint(3, vocab - 1, (n, t), generator=torch.Generator().manual_seed(1))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_activation_curve_predicts_a_larger_batch(tiny_llama, attn):
+    """Probed at <= 64 tokens, one sequence; checked against a direct count at 4 x 200 tokens."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, attn_implementation=attn)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    a, b, c = memory.activation_curve(model, "sft", torch.device("cpu"), nullcontext, 512)
+    if attn == "eager":
+        assert c > 0  # attention probabilities grow with T^2
+    body = model.get_base_model().model
+    inputs = {**_ids(model.config.vocab_size, 4, 200), "use_cache": False}
+    measured = memory.saved_bytes(body, inputs, nullcontext)
+    predicted = a + 4 * (b * 200 + c * 200 * 200)
+    assert abs(predicted / measured - 1) < 0.05, (predicted, measured)
+
+
+def test_classifier_estimate_counts_trainable_state(tiny_bert):
+    from transformers import AutoModelForSequenceClassification
+
+    from tuneforge.config import from_dict
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    cfg = from_dict(tiny_cfg(tiny_bert, "x.jsonl", "/tmp"))
+    est = memory.estimate(model, "classification", [10, 30, 20], cfg, torch.device("cpu"), nullcontext)
+    params = sum(p.numel() for p in model.parameters())
+    assert est.gradients == 4 * params and est.optimizer == 8 * params
+    assert est.micro_batch == (3, 30) and est.logits == 0
+    measured = memory.saved_bytes(model, _ids(1000, 3, 30), nullcontext)
+    assert abs(est.activations / measured - 1) < 0.05
+    assert est.total > est.weights + est.activations and est.available and est.fits
+
+
+def test_largest_micro_batch_follows_the_token_cap():
+    assert memory.largest_micro_batch([50, 100, 400], 8, None) == (3, 400)
+    assert memory.largest_micro_batch([50] * 20 + [400], 8, 1024) == (2, 400)
+    assert memory.largest_micro_batch([50] * 20 + [2000], 8, 1024) == (1, 2000)
+
+
+def test_run_that_will_not_fit_stops_before_training(tiny_bert, sentiment_file, tmp_path, monkeypatch):
+    import tuneforge
+    from tuneforge.errors import TuneforgeError
+
+    cfg = tiny_cfg(tiny_bert, sentiment_file, tmp_path, training={"max_steps": 2, "eval_every": 2})
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 64 * 2**20)
+    with pytest.raises(TuneforgeError, match="memory estimate.*max_batch_tokens.*memory_check=false"):
+        tuneforge.train(cfg)
+    assert not (Path(tmp_path) / "run" / "metrics.jsonl").exists()  # stopped before the first step
+
+    cfg["training"]["memory_check"] = False  # warn only
+    run = tuneforge.train(cfg)
+    est = json.loads((Path(run.path) / "run.json").read_text())["memory_estimate"]
+    assert est["total"] > est["available"] == 64.0 and est["activations"] > 0
