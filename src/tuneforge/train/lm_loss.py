@@ -1,9 +1,10 @@
 """Causal language-model loss on loss tokens only: a pure function and the forward pass around it.
 
 The fast path (``positions_only=True``) runs the transformer body, keeps the hidden states of the
-positions that carry loss, and applies the output layer to those alone: the (B, T, V) logits tensor is
-never built, which saves time and memory when a fraction of the tokens are trained (assistant-only
-loss). It gives the same loss as the plain path (tested) and falls back to it when it cannot apply:
+positions that carry loss, and applies the output layer to those alone, in chunks, with the loss
+gradient computed on the way (``LinearCrossEntropy``): neither the (B, T, V) logits nor the (N, V)
+float32 logits of the loss positions are ever held whole, which saves time and memory (assistant-only
+loss, large vocabularies). It gives the same loss as the plain path (tested) and falls back to it when it cannot apply:
 prompt/prefix tuning, a DDP/FSDP wrapper (whose forward must run), or a model that post-processes
 its logits (e.g. soft-capping).
 """
@@ -36,6 +37,76 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     if n == 0:
         return logits.sum() * 0.0, 0
     return F.cross_entropy(picked, targets[keep], reduction="sum"), n
+
+
+def ce_chunk_rows(vocab: int) -> int:
+    """Rows of logits the fused loss holds at once: about 16M float32 values (64 MB)."""
+    return max(64, (1 << 24) // max(1, vocab))
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of ``hidden @ weight.T`` against ``targets``, never holding all the logits.
+
+    The forward pass walks the rows in chunks: logits of a chunk (float32), their log-sum-exp and the
+    loss, then at once the chunk's gradients (softmax minus one-hot, times the weight for the hidden
+    states; transposed, times the hidden states for the weight when it trains). Only the (N, H) and
+    (V, H) gradients are kept for the backward pass, instead of the (N, V) float32 logits, their
+    log-softmax and its gradient. Matmuls run in the autocast dtype when autocast is on.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk):
+        kind = hidden.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else hidden.dtype
+        with torch.autocast(kind, enabled=False):
+            h, w = hidden.to(dtype), weight.to(dtype)
+            grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+            grad_w = (
+                torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+                if ctx.needs_input_grad[1]
+                else None
+            )
+            loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            for start in range(0, h.shape[0], chunk):
+                hc, tc = h[start : start + chunk], targets[start : start + chunk]
+                logits = (hc @ w.T).float()  # (c, V)
+                picked = logits.gather(1, tc[:, None]).squeeze(1)
+                top = logits.amax(dim=-1, keepdim=True)
+                probs = logits.sub_(top).exp_()  # one exp pass, in place: unnormalised softmax
+                total = probs.sum(dim=-1, keepdim=True)
+                loss += (total.log() + top - picked[:, None]).sum()
+                if grad_h is None and grad_w is None:
+                    continue
+                probs.div_(total)  # softmax
+                probs[torch.arange(len(tc), device=probs.device), tc] -= 1.0
+                g = probs.to(dtype)
+                if grad_h is not None:
+                    grad_h[start : start + chunk] = g @ w
+                if grad_w is not None:
+                    grad_w += (g.T @ hc).float()
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w = ctx.saved_tensors
+        return (
+            None if grad_h is None else grad_h * grad_loss.to(grad_h.dtype),
+            None if grad_w is None else (grad_w * grad_loss).to(ctx.weight_dtype),
+            None,
+            None,
+        )
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, chunk: int | None = None
+) -> torch.Tensor:
+    """Summed cross-entropy of ``head(hidden)`` (a bias-free Linear) without materialising all the logits."""
+    weight = head.weight
+    if getattr(head, "bias", None) is not None:  # rare for output layers: the plain path
+        return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+    return LinearCrossEntropy.apply(hidden, weight, targets, chunk or ce_chunk_rows(weight.shape[0]))
 
 
 def _body_and_head(model: torch.nn.Module):
@@ -75,8 +146,7 @@ def lm_loss(
         n = int(keep.sum())
         if n == 0:
             return hidden.sum() * 0.0, 0
-        logits = head(hidden[:, :-1][keep]).float()  # (N, V)
-        return F.cross_entropy(logits, targets[keep], reduction="sum"), n
+        return linear_cross_entropy(hidden[:, :-1][keep], head, targets[keep]), n
     logits = model(**inputs, use_cache=False).logits  # (B, P+T, V); P > 0 only for prompt tuning
     extra = logits.shape[1] - batch["input_ids"].shape[1]
     if extra:

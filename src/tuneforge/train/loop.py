@@ -21,9 +21,10 @@ import torch
 
 from tuneforge.data.batching import StepSampler
 from tuneforge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from tuneforge.train.compile import compile_blocks, should_compile
 from tuneforge.train.early_stopping import EarlyStopping
 from tuneforge.train.optim import build_optimizer, build_scheduler, warmup_steps
-from tuneforge.utils import peak_rss_mb, progress_bar
+from tuneforge.utils import console, peak_rss_mb, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class FitResult:
     train_seconds: float
     examples_seen: int
     tokens_seen: int
+    compiled_blocks: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -96,6 +98,14 @@ def fit(
     )
     trained_names = {id(p) for g in prepared.param_groups for p in g["params"]}
     trained_keys = [n for n, p in model.named_parameters() if id(p) in trained_names]
+    compiled = 0
+    if should_compile(t.compile, model, total, accelerator.device, cfg.task):
+        compiled = compile_blocks(model)
+        if main:
+            console.print(
+                f"[bold]torch.compile:[/bold] {compiled} transformer blocks, one shared graph (the first "
+                f"compiled run of a model spends longer in its first steps; kernels are cached for later runs)"
+            )
     model = accelerator.prepare(model)
     raw = accelerator.unwrap_model(model)
     eval_every = t.eval_every or sampler.steps_per_epoch
@@ -240,6 +250,7 @@ def fit(
         state["seconds"],
         state["examples"],
         state["tokens"],
+        compiled,
     )
 
 

@@ -198,8 +198,14 @@ def estimate(
     if task_name in LM_TASKS:
         config = getattr(model, "config", None)
         vocab = int(getattr(config, "vocab_size", 0) or 0)
-        # float32 logits of every position that carries loss, their log-softmax and their gradient
-        logits = n * length * vocab * 4 * 3
+        if task_name == "sft" and cfg.sft.fast_loss:
+            from tuneforge.train.lm_loss import ce_chunk_rows
+
+            # the chunked loss holds one chunk of float32 logits and its softmax gradient at a time
+            logits = min(n * length, ce_chunk_rows(vocab)) * vocab * (4 + 2)
+        else:
+            # float32 logits of every position, their log-softmax and their gradient
+            logits = n * length * vocab * 4 * 3
     if device.type == "cuda":
         runtime = 512 * 2**20  # CUDA context and allocator slack
     else:

@@ -9,7 +9,11 @@ from torch.optim.lr_scheduler import LambdaLR
 
 
 def build_optimizer(param_groups: list[dict], lr: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(param_groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    """AdamW; the fused kernel (one pass over all parameters, CPU and GPU) where this torch has it."""
+    try:
+        return torch.optim.AdamW(param_groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(param_groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
 
 
 def warmup_steps(total_steps: int, warmup_ratio: float | None, warmup_steps: int | None) -> int:

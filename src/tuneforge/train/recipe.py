@@ -220,6 +220,10 @@ def train(
     audit = preflight_audit(cfg, task, main)  # every process, so all of them stop together on leakage
     if main and hasattr(task, "preflight"):
         task.preflight()  # e.g. sft: one example with its trained tokens marked, and the loss fraction
+    if getattr(task, "model", None) is not None and getattr(task, "lengths", None):
+        from tuneforge.train.compile import choose_attention
+
+        choose_attention(cfg.model.attn_implementation, task.model, max(task.lengths), accelerator.device)
     try:
         prepared = prepare(task.model, cfg.method, cfg.training, cfg.task)
     except ValueError as e:
@@ -238,7 +242,12 @@ def train(
             "run it on one process."
         )
     if main:
-        console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+        attention = getattr(getattr(task.model, "config", None), "_attn_implementation", None)
+        console.print(
+            f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%) · precision "
+            f"{'bf16' if accelerator.mixed_precision == 'bf16' else 'fp32'}"
+            + (f" · attention {attention}" if attention else "")
+        )
         (run_dir / "data.json").write_text(
             json.dumps(
                 {**task.data_summary(), "labels": getattr(task, "labels", None), "audit": audit},
@@ -288,6 +297,8 @@ def train(
             "processes": accelerator.num_processes,
             "device": str(accelerator.device),
             "precision": "bf16" if accelerator.mixed_precision == "bf16" else "fp32",
+            "attention": getattr(getattr(task.model, "config", None), "_attn_implementation", None),
+            "compiled_blocks": result.compiled_blocks,
             "memory_estimate": memory,
         }
         (run_dir / "run.json").write_text(json.dumps(summary, indent=1))

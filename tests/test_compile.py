@@ -1,0 +1,90 @@
+"""Speed choices: compiled blocks and the attention kernel give the same loss and gradients as the plain path."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from tuneforge.train.compile import (
+    can_compile,
+    choose_attention,
+    compile_blocks,
+    repeated_blocks,
+    should_compile,
+)
+from tuneforge.train.lm_loss import lm_loss
+
+
+def _lora(path: str, attn: str = "sdpa"):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn)
+    return get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+
+
+def _batch(vocab: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, vocab - 1, (3, 20), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 14:] = 0  # a padded row
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :6] = -100  # prompt tokens carry no loss
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _loss_and_grads(model, batch):
+    loss, n = lm_loss(model, batch)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return loss.detach() / n, torch.autograd.grad(loss / n, params)
+
+
+def test_eager_attention_matches_sdpa(tiny_llama):
+    batch = _batch(49152)
+    ref_loss, ref_grads = _loss_and_grads(_lora(tiny_llama, "sdpa"), batch)
+    model = _lora(tiny_llama, "sdpa")
+    assert choose_attention("eager", model, 20, torch.device("cpu")) == "eager"
+    loss, grads = _loss_and_grads(model, batch)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not can_compile(torch.device("cpu"))[0], reason="no C++ compiler for torch.compile")
+def test_compiled_blocks_match_the_plain_model(tiny_llama):
+    model = _lora(tiny_llama)
+    batch = _batch(model.config.vocab_size)
+    ref_loss, ref_grads = _loss_and_grads(model, batch)
+    compiled = copy.deepcopy(model)
+    assert compile_blocks(compiled) == 2  # the two decoder layers
+    assert compiled.state_dict().keys() == model.state_dict().keys()  # saves exactly like the plain model
+    for _ in range(2):  # a second call reuses the compiled graph
+        loss, grads = _loss_and_grads(compiled, batch)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-4)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_auto_compiles_only_long_adapter_runs_on_big_enough_models(tiny_llama, tiny_bert):
+    lora = _lora(tiny_llama)
+    assert len(repeated_blocks(lora)) == 2
+    cpu = torch.device("cpu")
+    assert not should_compile("auto", lora, 1000, cpu)  # tiny blocks: compiling would not pay
+    assert not should_compile(False, lora, 1000, cpu)
+    assert should_compile(True, lora, 5, cpu) == can_compile(cpu)[0]
+    import tuneforge.train.compile as c
+
+    old = c.MIN_BLOCK_PARAMETERS
+    c.MIN_BLOCK_PARAMETERS = 0
+    try:
+        assert should_compile("auto", lora, 1000, cpu) == can_compile(cpu)[0]
+        assert not should_compile("auto", lora, 5, cpu)  # too few steps
+        from transformers import AutoModelForSequenceClassification
+
+        full = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+        assert not should_compile("auto", full, 1000, cpu)  # the blocks' own weights train
+    finally:
+        c.MIN_BLOCK_PARAMETERS = old
