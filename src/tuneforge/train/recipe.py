@@ -132,8 +132,17 @@ def preflight_audit(cfg: RunConfig, task, main: bool = True) -> dict | None:
 
 def preflight_memory(cfg: RunConfig, task, model, accelerator, main: bool = True) -> dict | None:
     """Estimate the run's peak memory; refuse a run that will not fit unless training.memory_check is off."""
+    from functools import partial
+
+    import torch
+
     from tuneforge.train.memory import estimate, too_big_message
 
+    # the probe runs where the model is now (the CPU, before it moves to the device), in the run's precision
+    probe_device = next(model.parameters()).device.type
+    autocast = partial(
+        torch.autocast, probe_device, dtype=torch.bfloat16, enabled=accelerator.mixed_precision == "bf16"
+    )
     try:
         est = estimate(
             model,
@@ -141,7 +150,7 @@ def preflight_memory(cfg: RunConfig, task, model, accelerator, main: bool = True
             task.lengths,
             cfg,
             accelerator.device,
-            accelerator.autocast,
+            autocast,
             processes=accelerator.num_processes,
         )
     except Exception as e:  # the estimate must never be the reason a run cannot start
