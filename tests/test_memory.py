@@ -52,6 +52,18 @@ def test_classifier_estimate_counts_trainable_state(tiny_bert):
     assert est.total > est.weights + est.activations and est.available and est.fits
 
 
+def test_auto_token_cap_keeps_activations_in_budget():
+    curve = (1000.0, 2000.0, 10.0)  # bytes(T) = a + b T + c T^2
+    lengths = [40, 50, 60, 500]  # median 60: 2,600 bytes a token
+    cap = memory.auto_batch_tokens(curve, lengths, 1000 + 2600 * 100)
+    assert cap == 100
+    assert memory.auto_batch_tokens(curve, lengths, 10) == 64  # never below 64
+    cpu = torch.device("cpu")
+    assert memory.resolve_batch_tokens(300, curve, lengths, cpu) == 300
+    assert memory.resolve_batch_tokens(None, curve, lengths, cpu) is None
+    assert memory.resolve_batch_tokens("auto", None, lengths, cpu) == memory.FALLBACK_BATCH_TOKENS
+
+
 def test_largest_micro_batch_follows_the_token_cap():
     assert memory.largest_micro_batch([50, 100, 400], 8, None) == (3, 400)
     assert memory.largest_micro_batch([50] * 20 + [400], 8, 1024) == (2, 400)
@@ -72,3 +84,4 @@ def test_run_that_will_not_fit_stops_before_training(tiny_bert, sentiment_file, 
     run = tuneforge.train(cfg)
     est = json.loads((Path(run.path) / "run.json").read_text())["memory_estimate"]
     assert est["total"] > est["available"] == 64.0 and est["activations"] > 0
+    assert est["batch_tokens"] > 1024  # auto: a tiny model's activations allow large micro-batches

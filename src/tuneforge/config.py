@@ -142,10 +142,11 @@ class TrainingConfig:
         True, "Batch examples of similar length together (less padding, same examples per step)."
     )
     device: str = _f("auto", "auto, cpu or cuda.")
-    max_batch_tokens: int | None = _f(
-        1024,
-        "Split a micro-batch whose padded tokens exceed this (caps activation memory; the gradient is unchanged); "
-        "null never splits.",
+    max_batch_tokens: int | str | None = _f(
+        "auto",
+        "Split a micro-batch whose padded tokens exceed this (caps activation memory; the gradient is unchanged): "
+        "auto (as many tokens as keep the measured activations under 512 MB on CPU, a quarter of the GPU), "
+        "a number, or null (never split).",
     )
     bf16_frozen_base: bool = _f(
         True,
@@ -461,6 +462,11 @@ def validate(cfg: RunConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be at least 1, got {value}.")
+    mbt = t.max_batch_tokens
+    if mbt not in ("auto", None) and (not isinstance(mbt, int) or isinstance(mbt, bool) or mbt < 1):
+        raise ConfigError(
+            f"training.max_batch_tokens must be auto, a positive number of tokens or null, got {mbt!r}."
+        )
     if t.lr <= 0:
         raise ConfigError(f"training.lr must be positive, got {t.lr}.")
     if t.epochs <= 0 and t.max_steps is None:

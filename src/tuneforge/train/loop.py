@@ -23,6 +23,7 @@ from tuneforge.data.batching import StepSampler
 from tuneforge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from tuneforge.train.compile import compile_blocks, should_compile
 from tuneforge.train.early_stopping import EarlyStopping
+from tuneforge.train.memory import FALLBACK_BATCH_TOKENS
 from tuneforge.train.optim import build_optimizer, build_scheduler, warmup_steps
 from tuneforge.utils import console, peak_rss_mb, progress_bar
 
@@ -89,7 +90,8 @@ def fit(
         accelerator.process_index,
         t.seed,
         t.group_by_length,
-        max_batch_tokens=t.max_batch_tokens,
+        # "auto" is resolved by the pre-flight memory estimate; a loop started without it takes the fallback
+        max_batch_tokens=FALLBACK_BATCH_TOKENS if t.max_batch_tokens == "auto" else t.max_batch_tokens,
     )
     total = sampler.total_steps(t.epochs, t.max_steps)
     optimizer = build_optimizer(prepared.param_groups, t.lr)

@@ -32,6 +32,7 @@ class MemoryEstimate:
     logits: int  # output-layer logits of the loss positions (language models)
     runtime: int  # Python, libraries and allocator (CPU: resident memory besides the weights)
     micro_batch: tuple[int, int]  # (sequences, tokens each) of the largest micro-batch
+    batch_tokens: int | None  # the token cap per micro-batch the run uses (max_batch_tokens resolved)
     available: int | None  # bytes this run may use (CPU: available RAM; GPU: device memory)
     processes: int = 1  # processes sharing this machine's RAM (DDP on CPU)
 
@@ -48,7 +49,7 @@ class MemoryEstimate:
 
     def to_dict(self) -> dict:
         out = {
-            k: (round(v / 2**20, 1) if isinstance(v, int) and k != "processes" else v)
+            k: (round(v / 2**20, 1) if isinstance(v, int) and k not in ("processes", "batch_tokens") else v)
             for k, v in asdict(self).items()
         }
         out["total"] = round(self.total / 2**20, 1)
@@ -60,7 +61,8 @@ class MemoryEstimate:
         parts = [
             f"weights {self.weights / GB:.2f}",
             f"gradients+optimizer {(self.gradients + self.optimizer) / GB:.2f}",
-            f"activations {self.activations / GB:.2f} ({n} x {t} tokens)",
+            f"activations {self.activations / GB:.2f} ({n} x {t} tokens"
+            + (f"; micro-batches up to {self.batch_tokens} tokens)" if self.batch_tokens else ")"),
         ]
         if self.logits:
             parts.append(f"logits {self.logits / GB:.2f}")
@@ -143,6 +145,39 @@ def largest_micro_batch(lengths: list[int], batch_size: int, max_batch_tokens: i
     return min(n, max(1, len(lengths))), longest
 
 
+CPU_ACTIVATION_BUDGET = 512 * 2**20
+FALLBACK_BATCH_TOKENS = 1024
+
+
+def activation_budget(device: torch.device) -> int:
+    """Activation bytes one micro-batch may take under max_batch_tokens=auto: 512 MB on a CPU (larger
+    micro-batches run no faster there, the matmuls are already at full efficiency) and a quarter of
+    a GPU (where larger matmuls do pay)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1] // 4
+    return CPU_ACTIVATION_BUDGET
+
+
+def auto_batch_tokens(curve: tuple[float, float, float], lengths: list[int], budget: int) -> int:
+    """The largest padded micro-batch (tokens) whose activations stay under ``budget``, at the data's
+    median length (a longer example still trains, alone in its micro-batch)."""
+    a, b, c = curve
+    typical = sorted(lengths)[len(lengths) // 2] if lengths else 1
+    per_token = b + c * typical
+    if per_token <= 0:
+        return 1 << 20
+    return max(64, int((budget - a) // per_token))
+
+
+def resolve_batch_tokens(setting, curve, lengths: list[int], device: torch.device) -> int | None:
+    """training.max_batch_tokens as the sampler takes it: a number or None."""
+    if setting != "auto":
+        return setting
+    if curve is None:
+        return FALLBACK_BATCH_TOKENS
+    return auto_batch_tokens(curve, lengths, activation_budget(device))
+
+
 def available_bytes(device: torch.device) -> int | None:
     """Memory this process may still use: free RAM (and the cgroup limit) on CPU, total memory on a GPU."""
     if device.type == "cuda":
@@ -190,9 +225,11 @@ def estimate(
     trainable = [p for p in model.parameters() if p.requires_grad]
     gradients = sum(p.numel() * p.element_size() for p in trainable)
     optimizer = 2 * sum(p.numel() * 4 for p in trainable)  # AdamW: exp_avg and exp_avg_sq in fp32
-    n, length = largest_micro_batch(lengths, t.batch_size, t.max_batch_tokens)
     probe_device = next(model.parameters()).device
-    a, b, c = activation_curve(model, task_name, probe_device, autocast, length)
+    longest = max(lengths) if lengths else 1
+    a, b, c = activation_curve(model, task_name, probe_device, autocast, longest)
+    batch_tokens = resolve_batch_tokens(t.max_batch_tokens, (a, b, c), lengths, device)
+    n, length = largest_micro_batch(lengths, t.batch_size, batch_tokens)
     activations = int(a + n * (b * length + c * length * length))
     logits = 0
     if task_name in LM_TASKS:
@@ -219,6 +256,7 @@ def estimate(
         logits=logits,
         runtime=runtime,
         micro_batch=(n, length),
+        batch_tokens=batch_tokens,
         available=available_bytes(device),
         processes=processes if device.type == "cpu" else 1,
     )

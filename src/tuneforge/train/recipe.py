@@ -136,7 +136,7 @@ def preflight_memory(cfg: RunConfig, task, model, accelerator, main: bool = True
 
     import torch
 
-    from tuneforge.train.memory import estimate, too_big_message
+    from tuneforge.train.memory import FALLBACK_BATCH_TOKENS, estimate, too_big_message
 
     # the probe runs where the model is now (the CPU, before it moves to the device), in the run's precision
     probe_device = next(model.parameters()).device.type
@@ -155,7 +155,10 @@ def preflight_memory(cfg: RunConfig, task, model, accelerator, main: bool = True
         )
     except Exception as e:  # the estimate must never be the reason a run cannot start
         log.warning("memory estimate skipped: %s", e)
+        if cfg.training.max_batch_tokens == "auto":
+            cfg.training.max_batch_tokens = FALLBACK_BATCH_TOKENS
         return None
+    cfg.training.max_batch_tokens = est.batch_tokens  # "auto" resolved from the measured activations
     if main:
         console.print(f"[bold]memory estimate:[/bold] {est.line()}")
     if not est.fits:
