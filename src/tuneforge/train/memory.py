@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from tuneforge.config import PEFT_METHODS
+
 GB = 1024**3
 LM_TASKS = ("sft", "dpo", "grpo")
 
@@ -268,7 +270,7 @@ def too_big_message(est: MemoryEstimate, cfg) -> str:
         f"training.max_batch_tokens={max(64, (n * length) // 2)} (smaller micro-batches, same gradient)",
         "data.max_length=... (shorter sequences)",
     ]
-    if cfg.method.name not in ("lora", "dora", "ia3", "prefix", "prompt"):
+    if cfg.method.name not in PEFT_METHODS:
         fixes.append(
             "method.name=lora (trains a small adapter: no gradients or optimizer state for the base)"
         )
