@@ -136,7 +136,7 @@ def preflight_memory(cfg: RunConfig, task, model, accelerator, main: bool = True
 
     import torch
 
-    from tuneforge.train.memory import FALLBACK_BATCH_TOKENS, estimate, too_big_message
+    from tuneforge.train.memory import estimate, too_big_message
 
     # the probe runs where the model is now (the CPU, before it moves to the device), in the run's precision
     probe_device = next(model.parameters()).device.type
@@ -155,9 +155,7 @@ def preflight_memory(cfg: RunConfig, task, model, accelerator, main: bool = True
         )
     except Exception as e:  # the estimate must never be the reason a run cannot start
         log.warning("memory estimate skipped: %s", e)
-        if cfg.training.max_batch_tokens == "auto":
-            cfg.training.max_batch_tokens = FALLBACK_BATCH_TOKENS
-        return None
+        return None  # max_batch_tokens stays as set; the loop takes its fallback for "auto"
     cfg.training.max_batch_tokens = est.batch_tokens  # "auto" resolved from the measured activations
     if main:
         console.print(f"[bold]memory estimate:[/bold] {est.line()}")
@@ -236,6 +234,7 @@ def train(
         from tuneforge.train.compile import choose_attention
 
         choose_attention(cfg.model.attn_implementation, task.model, max(task.lengths), accelerator.device)
+    attention = getattr(getattr(task.model, "config", None), "_attn_implementation", None)
     try:
         prepared = prepare(task.model, cfg.method, cfg.training, cfg.task)
     except ValueError as e:
@@ -254,7 +253,6 @@ def train(
             "run it on one process."
         )
     if main:
-        attention = getattr(getattr(task.model, "config", None), "_attn_implementation", None)
         console.print(
             f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%) · precision "
             f"{'bf16' if accelerator.mixed_precision == 'bf16' else 'fp32'}"
@@ -309,7 +307,7 @@ def train(
             "processes": accelerator.num_processes,
             "device": str(accelerator.device),
             "precision": "bf16" if accelerator.mixed_precision == "bf16" else "fp32",
-            "attention": getattr(getattr(task.model, "config", None), "_attn_implementation", None),
+            "attention": attention,
             "compiled_blocks": result.compiled_blocks,
             "memory_estimate": memory,
         }
