@@ -27,16 +27,13 @@ SAMPLING_TASKS = ("grpo",)  # decode token by token during training: every new c
 
 
 def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The transformer's layers: the largest ModuleList whose children all share one class."""
-    best: list[torch.nn.Module] = []
-    for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) >= 2:
-            kinds = {type(m) for m in module}
-            if len(kinds) == 1 and sum(p.numel() for p in module.parameters()) > sum(
-                p.numel() for b in best for p in b.parameters()
-            ):
-                best = list(module)
-    return best
+    """The transformer's layers (``methods.common.find_layers``), or none when it has no layer list."""
+    from tuneforge.methods.common import find_layers
+
+    try:
+        return list(find_layers(model)[1])
+    except ValueError:
+        return []
 
 
 def can_compile(device: torch.device) -> tuple[bool, str]:
