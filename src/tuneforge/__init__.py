@@ -9,6 +9,9 @@ run.predict(["a gripping, beautiful film"])                        # [{'label': 
 from tuneforge.config import RunConfig, load_config
 from tuneforge.errors import TuneforgeError
 from tuneforge.run import Run
+from tuneforge.utils import bound_kernel_caches
+
+bound_kernel_caches()  # before any matmul runs: oneDNN reads the cache sizes once
 
 __version__ = "0.1.0"
 

@@ -44,8 +44,9 @@ class ModelConfig:
     trust_remote_code: bool = _f(False, "Allow custom model code from a local folder.")
     attn_implementation: str = _f(
         "auto",
-        "Attention kernel for training: auto (eager on CPU for sequences up to 1,024 tokens, where it is faster "
-        "than SDPA's backward; the model's default otherwise), eager, sdpa or flash_attention_2.",
+        "Attention kernel for training: auto (tuneforge's on CPU for sequences up to 1,024 tokens: eager attention "
+        "without repeated keys/values that recomputes long queries' scores in backward, faster than SDPA's "
+        "backward there; the model's default otherwise), tuneforge, eager, sdpa or flash_attention_2.",
     )
 
 
@@ -445,7 +446,7 @@ def validate(cfg: RunConfig) -> None:
         "model.dtype": (cfg.model.dtype, ("float32", "bfloat16")),
         "model.attn_implementation": (
             cfg.model.attn_implementation,
-            ("auto", "eager", "sdpa", "flash_attention_2", "flex_attention"),
+            ("auto", "tuneforge", "eager", "sdpa", "flash_attention_2", "flex_attention"),
         ),
         "training.compile": (t.compile, ("auto", True, False, "true", "false")),
     }

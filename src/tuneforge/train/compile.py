@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 MIN_BLOCK_PARAMETERS = 5_000_000  # below this the compile time is not won back (tiny test models)
 MIN_STEPS = 20
 EAGER_ATTENTION_MAX_TOKENS = 1024
+# torch's partitioner decides what the compiled backward recomputes instead of storing. At 0.7 of its
+# speed-first choice it recomputes the cheap elementwise values (norms, activations, casts): measured on
+# SmolLM2-135M LoRA, 36% less activation memory at the same step time (0.5: 48% less, 9% slower).
+ACTIVATION_MEMORY_BUDGET = 0.7
 SAMPLING_TASKS = ("grpo",)  # decode token by token during training: every new cache length would recompile
 
 
@@ -84,19 +88,29 @@ def compile_blocks(model: torch.nn.Module) -> int:
     # one entry per variant (training / evaluation, first layer without input gradient, batch of one)
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     torch._dynamo.config.suppress_errors = True  # a kernel that fails to build runs uncompiled, not crashes
+    import torch._functorch.config as functorch_config
+
+    if functorch_config.activation_memory_budget == 1.0:  # torch's default: leave a user's own choice alone
+        functorch_config.activation_memory_budget = ACTIVATION_MEMORY_BUDGET
     for block in blocks:
         block.compile(dynamic=True)
     return len(blocks)
 
 
 def choose_attention(setting: str, model: torch.nn.Module, longest: int, device: torch.device) -> str | None:
-    """model.attn_implementation: auto picks eager attention for CPU training on sequences up to 1,024
-    tokens (its backward pass is faster there than the CPU flash-attention kernel of SDPA) and leaves
-    the model's default (SDPA) otherwise. Returns the implementation set, or None when unchanged."""
+    """model.attn_implementation: auto picks tuneforge's attention (``models/attention.py``: eager
+    attention without repeated keys/values, long queries recomputed in backward) for CPU training on
+    sequences up to 1,024 tokens, where eager attention's backward is faster than SDPA's CPU flash
+    kernel, and leaves the model's default (SDPA) otherwise. Returns the implementation set, or None
+    when unchanged."""
     if setting == "auto":
         if device.type != "cpu" or longest > EAGER_ATTENTION_MAX_TOKENS:
             return None
-        setting = "eager"
+        setting = "tuneforge"
+    if setting == "tuneforge":
+        from tuneforge.models.attention import register
+
+        register()
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not hasattr(base, "set_attn_implementation"):
         return None
@@ -105,7 +119,7 @@ def choose_attention(setting: str, model: torch.nn.Module, longest: int, device:
     try:
         base.set_attn_implementation(setting)
     except (ValueError, ImportError) as e:
-        if setting != "eager":
+        if setting not in ("eager", "tuneforge"):
             raise
         log.info("keeping the model's attention (%s)", e)
         return None

@@ -80,25 +80,33 @@ def saved_bytes(model: torch.nn.Module, inputs: dict, autocast) -> int:
     seen: set[int] = set()
     total = 0
 
-    def pack(t: torch.Tensor):
+    held: list[torch.Tensor] = []  # alive until the probe ends, so no storage address is reused mid-count
+
+    def pack(t: torch.Tensor) -> None:
+        # Count and hold here, hand autograd nothing (the probe never runs backward). autograd keeps this
+        # hook with every saved tensor, so ``held`` is emptied when the probe ends: a saved output that
+        # stayed reachable from its own graph would be a cycle through C++ that Python's garbage collector
+        # cannot see, and would keep the probes' activations for the whole run.
         nonlocal total
         try:
             ptr = t.untyped_storage().data_ptr()
             size = t.untyped_storage().nbytes()
         except (RuntimeError, NotImplementedError):
-            return t
+            return None
+        held.append(t)
         if ptr and ptr not in seen and t.data_ptr() not in params:
             seen.add(ptr)
             total += size
-        return t
+        return None
 
     was_training = model.training
     model.train()
     try:
-        with torch.enable_grad(), autocast(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.enable_grad(), autocast(), torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None):
             out = model(**inputs)
             del out
     finally:
+        held.clear()
         model.train(was_training)
     return total
 
