@@ -1,10 +1,12 @@
 """SFT LoRA workload: tuneforge against the transformers Trainer + PEFT and TRL's SFTTrainer.
 
 The workload of the performance issue: SmolLM2-135M-Instruct, LoRA r=16 alpha=32 (no dropout, PEFT's default) on all
-seven linear projections, AdamW lr 2e-4, batch 8, max length 512, the bundled ChatterBot conversations
-with loss on assistant tokens only, 3 warm-up steps then 30 timed optimizer steps. Every arm gets the same
+seven linear projections, AdamW lr 2e-4, batch 8, max length 512, the ChatterBot conversations
+as in the issue (all 2,026 in the corpus files, repeats included, less 64 held out) with loss on
+assistant tokens only, 3 warm-up steps then 30 timed optimizer steps. Every arm gets the same
 token ids and loss masks (tuneforge's chat encoding) and runs in its own process, so its peak RSS is its
-own. Reported: real (non-padding) tokens/s over the timed steps, peak RSS, the loss on 64 fixed held-out
+own. Reported: real (non-padding) tokens/s over the timed steps, the share of computed positions that
+were padding, peak RSS, the loss on 64 fixed held-out
 conversations after the 33 steps (plain fp32 evaluation, same code for every arm), and the fraction of
 this machine's measured matmul peak that the arm reached.
 
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import re
 import sys
 import time
 
@@ -30,21 +34,46 @@ BATCH, MAX_LEN, LR = 8, 512, 2e-4
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MODEL = "smollm2-135m-instruct"
 RESULTS_FILE = os.path.join(os.path.dirname(__file__), "results", "sft.json")
+TRAIN_FILE = "/tmp/tuneforge-bench/chatterbot-all.jsonl"
+HELDOUT = 64
+
+
+def question(row: dict) -> str:
+    return re.sub(r"\W+", " ", row["messages"][0]["content"]).strip().lower()
+
+
+def split_corpus() -> tuple[list[dict], list[dict]]:
+    """The issue's workload: all 2,026 ChatterBot conversations, repeats included as in the corpus files,
+    less 64 held out. The held-out ones open with a question asked only once in the corpus, so none of
+    them is also in training."""
+    from collections import Counter
+
+    from tuneforge.data.bundled import chatterbot_conversations
+
+    rows = chatterbot_conversations(distinct=False).rows
+    asked = Counter(question(r) for r in rows)
+    once = [i for i, r in enumerate(rows) if asked[question(r)] == 1]
+    held = set(random.Random(0).sample(once, HELDOUT))
+    return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
+
+
+def training_file() -> str:
+    """The training conversations as a JSONL file: tuneforge reads it like a user's own data."""
+    os.makedirs(os.path.dirname(TRAIN_FILE), exist_ok=True)
+    with open(TRAIN_FILE, "w", encoding="utf-8") as f:
+        for r in split_corpus()[0]:
+            f.write(json.dumps({"messages": r["messages"]}) + "\n")
+    return TRAIN_FILE
 
 
 def encoded_splits():
-    from tuneforge.data.bundled import load_bundled
     from tuneforge.data.chat import encode_chat
-    from tuneforge.data.formats import to_examples
     from tuneforge.models.load import load_tokenizer
 
     tok = load_tokenizer(MODEL)
-    splits = load_bundled("chatterbot")
-    enc = {}
-    for name in ("train", "test"):
-        examples, _ = to_examples(splits[name], "messages")
-        enc[name] = [encode_chat(tok, e.messages, MAX_LEN) for e in examples]
-    return tok, enc["train"], enc["test"][:64]
+    train, held = split_corpus()
+    encode = lambda rows: [encode_chat(tok, r["messages"], MAX_LEN) for r in rows]  # noqa: E731
+    return tok, encode(train), encode(held)
 
 
 def heldout_loss(model, heldout) -> float:
@@ -83,7 +112,7 @@ def arm_tuneforge(precision: str | None = None, compile_: bool | None = None, co
     cfg = {
         "task": "sft",
         "model": {"name": MODEL},
-        "data": {"train": "chatterbot", "max_length": MAX_LEN, "validation_fraction": 0.0, "audit": False},
+        "data": {"train": training_file(), "max_length": MAX_LEN, "validation_fraction": 0.0, "audit": False},
         "method": {"name": "lora", "r": 16, "alpha": 32, "target_modules": TARGETS},
         "training": {
             "max_steps": STEPS,
@@ -107,6 +136,7 @@ def arm_tuneforge(precision: str | None = None, compile_: bool | None = None, co
     train_logs = [m for m in run.metrics() if m["split"] == "train"]
     logs = [m for m in train_logs if m["step"] > WARMUP]
     tokens, seconds = sum(m["tokens"] for m in logs), sum(m["seconds"] for m in logs)
+    padded = sum(m["tokens"] / (1 - m["padding"]) for m in logs)
     warmup = sum(m["seconds"] for m in train_logs if m["step"] <= WARMUP)
     model = run.load_model()
     used = run.summary()["precision"]
@@ -118,6 +148,7 @@ def arm_tuneforge(precision: str | None = None, compile_: bool | None = None, co
         + ")",
         "precision": used,
         "tokens_per_s": tokens / seconds,
+        "padding": 1 - tokens / padded,
         "peak_rss_mb": rss,
         "heldout_loss": heldout_loss(model, heldout),
         "flops_per_token": lora_flops_per_token(model),
@@ -140,7 +171,7 @@ def _reference(kind: str, bf16: bool) -> dict:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     lora = LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, task_type="CAUSAL_LM")
     marks: dict[str, float] = {}
-    tokens: list[int] = []
+    tokens: list[tuple[int, int]] = []  # (real, padded) per training forward
 
     class Clock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
@@ -156,7 +187,7 @@ def _reference(kind: str, bf16: bool) -> dict:
     def count_tokens(module, args, kwargs):
         mask = kwargs.get("attention_mask")
         if module.training and mask is not None:
-            tokens.append(int(mask.sum()))
+            tokens.append((int(mask.sum()), mask.numel()))
 
     common = dict(
         output_dir=f"/tmp/bench-{kind}",
@@ -223,7 +254,8 @@ def _reference(kind: str, bf16: bool) -> dict:
     return {
         "tool": f"{name} ({'bf16' if bf16 else 'fp32'})",
         "precision": "bf16" if bf16 else "fp32",
-        "tokens_per_s": sum(tokens[:TIMED]) / (marks["end"] - marks["start"]),
+        "tokens_per_s": sum(r for r, _ in tokens[:TIMED]) / (marks["end"] - marks["start"]),
+        "padding": 1 - sum(r for r, _ in tokens[:TIMED]) / sum(p for _, p in tokens[:TIMED]),
         "peak_rss_mb": rss,
         "heldout_loss": heldout_loss(trainer.model, heldout),
         "flops_per_token": lora_flops_per_token(trainer.model),
@@ -289,12 +321,13 @@ def main() -> None:
         f"ChatterBot, {TIMED} timed steps ({m['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']}; "
         f"measured matmul peak {peak['fp32'] / 1e9:.0f} GFLOP/s fp32, {peak['bf16'] / 1e9:.0f} GFLOP/s bf16)",
         "",
-        "| tool | real tokens/s | peak RSS (GB) | held-out loss | share of matmul peak | 3 warm-up steps (s) |",
-        "|---|---|---|---|---|---|",
+        "| tool | real tokens/s | padding | peak RSS (GB) | held-out loss | share of matmul peak | 3 warm-up steps (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['tool']} | {r['tokens_per_s']:.1f} | {r['peak_rss_mb'] / 1024:.2f} | {r['heldout_loss']:.4f} | "
+            f"| {r['tool']} | {r['tokens_per_s']:.1f} | {100 * r.get('padding', float('nan')):.0f}% | "
+            f"{r['peak_rss_mb'] / 1024:.2f} | {r['heldout_loss']:.4f} | "
             f"{100 * r['peak_fraction']:.0f}% | {r.get('warmup_seconds', float('nan')):.1f} |"
         )
     ours = results.get("tuneforge")

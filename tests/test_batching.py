@@ -1,3 +1,5 @@
+import torch
+
 from tuneforge.data.batching import StepSampler
 
 
@@ -48,3 +50,29 @@ def test_token_budget_splits_only_what_is_too_large():
     assert sorted(i for mb in mbs for i in mb) == list(range(8))
     assert all(len(mb) * max(lengths[i] for i in mb) <= 1024 for mb in mbs if len(mb) > 1)
     assert len(StepSampler(lengths, batch_size=8, seed=0).micro_batches(step)) == 1
+
+
+def test_token_budget_split_is_balanced_and_minimal():
+    # greedy filling would give 7 + 1; a lone example is slow and, compiled, a graph of its own
+    lengths = [81] * 7 + [75]
+    s = StepSampler(lengths, batch_size=8, seed=0, max_batch_tokens=615)
+    (step,) = s.epoch_steps(0)
+    assert sorted(len(mb) for mb in s.micro_batches(step)) == [4, 4]
+    # as few pieces as fit: the two long examples together, the six short ones together
+    lengths = [500, 480, 40, 30, 20, 10, 10, 10]
+    s = StepSampler(lengths, batch_size=8, seed=0, max_batch_tokens=1024)
+    (step,) = s.epoch_steps(0)
+    assert sorted(len(mb) for mb in s.micro_batches(step)) == [2, 6]
+
+
+def test_logs_count_the_padding_share():
+    from tuneforge.data.chat import EncodedChat
+    from tuneforge.data.packing import pad_batch
+    from tuneforge.train.loop import _count_padding
+
+    rows = [EncodedChat([1] * n, [1] * n) for n in (6, 2)]
+    window = {"real": 0, "padded": 0}
+    _count_padding(window, pad_batch(rows, 0))
+    assert window == {"real": 8, "padded": 12}
+    _count_padding(window, {"input_ids": torch.zeros(2, 3)})  # nothing to tell padding from: not counted
+    assert window == {"real": 8, "padded": 12}

@@ -59,12 +59,13 @@ def _book_excerpts() -> dict[str, Table]:
     return {"train": _orange_tab("book-excerpts.tab")}
 
 
-def chatterbot_conversations() -> Table:
+def chatterbot_conversations(distinct: bool = True) -> Table:
     """ChatterBot English corpus: every distinct conversation as chat messages, with its topic.
 
     The corpus repeats many conversations (2,026 in the files, 899 distinct; one tech-support exchange 121
     times). Only the first conversation of each opening question (compared without case and punctuation)
-    is kept, so no question is on both sides of the train/test split.
+    is kept, so no question is on both sides of the train/test split; ``distinct=False`` keeps all 2,026
+    (the performance benchmark's workload).
     """
     import yaml
 
@@ -82,7 +83,7 @@ def chatterbot_conversations() -> Table:
             key = (
                 re.sub(r"\W+", " ", turns[0]).strip().lower()
             )  # one conversation per question ("Will you die?")
-            if key in seen:
+            if distinct and key in seen:
                 continue
             seen.add(key)
             messages = [

@@ -53,6 +53,20 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _count_padding(window: dict, batch: dict) -> None:
+    """Add a micro-batch's positions and real tokens (this process) to the log window: the logs report the
+    share of computed positions that were padding."""
+    ids, mask = batch.get("input_ids"), batch.get("attention_mask")
+    if ids is None or mask is None or mask.shape != ids.shape:
+        return
+    window["padded"] += ids.numel()
+    window["real"] += int(mask.sum())
+
+
+def _share(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
 def _log(run_dir: Path, record: dict[str, Any], main: bool) -> None:
     if main:
         with open(run_dir / "metrics.jsonl", "a") as fh:
@@ -145,7 +159,8 @@ def fit(
     step = state["step"]
     stopped_early = False
     start = time.perf_counter() - state["seconds"]
-    window = {"loss": 0.0, "items": 0, "examples": 0, "tokens": 0, "t0": time.perf_counter()}
+    new_window = lambda: {"loss": 0.0, "items": 0, "examples": 0, "tokens": 0, "real": 0, "padded": 0}  # noqa: E731
+    window = {**new_window(), "t0": time.perf_counter()}
     with progress_bar(total, main, initial=step) as bar:
         while step < total:
             epoch, in_epoch = sampler.position(step)
@@ -160,7 +175,9 @@ def fit(
             for k, idx in enumerate(micro):
                 sync = nullcontext() if k == len(micro) - 1 else accelerator.no_sync(model)
                 with sync, accelerator.autocast():
-                    batch = {key: v.to(accelerator.device) for key, v in task.collate(idx).items()}
+                    batch = task.collate(idx)
+                    _count_padding(window, batch)
+                    batch = {key: v.to(accelerator.device) for key, v in batch.items()}
                     loss_sum, _ = task.loss(model, batch)
                     # DDP averages gradients over processes, so scale by their number.
                     accelerator.backward(loss_sum * (accelerator.num_processes / n_items))
@@ -198,13 +215,14 @@ def fit(
                         "examples_per_s": round(window["examples"] / dt, 2),
                         "tokens_per_s": round(window["tokens"] / dt, 1),
                         "tokens": window["tokens"],
+                        "padding": _share(window["padded"] - window["real"], window["padded"]),
                         "seconds": round(dt, 4),
                         # task-specific training metrics since the last log (rewards, margins, KL, ...)
                         **(task.pop_train_metrics() if hasattr(task, "pop_train_metrics") else {}),
                     },
                     main,
                 )
-                window = {"loss": 0.0, "items": 0, "examples": 0, "tokens": 0, "t0": time.perf_counter()}
+                window = {**new_window(), "t0": time.perf_counter()}
 
             if step % eval_every == 0 or step == total:
                 eval_start = time.perf_counter()
