@@ -301,6 +301,7 @@ def main() -> None:
         "BENCH_ARMS",
         "peak,tuneforge,tuneforge-cold,tuneforge-nocompile,tuneforge-fp32,trainer-fp32,trainer-bf16,trl-fp32,trl-bf16",
     ).split(",")
+    arms = [a for a in arms if a]  # BENCH_REUSE=1 BENCH_ARMS= re-renders the last results
     results = {}
     previous = os.path.exists(RESULTS_FILE) and os.environ.get("BENCH_REUSE")
     if previous:  # BENCH_REUSE=1: keep the arms measured last time that are not re-run now
@@ -318,7 +319,8 @@ def main() -> None:
     ref = {k: results[k] for k in ("trainer-fp32", "trainer-bf16", "trl-fp32", "trl-bf16") if k in results}
     lines = [
         f"SFT LoRA workload: SmolLM2-135M-Instruct, LoRA r=16 on 7 projections, batch 8, max length 512, "
-        f"ChatterBot, {TIMED} timed steps ({m['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']}; "
+        f"ChatterBot as in the issue ({len(split_corpus()[0]):,} conversations, repeats included; {HELDOUT} others held out), "
+        f"{TIMED} timed steps ({m['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']}; "
         f"measured matmul peak {peak['fp32'] / 1e9:.0f} GFLOP/s fp32, {peak['bf16'] / 1e9:.0f} GFLOP/s bf16)",
         "",
         "| tool | real tokens/s | padding | peak RSS (GB) | held-out loss | share of matmul peak | 3 warm-up steps (s) |",

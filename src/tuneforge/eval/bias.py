@@ -180,16 +180,9 @@ def classifier_probe(
     ``predict_proba(texts) -> (N, C)`` class probabilities. Returns a JSON-ready dict: per category, per swap
     (sorted with the most moving first), the examples that moved most, and a plain-language summary.
     """
-    cfs, mentions = make_counterfactuals(texts, terms, max_examples, seed)
-    base = {"kind": "classifier", "texts": len(texts), "mentions": mentions, "max_examples": max_examples}
+    cfs, base = _probe_start("classifier", texts, terms, max_examples, seed)
     if not cfs:
-        return {
-            **base,
-            "categories": {},
-            "swaps": [],
-            "examples": [],
-            "summary": _no_mentions(terms, len(texts)),
-        }
+        return base
     originals = sorted({c.index for c in cfs})
     p_orig = dict(zip(originals, np.asarray(predict_proba([texts[i] for i in originals]))))  # index -> (C,)
     p_cf = np.asarray(predict_proba([c.text for c in cfs]))  # (K, C)
@@ -260,6 +253,16 @@ def classifier_probe(
     return out
 
 
+def _probe_start(kind: str, texts: Sequence[str], terms: dict, max_examples: int, seed: int):
+    """The counterfactuals of a probe and the head of its result; with no counterfactuals, the whole
+    (empty) result."""
+    cfs, mentions = make_counterfactuals(texts, terms, max_examples, seed)
+    head = {"kind": kind, "texts": len(texts), "mentions": mentions, "max_examples": max_examples}
+    if not cfs:
+        head.update(categories={}, swaps=[], examples=[], summary=_no_mentions(terms, len(texts)))
+    return cfs, head
+
+
 def _no_mentions(terms: dict, n: int) -> str:
     return (
         f"None of the {n} held-out inputs mentions a term from the lists ({', '.join(terms)}), so there was "
@@ -311,16 +314,9 @@ def lm_probe(
     ``loglik_*(texts) -> (N,)`` summed log-likelihoods. The tuned-minus-base change shows what tuning did
     to the model's preference between the original and the swapped text.
     """
-    cfs, mentions = make_counterfactuals(texts, terms, max_examples, seed)
-    base = {"kind": "language model", "texts": len(texts), "mentions": mentions, "max_examples": max_examples}
+    cfs, base = _probe_start("language model", texts, terms, max_examples, seed)
     if not cfs:
-        return {
-            **base,
-            "categories": {},
-            "swaps": [],
-            "examples": [],
-            "summary": _no_mentions(terms, len(texts)),
-        }
+        return base
     originals = sorted({c.index for c in cfs})
     orig_texts = [texts[i] for i in originals]
     cf_texts = [c.text for c in cfs]

@@ -8,12 +8,18 @@ from pathlib import Path
 
 
 def save_model_folder(
-    model, tokenizer, out: str | Path, labels: list[str] | None = None, generation_config: bool = False
+    model,
+    tokenizer,
+    out: str | Path,
+    labels: list[str] | None = None,
+    generation_config: bool = False,
+    notes: dict[str, dict] | None = None,
 ) -> None:
     """Save ``model`` (or its PEFT adapter) and ``tokenizer`` into ``out`` via ``out.tmp`` and a rename.
 
     ``labels``: written as ``labels.json`` beside an adapter, so a classifier head can be rebuilt on load.
     ``generation_config``: also write the model's generation config when ``save_pretrained`` did not.
+    ``notes``: JSON files to add, by name (e.g. the export manifest).
     """
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
@@ -26,6 +32,8 @@ def save_model_folder(
     gc = getattr(model, "generation_config", None) if generation_config else None
     if gc is not None and not (tmp / "generation_config.json").exists():
         gc.save_pretrained(tmp)
+    for name, content in (notes or {}).items():
+        (tmp / name).write_text(json.dumps(content, indent=1))
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

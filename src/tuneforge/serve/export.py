@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from tuneforge.errors import TuneforgeError
+from tuneforge.models.save import save_model_folder
 
 MERGEABLE = ("LORA", "IA3")  # DoRA is LoRA with use_dora; prefix/prompt tuning have no weights to merge into
 
@@ -39,25 +40,17 @@ def export(run_dir: str | Path, out: str | Path, merge: bool = False, overwrite:
             f"model. Export it without --merge (a standard PEFT adapter folder), or train with lora/dora/ia3/full."
         )
     model = run.load_model()
-    merged = model.merge_and_unload()
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    merged.save_pretrained(tmp, safe_serialization=True)
-    run.load_tokenizer().save_pretrained(tmp)
-    gc = getattr(merged, "generation_config", None)
-    if gc is not None:
-        gc.save_pretrained(tmp)
-    (tmp / "tuneforge_export.json").write_text(
-        json.dumps(
-            {
-                "run": str(run.path),
-                "merged": True,
-                "base": run.config.model.name,
-                "method": run.config.method.name,
-            },
-            indent=1,
-        )
+    manifest = {
+        "run": str(run.path),
+        "merged": True,
+        "base": run.config.model.name,
+        "method": run.config.method.name,
+    }
+    save_model_folder(
+        model.merge_and_unload(),
+        run.load_tokenizer(),
+        out,
+        generation_config=True,
+        notes={"tuneforge_export.json": manifest},
     )
-    tmp.rename(out)
     return out

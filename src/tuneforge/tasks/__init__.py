@@ -1,8 +1,9 @@
 """Tasks wire data, model and loss together: classification, sft, reward, dpo, grpo.
 
-Each task class takes the run config and exposes what the training loop needs (``lengths``,
-``counts``, ``collate``, ``loss``, ``evaluate``, ``save_model``) and what the run needs after
-training (``full_evaluation``). ``TASKS`` maps ``config.task`` to the class.
+Each task class takes the run config and implements the ``Task`` protocol of ``train/loop.py``: what
+the training loop needs (``lengths``, ``counts``, ``collate``, ``loss``, ``evaluate``, ``save_model``),
+what the recipe records (``data_summary``) and what the run needs after training (``full_evaluation``).
+``task_class`` maps ``config.task`` to the class.
 """
 
 from __future__ import annotations

@@ -147,7 +147,8 @@ def activation_curve(model, task: str, device, autocast, max_len: int) -> tuple[
 
 
 def largest_micro_batch(lengths: list[int], batch_size: int, max_batch_tokens: int | None) -> tuple[int, int]:
-    """(sequences, padded length) of the biggest micro-batch the step sampler can form from ``lengths``."""
+    """(sequences, padded length) of the micro-batch the estimate sizes: the longest sequence with as many
+    others as ``max_batch_tokens`` lets share its width (the sampler never puts more beside it)."""
     longest = max(lengths) if lengths else 1
     n = batch_size
     if max_batch_tokens:
