@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import sys
 import time
 
@@ -38,19 +37,16 @@ TRAIN_FILE = "/tmp/tuneforge-bench/chatterbot-all.jsonl"
 HELDOUT = 64
 
 
-def question(row: dict) -> str:
-    return re.sub(r"\W+", " ", row["messages"][0]["content"]).strip().lower()
-
-
 def split_corpus() -> tuple[list[dict], list[dict]]:
     """The issue's workload: all 2,026 ChatterBot conversations, repeats included as in the corpus files,
     less 64 held out. The held-out ones open with a question asked only once in the corpus, so none of
     them is also in training."""
     from collections import Counter
 
-    from tuneforge.data.bundled import chatterbot_conversations
+    from tuneforge.data.bundled import chatterbot_conversations, opening_question
 
     rows = chatterbot_conversations(distinct=False).rows
+    question = lambda row: opening_question(row["messages"][0]["content"])  # noqa: E731
     asked = Counter(question(r) for r in rows)
     once = [i for i, r in enumerate(rows) if asked[question(r)] == 1]
     held = set(random.Random(0).sample(once, HELDOUT))

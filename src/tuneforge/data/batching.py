@@ -92,30 +92,28 @@ class StepSampler:
     def _cap(self, batch: list[int]) -> list[list[int]]:
         """Split a micro-batch whose padded size (examples x longest) exceeds ``max_batch_tokens``.
 
-        The batch is sorted by length, so it is cut into consecutive pieces: as few as fit the cap, and
-        among those the split whose smallest piece is largest (then the least padding). So (8 x 81 tokens)
-        under a 615-token cap becomes 4 + 4, not 7 + 1: a lone example makes slow matmuls and, compiled,
-        a graph of its own. An example longer than the cap trains alone. The loop divides every
-        micro-batch's summed loss by the item count of the whole step, so the split changes peak
-        activation memory, not the gradient.
+        The batch is cut into consecutive pieces (in its order: by length when grouping by length): as
+        few as fit the cap, and among those the split whose smallest piece is largest (then the least
+        padding). So (8 x 81 tokens) under a 615-token cap becomes 4 + 4, not 7 + 1: a lone example makes
+        slow matmuls and, compiled, a graph of its own. An example longer than the cap trains alone. The
+        loop divides every micro-batch's summed loss by the item count of the whole step, so the split
+        changes peak activation memory, not the gradient.
         """
         cap, n = self.max_batch_tokens, len(batch)
         if not cap:
             return [batch]
         lengths = [self.lengths[i] for i in batch]
-
-        def fits(a: int, b: int) -> bool:  # pieces batch[a:b]
-            return b - a == 1 or (b - a) * max(lengths[a:b]) <= cap
-
         # best[p][j]: (smallest piece, -padded tokens, cut) of the best split of batch[:j] into p pieces
         best: list[dict[int, tuple[int, int, int]]] = [{0: (n, 0, 0)}]
         while n not in best[-1]:
             row: dict[int, tuple[int, int, int]] = {}
             for a, (small, neg_pad, _) in best[-1].items():
-                for b in range(a + 1, n + 1):
-                    if not fits(a, b):
+                width = 0
+                for b in range(a + 1, n + 1):  # the piece batch[a:b]
+                    width = max(width, lengths[b - 1])
+                    if b - a > 1 and (b - a) * width > cap:
                         break
-                    cand = (min(small, b - a), neg_pad - (b - a) * max(lengths[a:b]), a)
+                    cand = (min(small, b - a), neg_pad - (b - a) * width, a)
                     if b not in row or cand[:2] > row[b][:2]:
                         row[b] = cand
             best.append(row)

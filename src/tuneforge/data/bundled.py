@@ -59,6 +59,12 @@ def _book_excerpts() -> dict[str, Table]:
     return {"train": _orange_tab("book-excerpts.tab")}
 
 
+def opening_question(text: str) -> str:
+    """A conversation's first turn compared without case and punctuation: what makes two ChatterBot
+    conversations the same question."""
+    return re.sub(r"\W+", " ", text).strip().lower()
+
+
 def chatterbot_conversations(distinct: bool = True) -> Table:
     """ChatterBot English corpus: every distinct conversation as chat messages, with its topic.
 
@@ -80,9 +86,7 @@ def chatterbot_conversations(distinct: bool = True) -> Table:
                 continue
             if len(turns) % 2:
                 turns = turns[:-1]
-            key = (
-                re.sub(r"\W+", " ", turns[0]).strip().lower()
-            )  # one conversation per question ("Will you die?")
+            key = opening_question(turns[0])  # one conversation per question ("Will you die?")
             if distinct and key in seen:
                 continue
             seen.add(key)
