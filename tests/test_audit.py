@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 from planted import build
 
-from tuneforge.data.audit import activation_memory, audit, audit_splits, preflight, token_lengths
+from tuneforge.data.audit import (
+    activation_memory,
+    audit,
+    audit_splits,
+    preflight,
+    preflight_decision,
+    render,
+    token_lengths,
+    write,
+)
 from tuneforge.data.formats import Example
 from tuneforge.errors import DataError
 
@@ -98,7 +107,7 @@ def test_labels_and_settings(report):
 
 
 def test_write_json_and_html(report, tmp_path):
-    jpath, hpath = report.write(tmp_path / "out")
+    jpath, hpath = write(report, tmp_path / "out")
     data = json.loads(jpath.read_text())
     assert data["leaked"] == report.leaked and data["headline"] == report.headline()
     assert {f["code"] for f in data["findings"]} >= {"leakage", "near_duplicate", "malformed"}
@@ -107,7 +116,7 @@ def test_write_json_and_html(report, tmp_path):
     from rich.console import Console
 
     console = Console(record=True, width=140)
-    console.print(report.render())
+    console.print(render(report))
     text = console.export_text()
     assert "findings" in text and "train.jsonl:" in text
 

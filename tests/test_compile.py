@@ -11,6 +11,7 @@ from tuneforge.train.compile import (
     can_compile,
     choose_attention,
     compile_blocks,
+    compile_settings,
     repeated_blocks,
     should_compile,
 )
@@ -61,8 +62,9 @@ def test_compiled_blocks_match_the_plain_model(tiny_llama):
     compiled = copy.deepcopy(model)
     assert compile_blocks(compiled) == 2  # the two decoder layers
     assert compiled.state_dict().keys() == model.state_dict().keys()  # saves exactly like the plain model
-    for _ in range(2):  # a second call reuses the compiled graph
-        loss, grads = _loss_and_grads(compiled, batch)
+    with compile_settings():
+        for _ in range(2):  # a second call reuses the compiled graph
+            loss, grads = _loss_and_grads(compiled, batch)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-4)
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
@@ -88,3 +90,42 @@ def test_auto_compiles_only_long_adapter_runs_on_big_enough_models(tiny_llama, t
         assert not should_compile("auto", full, 1000, cpu)  # the blocks' own weights train
     finally:
         c.MIN_BLOCK_PARAMETERS = old
+
+
+def _settings() -> tuple:
+    import torch._dynamo
+    import torch._functorch.config as functorch_config
+
+    d = torch._dynamo.config
+    return d.suppress_errors, d.cache_size_limit, functorch_config.activation_memory_budget
+
+
+def test_compile_settings_hold_for_one_run_only():
+    """Two configurations in one process (a notebook) each get their own settings; nothing leaks after."""
+    import torch._functorch.config as functorch_config
+
+    before = _settings()
+    with compile_settings(memory_budget=0.5):
+        suppress, cache, budget = _settings()
+        assert suppress and cache >= 64 and budget == 0.5
+    assert _settings() == before  # the next run, compiled or not, starts from torch's own settings
+    with compile_settings():
+        assert _settings()[2] == 0.7
+    assert _settings() == before
+    with pytest.raises(RuntimeError), compile_settings():  # restored when the run fails too
+        raise RuntimeError("training failed")
+    assert _settings() == before
+    old = functorch_config.activation_memory_budget
+    functorch_config.activation_memory_budget = 0.3  # the user's own choice is kept, inside and after
+    try:
+        with compile_settings():
+            assert _settings()[2] == 0.3
+        assert _settings()[2] == 0.3
+    finally:
+        functorch_config.activation_memory_budget = old
+
+
+def test_compile_blocks_changes_no_process_wide_setting(tiny_llama):
+    before = _settings()
+    assert compile_blocks(_lora(tiny_llama)) == 2
+    assert _settings() == before

@@ -72,3 +72,115 @@ def test_round_trip_and_reference(tmp_path):
     assert again.to_dict() == cfg.to_dict()
     ref = describe()
     assert "`training.lr`" in ref and "`method.r`" in ref
+
+
+# ---------------------------------------------------------------- rules and the task hook
+def test_every_rule_is_small_and_says_what_it_checks():
+    from tuneforge.config import RULES
+
+    assert len(RULES) >= 10
+    for fn in RULES:
+        doc = (fn.__doc__ or "").strip()
+        assert doc and "\n" not in doc, f"{fn.__name__} needs a one-line docstring stating its rule"
+
+
+def test_no_rule_here_knows_task_names(monkeypatch):
+    import tuneforge.config as config
+
+    monkeypatch.setattr(config, "TASK_CHECK", [])
+    assert not hasattr(config, "TASKS")
+    # with no task check registered, any non-empty task name passes the generic rules
+    assert from_dict({"task": "seq2seq", "method": {"name": "prompt"}}).task == "seq2seq"
+    with pytest.raises(ConfigError, match="task must name a task"):
+        from_dict({"task": "  "})
+
+
+def test_registered_task_checks_run_after_the_generic_rules(monkeypatch):
+    import tuneforge.config as config
+
+    monkeypatch.setattr(config, "TASK_CHECK", [])
+    seen = []
+
+    def only_known(cfg):
+        seen.append(cfg.task)
+        if cfg.task not in ("classification", "sft"):
+            raise ConfigError(f"task '{cfg.task}' is unknown.")
+
+    assert config.register_task_check(only_known) is only_known
+    config.register_task_check(only_known)  # idempotent
+    assert config.TASK_CHECK == [only_known]
+    from_dict({"task": "sft"})
+    with pytest.raises(ConfigError, match="config: task 'tarnslate' is unknown"):
+        from_dict({"task": "tarnslate"})
+    with pytest.raises(ConfigError, match="training.lr must be positive"):
+        from_dict({"task": "tarnslate", "training": {"lr": 0}})  # generic rules come first
+    assert seen == ["sft", "tarnslate"]
+
+
+def test_new_fields_and_their_defaults():
+    cfg = RunConfig()
+    assert cfg.training.threads == "auto" and cfg.data.allow_audit_errors is False
+    assert cfg.grpo.loss_aggregation == "dapo" and cfg.grpo.kl_beta == 0.0
+    ref = describe()
+    for key in ("training.threads", "data.allow_audit_errors", "grpo.loss_aggregation"):
+        assert f"`{key}`" in ref
+    assert "0.0 as TRL" in ref
+
+
+# ---------------------------------------------------------------- resume
+def test_config_changes_lists_dotted_keys_sorted():
+    from tuneforge.config import config_changes
+
+    old = from_dict({"training": {"lr": 1e-4, "max_steps": 10}})
+    new = from_dict({"training": {"lr": 3e-4, "max_steps": 20}, "method": {"name": "lora"}})
+    assert config_changes(old, new) == [
+        ("method.name", "full", "lora"),
+        ("training.lr", 1e-4, 3e-4),
+        ("training.max_steps", 10, 20),
+    ]
+    # dicts are read over the defaults: a missing key is its default value
+    assert config_changes({"training": {"lr": 5e-5}}, RunConfig()) == []
+    assert config_changes(old.to_dict(), old) == []
+
+
+def test_resume_allows_only_cadence_and_length_changes():
+    from tuneforge.config import RESUMABLE_KEYS, check_resume_changes
+
+    saved = from_dict({"training": {"max_steps": 10, "precision": "bf16", "max_batch_tokens": 583}})
+    longer = from_dict(
+        {"training": {"max_steps": 30, "eval_every": 5, "precision": "bf16", "max_batch_tokens": 583}}
+    )
+    check_resume_changes(saved, longer)
+    with pytest.raises(ConfigError) as info:
+        check_resume_changes(saved, from_dict({"training": {"max_steps": 30, "lr": 1e-3}}))
+    message = str(info.value)
+    assert "training.lr: 5e-05 -> 0.001" in message
+    assert (
+        "training.precision: bf16 -> auto" in message and "training.max_batch_tokens: 583 -> auto" in message
+    )
+    assert "training.max_steps" not in message.split("only these keys")[0]
+    assert f"only these keys may change: {', '.join(RESUMABLE_KEYS)}" in message
+    assert "start a new run (another output.name)" in message
+
+
+def test_resume_treats_auto_as_the_saved_resolved_value():
+    from tuneforge.config import check_resume_changes
+
+    saved = from_dict({"training": {"precision": "bf16", "max_batch_tokens": 583}})
+    resolved = {"training.precision", "training.max_batch_tokens"}
+    check_resume_changes(saved, RunConfig(), resolved_keys=resolved)
+    with pytest.raises(ConfigError, match="training.precision: bf16 -> fp32"):
+        check_resume_changes(saved, from_dict({"training": {"precision": "fp32"}}), resolved_keys=resolved)
+    with pytest.raises(ConfigError, match="training.max_batch_tokens: 583 -> null"):
+        check_resume_changes(
+            saved, from_dict({"training": {"max_batch_tokens": None}}), resolved_keys=resolved
+        )
+
+
+def test_config_source_compares_no_task_names():
+    import re
+
+    import tuneforge.config as config
+
+    source = Path(config.__file__).read_text()
+    assert not re.search(r"\.task\s*(==|!=|in\b|not in\b)", source)

@@ -48,7 +48,7 @@ def chat_file(tmp_path_factory):
 
 
 def trained(tiny_llama, chat_file, out, method: str, **method_cfg):
-    from tuneforge.train.recipe import train
+    from tuneforge.recipe import train
 
     return train(sft_config(tiny_llama, chat_file, out, method, method=method_cfg))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tuneforge.train.lm_loss import linear_cross_entropy
 
@@ -43,9 +44,39 @@ def test_bf16_autocast_matches_autocast_reference():
     torch.testing.assert_close(got_h, ref_h, rtol=2e-2, atol=2e-2)
 
 
-def test_no_gradient_work_under_no_grad():
+class _CountMatmuls(TorchDispatchMode):
+    """Counts the matrix multiplications dispatched while active."""
+
+    OPS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += func in self.OPS
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_no_gradient_work_under_no_grad(autocast):
+    """Evaluation and probes run under no_grad with trainable inputs: one matmul per chunk, no gradients."""
+    hidden, head, targets = _case()  # both hidden and weight require grad
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        ref = F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+        with _CountMatmuls() as count:
+            loss = linear_cross_entropy(hidden, head, targets, chunk=8)  # 37 rows: 5 chunks
+    assert count.n == 5  # the forward matmuls only (15 when the gradients are computed too)
+    assert not loss.requires_grad and loss.dtype == torch.float32
+    tol = {"rtol": 1e-3, "atol": 1e-2} if autocast else {"rtol": 1e-5, "atol": 1e-4}
+    torch.testing.assert_close(loss, ref, **tol)
+
+
+def test_gradient_work_when_training():
+    """With grad mode on, the forward computes both gradients (3 matmuls a chunk) and backward adds none."""
     hidden, head, targets = _case()
-    with torch.no_grad():
+    with _CountMatmuls() as count:
         loss = linear_cross_entropy(hidden, head, targets, chunk=8)
-    assert not loss.requires_grad
-    torch.testing.assert_close(loss, F.cross_entropy(head(hidden).float(), targets, reduction="sum").detach())
+        loss.backward()
+    assert count.n == 15
+    assert hidden.grad is not None and head.weight.grad is not None

@@ -20,6 +20,7 @@ from tuneforge.train.losses import (
     group_advantages,
     grpo_loss,
     kto_kl,
+    kto_kl_from_step,
     kto_loss,
     orpo_loss,
     sequence_logps,
@@ -232,36 +233,35 @@ def test_group_advantages_match_trl_formula():
     assert group_advantages(rewards, 4)[4:].abs().max() == 0  # equal rewards: no signal
 
 
-@pytest.mark.parametrize("kl_importance_weight", [True, False])
-def test_grpo_loss_and_gradient_match_trl(tiny_llama, kl_importance_weight):
+@pytest.fixture(scope="module")
+def grpo_case(tiny_llama):
+    """A TRL GRPOTrainer on the tiny model and one sampled-looking batch (B=4 completions of up to C=6 tokens)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    tok = AutoTokenizer.from_pretrained(tiny_llama)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
-    args = GRPOConfig(
-        output_dir="/tmp/tuneforge-trl-test",
-        per_device_train_batch_size=4,
-        num_generations=4,
-        beta=0.1,
-        epsilon=0.2,
-        loss_type="grpo",
-        use_bias_correction_kl=kl_importance_weight,
-        report_to=[],
-        use_cpu=True,
-        bf16=False,
-        max_completion_length=8,
-    )
-    prompts = Dataset.from_list([{"prompt": f"question {i}?"} for i in range(8)])
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=lambda completions, **kw: [0.0] * len(completions),
-        args=args,
-        train_dataset=prompts,
-        processing_class=tok,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tok = AutoTokenizer.from_pretrained(tiny_llama)
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+        args = GRPOConfig(
+            output_dir="/tmp/tuneforge-trl-test",
+            per_device_train_batch_size=4,
+            num_generations=4,
+            beta=0.1,
+            report_to=[],
+            use_cpu=True,
+            bf16=False,
+            max_completion_length=8,
+        )
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=lambda completions, **kw: [0.0] * len(completions),
+            args=args,
+            train_dataset=Dataset.from_list([{"prompt": f"question {i}?"} for i in range(8)]),
+            processing_class=tok,
+        )
     trainer.current_gradient_accumulation_steps = 1
     B, P, C = 4, 5, 6
     g = torch.Generator().manual_seed(1)
@@ -269,36 +269,187 @@ def test_grpo_loss_and_gradient_match_trl(tiny_llama, kl_importance_weight):
         torch.randint(0, 1000, (B, P), generator=g),
         torch.randint(0, 1000, (B, C), generator=g),
     )
-    prompt_mask, completion_mask = torch.ones(B, P, dtype=torch.long), torch.ones(B, C, dtype=torch.long)
+    completion_mask = torch.ones(B, C, dtype=torch.long)
     completion_mask[0, 4:] = 0
     completion_mask[2, 2:] = 0
-    advantages = torch.tensor([1.0, -0.5, 0.3, -0.8])
     ids = torch.cat([prompt_ids, completion_ids], 1)  # (B, P + C)
     labels = torch.cat([torch.full((B, P), -100), completion_ids], 1)
     with torch.no_grad():
         current = token_logps(model(input_ids=ids).logits, labels)[0][:, -C:]  # (B, C)
-    old = current + 0.3 * torch.randn(B, C, generator=g)  # off-policy, so clipping is exercised
-    ref = current + 0.2 * torch.randn(B, C, generator=g)
     inputs = {
         "prompt_ids": prompt_ids,
-        "prompt_mask": prompt_mask,
+        "prompt_mask": torch.ones(B, P, dtype=torch.long),
         "completion_ids": completion_ids,
         "completion_mask": completion_mask,
-        "advantages": advantages,
-        "old_per_token_logps": old,
-        "ref_per_token_logps": ref,
+        "advantages": torch.tensor([1.0, -0.5, 0.3, -0.8]),
+        "old_per_token_logps": current
+        + 0.3 * torch.randn(B, C, generator=g),  # off-policy: clipping is exercised
+        "ref_per_token_logps": current + 0.2 * torch.randn(B, C, generator=g),
+        "num_items_in_batch": completion_mask.sum(),  # dapo: tokens of the whole (here: one-batch) step
     }
+    return trainer, model, ids, labels, inputs
+
+
+@pytest.mark.parametrize(
+    "aggregation,kl_importance_weight,epsilon_high",
+    [
+        ("grpo", True, None),
+        ("grpo", False, None),
+        ("dapo", True, None),
+        ("dapo", True, 0.28),
+        ("bnpo", True, None),
+        ("dr_grpo", True, None),
+    ],
+)
+def test_grpo_loss_and_gradient_match_trl(grpo_case, aggregation, kl_importance_weight, epsilon_high):
+    trainer, model, ids, labels, inputs = grpo_case
+    trainer.loss_type = aggregation  # what TRL's _compute_loss reads (GRPOConfig.loss_type)
+    trainer.epsilon_high = 0.2 if epsilon_high is None else epsilon_high
+    trainer.args.use_bias_correction_kl = kl_importance_weight
     model.train()
+    model.zero_grad()
     expected = trainer._compute_loss(model, inputs)
     expected.backward()
     trl_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
+    C = inputs["completion_ids"].shape[1]
     logps = token_logps(model(input_ids=ids).logits, labels)[0][:, -C:]
-    losses, kl = grpo_loss(
-        logps, old, ref, advantages, completion_mask, kl_beta=0.1, kl_importance_weight=kl_importance_weight
+    loss_sum, items, kl = grpo_loss(
+        logps,
+        inputs["old_per_token_logps"],
+        inputs["ref_per_token_logps"],
+        inputs["advantages"],
+        inputs["completion_mask"],
+        kl_beta=0.1,
+        aggregation=aggregation,
+        max_completion_length=8,
+        epsilon=0.2,
+        epsilon_high=epsilon_high,
+        kl_importance_weight=kl_importance_weight,
     )
-    losses.mean().backward()
-    torch.testing.assert_close(losses.mean(), expected, rtol=1e-5, atol=1e-6)
+    loss = loss_sum / items  # one micro-batch, one process: the step's loss
+    loss.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     for ours, theirs in zip((p.grad for p in model.parameters()), trl_grads):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
-    assert torch.isfinite(kl).all() and (kl >= 0).all()
+    assert kl.dim() == 0 and float(kl) > 0 and not kl.requires_grad
+
+
+def _reference_step_loss(micro, aggregation, beta, eps, eps_high, max_len):
+    """The step loss of a list of micro-batches, token by token in plain Python (the definitions in TRL's docs)."""
+    seq_means, token_terms, micro_means, n_seqs = [], [], [], 0
+    for lp, old, ref, adv, mask in micro:
+        terms_here = []
+        for i in range(lp.shape[0]):
+            n_seqs += 1
+            terms = []
+            for t in range(lp.shape[1]):
+                if not mask[i, t]:
+                    continue
+                ratio = torch.exp(lp[i, t] - old[i, t])
+                clipped = torch.clamp(ratio, 1 - eps, 1 + eps_high)
+                d = ref[i, t] - lp[i, t]
+                terms.append(
+                    -torch.min(ratio * adv[i], clipped * adv[i]) + beta * (torch.exp(d) - d - 1) * ratio
+                )
+            seq_means.append(sum(terms) / max(len(terms), 1) if terms else torch.zeros(()))
+            terms_here += terms
+        token_terms += terms_here
+        micro_means.append(sum(terms_here) / len(terms_here))
+    if aggregation == "grpo":
+        return sum(seq_means) / n_seqs
+    if aggregation == "dapo":
+        return sum(token_terms) / len(token_terms)
+    if aggregation == "bnpo":
+        return sum(micro_means) / len(micro_means)
+    return sum(token_terms) / (n_seqs * max_len)  # dr_grpo
+
+
+@pytest.mark.parametrize("aggregation", ["grpo", "dapo", "bnpo", "dr_grpo"])
+def test_grpo_aggregation_over_a_step_matches_a_plain_reference(aggregation):
+    """Micro-batches of different sizes and random masks: sum(loss_sum) / sum(items) is the step's aggregate,
+    in value and in gradient (bnpo: each micro-batch's token mean counts as one item, as the task returns it)."""
+    g = torch.Generator().manual_seed(3)
+    micro = []
+    for b in (3, 1, 4):  # unequal micro-batches, as the token cap makes them
+        T = 5
+        lp = (-torch.rand(b, T, generator=g) * 3).requires_grad_()
+        old, ref = (
+            lp.detach() + 0.2 * torch.randn(b, T, generator=g),
+            lp.detach() + 0.3 * torch.randn(b, T, generator=g),
+        )
+        mask = (torch.rand(b, T, generator=g) < 0.7).long()
+        mask[:, 0] = 1  # every completion has at least one token
+        micro.append((lp, old, ref, torch.randn(b, generator=g), mask))
+    args = {"beta": 0.05, "eps": 0.2, "eps_high": 0.28, "max_len": 5}
+    expected = _reference_step_loss(micro, aggregation, **args)
+    expected_grads = torch.autograd.grad(expected, [m[0] for m in micro])
+    total, items = torch.zeros(()), 0.0
+    for lp, old, ref, adv, mask in micro:
+        loss_sum, n, _ = grpo_loss(
+            lp,
+            old,
+            ref,
+            adv,
+            mask,
+            kl_beta=0.05,
+            aggregation=aggregation,
+            max_completion_length=5,
+            epsilon_high=0.28,
+        )
+        if aggregation == "bnpo":
+            loss_sum, n = loss_sum / n, 1.0
+        total, items = total + loss_sum, items + n
+    loss = total / items
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    for ours, ref_grad in zip(torch.autograd.grad(loss, [m[0] for m in micro]), expected_grads):
+        torch.testing.assert_close(ours, ref_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("advantage", [1.0, -1.0])
+def test_grpo_sequence_mean_is_length_biased_and_token_aggregations_are_not(advantage):
+    """Two completions with the same advantage, 1 and 3 tokens long, on-policy, no KL. Each token's gradient is
+    -A times its weight: grpo gives the short completion's token 1/2 and each long one's 1/6 (a short correct
+    answer is pushed 3x harder per token, a long wrong one punished 3x less); dapo gives every token 1/4, and
+    dr_grpo 1/(2 * 3)."""
+    lp = torch.full((2, 3), -1.0, requires_grad=True)
+    mask = torch.tensor([[1, 0, 0], [1, 1, 1]])
+    adv = torch.tensor([advantage, advantage])
+    weights = {}
+    for aggregation in ("grpo", "dapo", "dr_grpo"):
+        loss_sum, items, _ = grpo_loss(
+            lp, lp.detach(), None, adv, mask, 0.0, aggregation, max_completion_length=3
+        )
+        (grad,) = torch.autograd.grad(loss_sum / items, lp)
+        weights[aggregation] = (grad / -advantage)[mask.bool()].tolist()  # short token, then the long ones
+    assert weights["grpo"] == pytest.approx([1 / 2, 1 / 6, 1 / 6, 1 / 6])
+    assert weights["dapo"] == pytest.approx([1 / 4] * 4)
+    assert weights["dr_grpo"] == pytest.approx([1 / 6] * 4)
+
+
+def test_grpo_loss_refuses_unknown_aggregation_and_dr_grpo_without_length():
+    x, mask, adv = torch.zeros(2, 3), torch.ones(2, 3), torch.zeros(2)
+    with pytest.raises(ValueError, match="dapo, grpo, bnpo, dr_grpo"):
+        grpo_loss(x, x, None, adv, mask, 0.0, aggregation="token_mean")
+    with pytest.raises(ValueError, match="max_completion_length"):
+        grpo_loss(x, x, None, adv, mask, 0.0, aggregation="dr_grpo")
+
+
+def test_kto_kl_over_the_whole_step_across_processes():
+    """Sums and counts from every micro-batch of every process give the step's KL: the same as one batch of all
+    the mismatched pairs, and not the mean of per-micro-batch estimates (those are clamped one by one)."""
+    policy = torch.tensor([-3.0, -1.0, -2.5, -2.0, -4.0, -1.5], requires_grad=True)
+    ref = torch.tensor([-1.0, -1.5, -2.0, -2.2, -3.0, -2.5])
+    parts = [(0, 1), (1, 3), (3, 6)]  # process 0: micro-batches of 1 and 2 pairs; process 1: one of 3
+    sums = torch.stack(
+        [torch.stack([policy[a:b].sum(), ref[a:b].sum(), torch.tensor(float(b - a))]) for a, b in parts]
+    )
+    step = sums.sum(0)  # what one all-reduce (sum) of each process's three numbers gives
+    kl = kto_kl_from_step(*step)
+    torch.testing.assert_close(kl, kto_kl(policy, ref))
+    assert not kl.requires_grad
+    per_batch = torch.stack([kto_kl(policy[a:b], ref[a:b]) for a, b in parts]).mean()
+    assert float(per_batch) > float(kl)  # clamping each batch's estimate at 0 biases it upwards
+    assert float(kto_kl_from_step(torch.tensor(-5.0), torch.tensor(-1.0), 2)) == 0.0  # policy below ref: 0
+    with pytest.raises(ValueError, match="batch_size >= 2"):
+        kto_kl_from_step(torch.tensor(0.0), torch.tensor(0.0), 0)

@@ -29,7 +29,7 @@ def test_activation_curve_predicts_a_larger_batch(tiny_llama, attn):
     register()
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, attn_implementation=attn)
     model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    a, b, c = memory.activation_curve(model, "sft", torch.device("cpu"), nullcontext, 512)
+    a, b, c = memory.activation_curve(model, True, torch.device("cpu"), nullcontext, 512)
     if attn != "sdpa":
         assert c > 0  # attention probabilities grow with T^2
     body = model.get_base_model().model
@@ -65,7 +65,7 @@ def test_classifier_estimate_counts_trainable_state(tiny_bert):
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
     cfg = from_dict(tiny_cfg(tiny_bert, "x.jsonl", "/tmp"))
-    est = memory.estimate(model, "classification", [10, 30, 20], cfg, torch.device("cpu"), nullcontext)
+    est = memory.estimate(model, [10, 30, 20], cfg, torch.device("cpu"), nullcontext)
     params = sum(p.numel() for p in model.parameters())
     assert est.gradients == 4 * params and est.optimizer == 8 * params
     assert est.micro_batch == (3, 30) and est.logits == 0

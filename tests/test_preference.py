@@ -80,7 +80,7 @@ def train_log(run) -> list[dict]:
 # ---------------------------------------------------------------- reward model
 def test_reward_model_learns_and_scores(tiny_llama, pairs_file, tmp_path):
     from tuneforge.cli import main
-    from tuneforge.train.recipe import train
+    from tuneforge.recipe import train
 
     run = train(cfg_for("reward", tiny_llama, pairs_file, tmp_path, training={"lr": 1e-2}))
     log = train_log(run)
@@ -103,7 +103,7 @@ def test_reward_model_learns_and_scores(tiny_llama, pairs_file, tmp_path):
     main(["score", str(run.path), "--file", str(pairs)])
     with pytest.raises(SystemExit):  # a user error: printed without a traceback, exit status 2
         main(["score", str(run.path)])
-    from tuneforge.rewards import load_reward
+    from tuneforge.tasks.rewards import load_reward
 
     as_reward = load_reward(str(run.path))  # a reward model run folder is a GRPO reward function
     scores = as_reward(["Can you tell me about a joke?"] * 2, ["Of course.", "Go away."], [None, None])
@@ -124,7 +124,7 @@ def test_reward_rejects_prompt_tuning_and_kto_rows(tiny_llama, tmp_path):
 
 # ---------------------------------------------------------------- DPO family
 def test_dpo_lora_learns_with_adapter_as_reference(tiny_llama, pairs_file, tmp_path):
-    from tuneforge.train.recipe import train
+    from tuneforge.recipe import train
 
     run = train(
         cfg_for(
@@ -156,7 +156,7 @@ def test_reference_is_the_adapter_switched_off(tiny_llama, pairs_file, tmp_path)
     cfg = from_dict(cfg_for("dpo", tiny_llama, pairs_file, tmp_path))
     task = PreferenceTask(cfg)
     assert task.ref_model is None
-    prepared = prepare(task.model, cfg.method, cfg.training, "dpo")
+    prepared = prepare(task.model, cfg.method, cfg.training, head=False)
     with torch.no_grad():
         for name, p in prepared.model.named_parameters():
             if "lora_B" in name:
@@ -201,7 +201,7 @@ def test_dpo_full_keeps_a_frozen_reference(tiny_llama, pairs_file, tmp_path):
     task = PreferenceTask(cfg)
     assert task.ref_model is not None and not any(p.requires_grad for p in task.ref_model.parameters())
     ref_before = state(task.ref_model)
-    prepared = prepare(task.model, cfg.method, cfg.training, "dpo")
+    prepared = prepare(task.model, cfg.method, cfg.training, head=False)
     opt = torch.optim.SGD([p for p in prepared.model.parameters() if p.requires_grad], lr=0.05)
     batch = task.collate(list(range(8)))
     for _ in range(2):
@@ -215,7 +215,7 @@ def test_dpo_full_keeps_a_frozen_reference(tiny_llama, pairs_file, tmp_path):
 
 @pytest.mark.parametrize("loss_type", ["ipo", "hinge", "orpo", "kto"])
 def test_dpo_relatives_train(tiny_llama, pairs_file, tmp_path, loss_type):
-    from tuneforge.train.recipe import train
+    from tuneforge.recipe import train
 
     run = train(
         cfg_for(
@@ -306,7 +306,7 @@ def small_vocab_llama(tiny_llama, tmp_path_factory):
 
 
 def test_grpo_reward_rises_and_kl_stays_finite(small_vocab_llama, pairs_file, tmp_path):
-    from tuneforge.train.recipe import train
+    from tuneforge.recipe import train
 
     cfg = cfg_for(
         "grpo",
@@ -354,7 +354,7 @@ def test_grpo_reads_prompt_only_files_and_rejects_bad_rewards(tiny_llama, tmp_pa
 
 # ---------------------------------------------------------------- reward functions and config
 def test_builtin_and_imported_rewards(tmp_path):
-    from tuneforge.rewards import load_reward, load_rewards
+    from tuneforge.tasks.rewards import load_reward, load_rewards
 
     answers = ["Yes.", "no", "This answer has far too many words in it.", "Paris is the capital."]
     assert load_reward("ends_with_period")([""] * 4, answers, [None] * 4) == [1.0, 0.0, 1.0, 1.0]
@@ -409,7 +409,7 @@ def test_preference_config_validation(section, match):
 @pytest.mark.e2e
 def test_dpo_smollm2_moves_preference_accuracy_off_chance(tmp_path):
     """DPO with LoRA on SmolLM2, a few steps over a slice of the bundled pairs (the full config reaches ~0.89)."""
-    from tuneforge.train.recipe import train
+    from tuneforge.recipe import train
 
     run = train(
         "configs/dpo-smollm2-lora.yaml",

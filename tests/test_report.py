@@ -1,19 +1,23 @@
 """The run report: its numbers equal eval.json, metrics.jsonl and run.json; it rebuilds from the CLI; runs compare;
 the language-model report has perplexity intervals and forgetting; the HTML renders in headless Chromium."""
 
+import argparse
 import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import sentiment_rows
 from helpers import tiny_cfg
 
 import tuneforge
 from tuneforge.cli import main
+from tuneforge.probes import recompute
 from tuneforge.report import build_report, compare_runs
+from tuneforge.report.cli import add_report_commands
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -101,21 +105,36 @@ def test_html_is_self_contained(cls_run):
         assert (cls_run.path / rel).stat().st_size > 1000
 
 
+def report_cli(argv: list[str]) -> None:
+    """`tuneforge report ...` with the probes wired in, as tuneforge.cli wires them."""
+    parser = argparse.ArgumentParser()
+    add_report_commands(parser.add_subparsers(), recompute=recompute)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
 def test_cli_rebuilds_and_recomputes(cls_run, capsys):
     run = cls_run
     before = _load(run, "report.json")
     (run.path / "bias.json").unlink()
     (run.path / "report.html").unlink()
-    main(["report", str(run.path)])
+    report_cli(["report", str(run.path)])  # computes the missing probe
     assert (run.path / "report.html").exists() and (run.path / "bias.json").exists()
     after = _load(run, "report.json")
     assert after["base_vs_tuned"] == before["base_vs_tuned"]
     assert {**after["bias"], "seconds": 0} == {**before["bias"], "seconds": 0}  # the probe is deterministic
-    main(["report", str(run.path), "--no-probes"])
-    assert "report:" in capsys.readouterr().err
+    stamp = (run.path / "bias.json").stat().st_mtime_ns
+    report_cli(["report", str(run.path)])  # nothing missing: nothing recomputed
+    assert (run.path / "bias.json").stat().st_mtime_ns == stamp
+    report_cli(["report", str(run.path), "--recompute"])  # redone
+    assert (run.path / "bias.json").stat().st_mtime_ns != stamp
+    (run.path / "bias.json").unlink()
+    main(["report", str(run.path), "--no-probes"])  # renders what is there, loads no model
+    assert "report:" in capsys.readouterr().err and not (run.path / "bias.json").exists()
+    report_cli(["report", str(run.path)])
 
 
-def test_compare(cls_run, tmp_path):
+def test_compare(cls_run, tmp_path, capsys):
     other = tmp_path / "other"
     shutil.copytree(cls_run.path, other, ignore=shutil.ignore_patterns("model", "checkpoints"))
     cfg = (other / "config.yaml").read_text().replace("lr: 0.003", "lr: 0.001")
@@ -128,6 +147,7 @@ def test_compare(cls_run, tmp_path):
     assert "training.lr" in html and html.count("data:image/png;base64,") == 1
     main(["compare", str(cls_run.path), str(other), "--out", str(tmp_path / "cli"), "--name", "ab"])
     assert (tmp_path / "cli" / "ab.html").exists() and (tmp_path / "cli" / "ab.md").exists()
+    assert capsys.readouterr().out.splitlines()[0].split("\t") == ["", cls_run.path.name, "other"]
 
 
 def test_language_model_report(tiny_llama, tmp_path):
@@ -253,3 +273,135 @@ def test_eval_options_are_validated():
     ]:
         with pytest.raises(ConfigError, match=match):
             load_config(None, bad)
+
+
+# ---- result types other than classification and SFT, from fabricated run folders (no model)
+
+
+def _pairs_eval(result: str, n: int = 60, per_example: bool = True) -> tuple[dict, np.ndarray, np.ndarray]:
+    """eval.json of a preference or reward-model run; returns it with the tuned and baseline correctness."""
+    rng = np.random.default_rng(0)
+    chosen, rejected = rng.normal(0.6, 1, n), rng.normal(0, 1, n)
+    base_c, base_r = rng.integers(10, 60, n).astype(float), rng.integers(10, 60, n).astype(float)
+    wins = (chosen > rejected) + 0.5 * (chosen == rejected)
+    base_wins = (base_c > base_r) + 0.5 * (base_c == base_r)
+    key = "preference_accuracy" if result == "preference" else "accuracy"
+    tuned = {key: float(wins.mean()), "margin": float((chosen - rejected).mean()), "n": n}
+    base = {key: float(base_wins.mean()), "n": n}
+    ev = {"schema_version": 1, "result": result, "split": "test", "tuned": tuned, "baseline": base}
+    if result == "preference":
+        ev.update(task="dpo", kind="policy", loss_type="sigmoid", beta=0.1)
+        ev["samples"] = [{"prompt": "Say hi", "reference": "Hi!", "base": "Hello.", "tuned": "Hi!"}]
+    else:
+        ev.update(task="reward", kind="reward_model")
+        base.update(predicts="the longer answer", chance=0.5)
+    if per_example:
+        ev["per_example"] = {
+            "tuned": {"chosen": chosen.tolist(), "rejected": rejected.tolist()},
+            "baseline": {"chosen": base_c.tolist(), "rejected": base_r.tolist()},
+        }
+    return ev, wins, base_wins
+
+
+@pytest.mark.parametrize("result", ["preference", "reward_model"])
+def test_pairwise_results_have_intervals(tmp_path, result):
+    from test_report_inputs import fabricated_run
+
+    from tuneforge.eval import bootstrap as bs
+
+    ev, wins, base_wins = _pairs_eval(result)
+    run = fabricated_run(tmp_path / "run", ev)  # the config's task is not read: eval.json's "result" is
+    report = json.loads(build_report(run)["json"].read_text())
+    bt, samples = report["base_vs_tuned"], report["bootstrap_samples"]
+    assert bt["intervals"]["tuned"] == bs.mean_ci(wins, samples).to_dict()
+    assert bt["intervals"]["baseline"] == bs.mean_ci(base_wins, samples).to_dict()
+    diff = bt["intervals"]["difference"]
+    assert diff["value"] == pytest.approx(wins.mean() - base_wins.mean())
+    assert diff["low"] <= diff["value"] <= diff["high"]
+    assert report["summary"][0] == bt["headline"] and "95% CI" in bt["headline"]
+    md = (run / "report.md").read_text()
+    assert "accuracy [95% CI]" in md and "(paired)" in md
+    assert ("Sample generations" in md) == (result == "preference")
+    assert "Not measured for reward models" in md if result == "reward_model" else "predates it" in md
+
+    del ev["per_example"]  # an eval.json without per-example scores: point values, and why no interval
+    (run / "eval.json").write_text(json.dumps(ev))
+    report = json.loads(build_report(run)["json"].read_text())
+    assert report["base_vs_tuned"]["intervals"] == {} and "no interval" in report["summary"][0]
+    assert f"`tuneforge eval {run}` rewrites eval.json" in (run / "report.md").read_text()
+
+
+def test_policy_reward_result_has_intervals(tmp_path):
+    from test_report_inputs import fabricated_run
+
+    from tuneforge.eval import bootstrap as bs
+
+    rng = np.random.default_rng(1)
+    tuned, base = rng.uniform(0.4, 1, 30), rng.uniform(0, 0.6, 30)
+    ev = {
+        "schema_version": 1,
+        "task": "grpo",
+        "kind": "policy",
+        "result": "policy_reward",
+        "split": "test",
+        "rewards": ["length", "format"],
+        "tuned": {
+            "reward": float(tuned.mean()),
+            "reward/length": 0.5,
+            "reward/format": 0.3,
+            "words": 12.0,
+            "n": 30,
+        },
+        "baseline": {
+            "reward": float(base.mean()),
+            "reward/length": 0.2,
+            "reward/format": 0.1,
+            "words": 30.0,
+            "n": 30,
+        },
+        "per_example": {"tuned": {"reward": tuned.tolist()}, "baseline": {"reward": base.tolist()}},
+        "samples": [{"prompt": "p", "base": "b", "tuned": "t", "reward_tuned": 0.9, "reward_base": 0.1}],
+    }
+    run = fabricated_run(tmp_path / "run", ev)
+    report = json.loads(build_report(run)["json"].read_text())
+    iv = report["base_vs_tuned"]["intervals"]
+    assert iv["tuned"] == bs.mean_ci(tuned, 200).to_dict()
+    assert (
+        iv["difference"]["value"] == pytest.approx(tuned.mean() - base.mean()) and iv["difference"]["low"] > 0
+    )
+    assert "a real improvement" in report["summary"][0]
+    md = (run / "report.md").read_text()
+    assert "| length | format |" in md and "reward tuned" in md
+
+
+def test_eval_json_without_result_field_is_read_by_its_shape(tmp_path):
+    """eval.json files written before schema_version 1 (no "result") still get their section."""
+    from test_report_inputs import classification_eval, fabricated_run
+
+    ev = classification_eval()
+    for key in ("schema_version", "task", "kind", "result"):
+        del ev[key]
+    run = fabricated_run(tmp_path / "run", ev)
+    report = json.loads(build_report(run)["json"].read_text())
+    assert report["base_vs_tuned"]["tuned"]["accuracy"] == ev["tuned"]["accuracy"]
+    assert "Not measured for classifiers" in (run / "report.md").read_text()
+
+
+def test_report_layer_runs_no_models():
+    """Nothing under tuneforge/report imports the layers that load or train models."""
+    import ast
+
+    forbidden = ("tasks", "run", "recipe", "train", "models", "methods", "serve", "probes")
+    root = Path(tuneforge.__file__).parent / "report"
+    found = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            found += [
+                (path.name, n)
+                for n in names
+                if any(n == f"tuneforge.{f}" or n.startswith(f"tuneforge.{f}.") for f in forbidden)
+            ]
+    assert found == []

@@ -128,12 +128,12 @@ def test_every_method_trains_saves_and_loads_back(tiny_llama, chat_file, tmp_pat
     from tuneforge.run import load_causal_lm_dir
     from tuneforge.tasks.sft import SFTTask
     from tuneforge.train.loop import fit
-    from tuneforge.train.recipe import make_accelerator
+    from tuneforge.recipe import make_accelerator
 
     cfg = from_dict(sft_config(tiny_llama, chat_file, tmp_path, method, method=extra, training={"lr": lr}))
     torch.manual_seed(0)
     task = SFTTask(cfg)
-    prepared = prepare(task.model, cfg.method, cfg.training, "sft")
+    prepared = prepare(task.model, cfg.method, cfg.training, head=False)
     model = prepared.model
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     trainable = {p.data_ptr() for p in model.parameters() if p.requires_grad}  # tied weights share storage
@@ -160,7 +160,7 @@ def test_every_method_trains_saves_and_loads_back(tiny_llama, chat_file, tmp_pat
 
 
 def test_evaluation_base_vs_tuned_and_samples(tiny_llama, chat_file, tmp_path):
-    from tuneforge.train.recipe import train
+    from tuneforge.recipe import train
 
     cfg = sft_config(
         tiny_llama,
@@ -235,7 +235,7 @@ def test_chat_and_generate_commands(tiny_llama, chat_file, tmp_path, capsys):
     from tuneforge.cli import main
     from tuneforge.run import Run
     from tuneforge.serve.chat import chat
-    from tuneforge.train.recipe import train
+    from tuneforge.recipe import train
 
     run = train(sft_config(tiny_llama, chat_file, tmp_path, "lora", training={"max_steps": 1}))
     capsys.readouterr()

@@ -6,6 +6,8 @@ run.evaluate()                                                     # eval.json: 
 run.predict(["a gripping, beautiful film"])                        # [{'label': 'fresh', ...}]
 """
 
+import tuneforge.tasks  # noqa: F401  (registers the tasks' config rules)
+import tuneforge.train  # noqa: F401  (loaded before ``train`` below, which then stays the function)
 from tuneforge.config import RunConfig, load_config
 from tuneforge.errors import TuneforgeError
 from tuneforge.run import Run
@@ -17,8 +19,12 @@ __version__ = "0.1.0"
 
 
 def train(config, overrides=None, resume=False) -> Run:
-    """Fine-tune as ``config`` says (a YAML path, a dict or a ``RunConfig``); returns the finished ``Run``."""
-    from tuneforge.train.recipe import train as _train
+    """Fine-tune as ``config`` says (a YAML path, a dict or a ``RunConfig``); returns the finished ``Run``.
+
+    (``tuneforge.train`` the function shadows the subpackage of the same name as an attribute; import the
+    loop's modules by their full names: ``from tuneforge.train.loop import fit``.)
+    """
+    from tuneforge.recipe import train as _train
 
     return _train(config, overrides, resume)
 

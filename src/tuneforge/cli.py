@@ -17,9 +17,10 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from tuneforge.errors import TuneforgeError
-from tuneforge.utils import console
+from tuneforge.utils import console, stdout, text_lines
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]):
@@ -27,78 +28,71 @@ def _table(title: str, columns: list[str], rows: list[list[str]]):
 
     t = Table(title=title)
     for c in columns:
-        t.add_column(c)
+        t.add_column(c, overflow="fold")  # never "…": a piped table keeps every name whole
     for r in rows:
         t.add_row(*r)
     return t
 
 
 def print_eval(result: dict) -> None:
-    if result.get("task") == "sft":  # language models: perplexity base vs tuned, sample answers
-        from tuneforge.tasks.sft import format_eval
+    """The terminal summary of an eval.json, as its task writes it."""
+    from tuneforge.tasks import get_task
 
-        console.print("\n".join(format_eval(result)), highlight=False)
-        return
-    if result.get("task") in (
-        "reward",
-        "dpo",
-        "grpo",
-    ):  # preference tuning: accuracy or reward, base vs tuned
-        import importlib
+    console.print("\n".join(get_task(result["task"]).format_eval(result)), highlight=False, markup=False)
 
-        lines = importlib.import_module(f"tuneforge.tasks.{result['task']}").format_eval(result)
-        console.print("\n".join(lines), highlight=False)
-        return
-    tuned, base = result["tuned"], result.get("baseline")
-    rows = [["tuned model", f"{tuned['accuracy']:.4f}", f"{tuned['macro_f1']:.4f}", str(tuned["n"])]]
-    if base:
-        rows.append(
-            [
-                f"baseline (always '{base['predicts']}')",
-                f"{base['accuracy']:.4f}",
-                f"{base['macro_f1']:.4f}",
-                str(base["n"]),
-            ]
-        )
-    console.print(
-        _table(
-            f"{result['split']} split: {result['data']}", ["model", "accuracy", "macro-F1", "examples"], rows
-        )
-    )
-    per = tuned["per_class"]
-    if len(per) <= 25:
+
+def _launch(nproc: int, argv: list[str]) -> int:
+    """Run ``tuneforge ARGV`` on ``nproc`` local processes through torchrun (rendezvous, DDP), each with its
+    share of the cores. A failure ends in one clear line, not torchrun's own traceback."""
+    from tuneforge.threads import launcher_env
+
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    cmd = [torchrun, "--standalone", f"--nproc_per_node={nproc}", "-m", "tuneforge.cli", *argv]
+    env = {**os.environ, **launcher_env(nproc), "TUNEFORGE_LAUNCHED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
+    hiding = False
+    assert proc.stderr is not None
+    while chunk := os.read(proc.stderr.fileno(), 65536):
+        text = chunk.decode("utf-8", "replace")
+        # torchrun reports a failed process with its own traceback: the process already said what went wrong
+        if not hiding and ("torch.distributed.elastic" in text or "ChildFailedError" in text):
+            hiding = True
+            text = text[: min(i for i in (text.find("torch.distributed.elastic"), text.find("ChildFailedError")) if i >= 0)]
+            text = text[: text.rfind("\n") + 1]
+        if text and not hiding:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+    code = proc.wait()
+    if code and not hiding:
+        console.print(f"[bold red]error:[/bold red] a training process failed (exit code {code}); see above.")
+    elif code:
         console.print(
-            _table(
-                "per class (tuned)",
-                ["label", "precision", "recall", "F1", "support"],
-                [
-                    [k, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"])]
-                    for k, v in per.items()
-                ],
-            )
+            f"[bold red]error:[/bold red] {nproc}-process training stopped: a process failed (its message is above).",
+            highlight=False,
         )
+    return 2 if code else 0
 
 
 def cmd_train(args) -> None:
-    from tuneforge.train.recipe import train
+    from tuneforge.recipe import train
 
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config and not os.path.exists(config):
         config, overrides = None, [config, *overrides]
-    if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
-        torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-        cmd = [torchrun, "--standalone", f"--nproc_per_node={args.nproc}", "-m", "tuneforge.cli", "train"]
-        cmd += ([config] if config else []) + overrides
-        if args.resume:
-            cmd += ["--resume"] + ([args.resume] if isinstance(args.resume, str) else [])
-        sys.exit(subprocess.call(cmd))
-    run = train(config, overrides, resume=args.resume or False)
-    if run.path.joinpath("eval.json").exists() and int(os.environ.get("RANK", "0")) == 0:
-        result = json.loads((run.path / "eval.json").read_text())
-        if "tuned" in result and (
-            "accuracy" in result["tuned"] or result.get("task") in ("sft", "reward", "dpo", "grpo")
-        ):
-            print_eval(result)
+    resume = args.resume or False
+    if isinstance(resume, str) and "=" in resume and not os.path.exists(resume):
+        resume, overrides = True, [*overrides, resume]  # `train CFG --resume a.b=1`: an override, not a folder
+    if args.nproc < 1:
+        raise TuneforgeError(f"--nproc must be at least 1, got {args.nproc}.")
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        argv = ["train", *([config] if config else []), *overrides]
+        if resume:
+            argv += ["--resume"] + ([resume] if isinstance(resume, str) else [])
+        sys.exit(_launch(args.nproc, argv))
+    run = train(config, overrides, resume=resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        if (run.path / "eval.json").exists():
+            print_eval(json.loads((run.path / "eval.json").read_text()))
         console.print(f"run folder: [bold]{run.path}[/bold]")
 
 
@@ -159,11 +153,14 @@ def cmd_predict(args) -> None:
     from tuneforge.run import Run
 
     texts = list(args.texts)
+    if texts == ["-"]:
+        texts = text_lines("-", "text")
     if args.file:
-        with open(args.file) as fh:
-            texts += [line.rstrip("\n") for line in fh if line.strip()]
+        texts += text_lines(args.file, "text")
     if not texts:
-        raise TuneforgeError('predict: give texts (tuneforge predict RUN_DIR "some text") or --file FILE.')
+        raise TuneforgeError(
+            'predict: give texts (tuneforge predict RUN_DIR "some text"), --file FILE, or - to read standard input.'
+        )
     for text, p in zip(texts, Run(args.run_dir).predict(texts)):
         if args.json:
             print(json.dumps({"text": text, **p}))
@@ -174,7 +171,7 @@ def cmd_predict(args) -> None:
 def cmd_models(args) -> None:
     from tuneforge.models.catalogue import MODELS
 
-    console.print(
+    stdout.print(
         _table(
             "bundled models (model.name)",
             ["alias", "kind", "params", "licence", "description"],
@@ -189,7 +186,7 @@ def cmd_models(args) -> None:
 def cmd_datasets(args) -> None:
     from tuneforge.data.bundled import DATASETS
 
-    console.print(
+    stdout.print(
         _table(
             "bundled datasets (data.train)",
             ["alias", "format", "description"],
@@ -202,12 +199,34 @@ def cmd_datasets(args) -> None:
 
 
 def cmd_config(args) -> None:
+    """Print the resolved config after checking what can be checked cheaply: data files, the model."""
     from tuneforge.config import describe, load_config
 
     if args.reference:
         print(describe())
         return
-    print(load_config(args.config, list(args.overrides)).to_yaml(), end="")
+    cfg = load_config(args.config, list(args.overrides))
+    problems = check_paths(cfg)
+    print(cfg.to_yaml(), end="")
+    if problems:
+        raise TuneforgeError("the config is valid, but:\n  " + "\n  ".join(problems))
+
+
+def check_paths(cfg) -> list[str]:
+    """What would stop a run at its start, found without loading anything heavy."""
+    from tuneforge.data.bundled import is_bundled
+    from tuneforge.models.load import resolve_model
+
+    problems = []
+    for key in ("train", "validation", "test"):
+        spec = getattr(cfg.data, key)
+        if spec and not is_bundled(spec.split(":")[0]) and not Path(spec).is_file():
+            problems.append(f"data.{key}: {spec} is not a file or a bundled dataset (`tuneforge datasets`).")
+    try:
+        resolve_model(cfg.model.name)
+    except TuneforgeError as e:
+        problems.append(f"model.name: {e}")
+    return problems
 
 
 DEMO = {
@@ -222,7 +241,7 @@ DEMO = {
 
 def cmd_demo(args) -> None:
     """The main job on embedded defaults: MiniLM-L6 fine-tuned for Rotten Tomatoes sentiment."""
-    from tuneforge.train.recipe import train
+    from tuneforge.recipe import train
 
     console.print(
         "[bold]demo:[/bold] full fine-tuning of MiniLM-L6 on Rotten Tomatoes sentiment "
@@ -273,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify texts with a run's final model")
     p.add_argument("run_dir")
-    p.add_argument("texts", nargs="*", help="texts to classify")
-    p.add_argument("--file", help="a text file, one input per line")
+    p.add_argument("texts", nargs="*", help="texts to classify (- reads them from standard input, one per line)")
+    p.add_argument("--file", help="a text file, one input per line (- for standard input)")
     p.add_argument(
         "--json", action="store_true", help="print one JSON object per text, with every label's probability"
     )
@@ -309,19 +328,20 @@ def build_parser() -> argparse.ArgumentParser:
     from tuneforge.report.cli import add_report_commands
 
     add_report_commands(sub)  # report, compare
-    # ---- data commands (audit / prepare) are added below by add_data_commands when available
-    try:
-        from tuneforge.data.cli import add_data_commands
-    except ImportError:
-        add_data_commands = None
-    if add_data_commands is not None:
-        add_data_commands(sub)
+    from tuneforge.data.cli import add_data_commands
+
+    add_data_commands(sub)  # data audit, data prepare
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # overrides after options (`train CFG --nproc 2 a.b=1`) belong to the overrides
+        if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     import logging
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
@@ -331,14 +351,24 @@ def main(argv: list[str] | None = None) -> None:
         quiet_libraries()
     try:
         args.func(args)
+    except BrokenPipeError:  # `tuneforge ... | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)
     except TuneforgeError as e:
         if args.verbose:
             raise
-        console.print(f"[bold red]error:[/bold red] {e}", highlight=False)
-        sys.exit(2)
+        console.print(f"[bold red]error:[/bold red] {_escape(str(e))}", highlight=False)
+        sys.exit(128 + e.signum if getattr(e, "signum", None) else 2)
     except KeyboardInterrupt:
-        console.print("interrupted: the last checkpoint is whole; continue with --resume.")
+        console.print("interrupted before training started: nothing was saved.")
         sys.exit(130)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 if __name__ == "__main__":

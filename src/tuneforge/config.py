@@ -1,15 +1,23 @@
 """The run schema: one YAML file describes a whole run (model, data, method, training, eval, output).
 
-Every field has a default and a one-line description (``help``). Unknown keys and conflicting
-options are rejected at load with a message that says what to write instead. ``key=value``
-overrides use dotted paths (``training.lr=1e-4``). The resolved config is saved in the run folder.
+Every field has a default and a one-line description (``help``); a number's range and a text's choices
+sit beside it in the field's metadata (``ge``/``gt``/``le``/``lt``, ``choices``, ``why``). Unknown keys
+and conflicting options are rejected at load with a message that says what to write instead.
+``key=value`` overrides use dotted paths (``training.lr=1e-4``). The resolved config is saved in the
+run folder; on ``--resume`` only ``RESUMABLE_KEYS`` may differ from it (``check_resume_changes``).
+
+Validation is a list of small rules (``RULES``), one check each, run in order by ``validate``; then
+every check the tasks registered (``register_task_check``), which own everything that depends on the
+task's name. No rule here compares task names.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +26,26 @@ import yaml
 
 from tuneforge.errors import ConfigError
 
-TASKS = ("classification", "sft", "reward", "dpo", "grpo")
 METHODS = ("full", "freeze", "unfreeze", "lora", "dora", "ia3", "prefix", "prompt")
 PEFT_METHODS = ("lora", "dora", "ia3", "prefix", "prompt")
+VIRTUAL_TOKEN_METHODS = ("prefix", "prompt")
+DATA_FORMATS = (
+    "auto",
+    "classification",
+    "messages",
+    "sharegpt",
+    "alpaca",
+    "prompt_completion",
+    "text",
+    "preference",
+    "kto",
+)
+PREFERENCE_LOSSES = ("sigmoid", "ipo", "hinge", "orpo", "kto")
+GRPO_LOSS_AGGREGATIONS = ("grpo", "bnpo", "dr_grpo", "dapo")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A schema field: its default, one-line help, and optional checks (ge, gt, le, lt, choices, why)."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
@@ -34,9 +56,14 @@ class ModelConfig:
     name: str = _f(
         "minilm-l6", "Bundled alias (see `tuneforge models`), a local folder, a .gguf file, or a hub id."
     )
-    dtype: str = _f("float32", "Weights dtype when loading: float32 or bfloat16.")
+    dtype: str = _f(
+        "float32", "Weights dtype when loading: float32 or bfloat16.", choices=("float32", "bfloat16")
+    )
     dropout: float | None = _f(
-        None, "Override the model's dropout probabilities (hidden and attention); null keeps them."
+        None,
+        "Override the model's dropout probabilities (hidden and attention); null keeps them.",
+        ge=0,
+        lt=1,
     )
     chat_template: str | None = _f(
         None, "Chat template for models without one: a name (chatml) or a Jinja string."
@@ -47,6 +74,7 @@ class ModelConfig:
         "Attention kernel for training: auto (tuneforge's on CPU for sequences up to 1,024 tokens: eager attention "
         "without repeated keys/values that recomputes long queries' scores in backward, faster than SDPA's "
         "backward there; the model's default otherwise), tuneforge, eager, sdpa or flash_attention_2.",
+        choices=("auto", "tuneforge", "eager", "sdpa", "flash_attention_2", "flex_attention"),
     )
 
 
@@ -63,6 +91,7 @@ class DataConfig:
     format: str = _f(
         "auto",
         "Row format: auto, classification, messages, sharegpt, alpaca, prompt_completion, text, preference, kto.",
+        choices=DATA_FORMATS,
     )
     text_column: str = _f("text", "Column with the input text (classification).")
     label_column: str = _f("label", "Column with the label (classification).")
@@ -70,84 +99,151 @@ class DataConfig:
         None, "Label names in id order; null takes the sorted labels found in the training data."
     )
     validation_fraction: float = _f(
-        0.1, "Fraction of training rows held out for validation when no file is given (stratified)."
+        0.1,
+        "Fraction of training rows held out for validation when no file is given (stratified).",
+        ge=0,
+        lt=0.5,
     )
     test_fraction: float = _f(
-        0.1, "Fraction of training rows held out for test when no test file or split exists (stratified)."
+        0.1,
+        "Fraction of training rows held out for test when no test file or split exists (stratified).",
+        ge=0,
+        lt=0.5,
     )
-    max_length: int = _f(128, "Maximum tokens per example; longer ones are truncated and counted.")
-    limit: int | None = _f(None, "Use at most this many training rows (after the split), for quick runs.")
-    eval_limit: int | None = _f(None, "Use at most this many validation and test rows.")
+    max_length: int = _f(128, "Maximum tokens per example; longer ones are truncated and counted.", ge=1)
+    limit: int | None = _f(
+        None,
+        "Use at most this many training rows (after the split), for quick runs.",
+        ge=1,
+        why="null uses every row",
+    )
+    eval_limit: int | None = _f(
+        None, "Use at most this many validation and test rows.", ge=1, why="null uses every row"
+    )
     allow_leakage: bool = _f(False, "Train even when the audit finds train/test overlap.")
+    allow_audit_errors: bool = _f(
+        False,
+        "Train even when the pre-flight audit finds error findings (rows that cannot train correctly); "
+        "warnings never stop a run.",
+    )
     audit: bool = _f(True, "Run the data audit as a pre-flight step.")
     near_dup_threshold: float = _f(
-        0.8, "Audit: word-set Jaccard similarity from which two examples count as near-duplicates (0-1]."
+        0.8,
+        "Audit: word-set Jaccard similarity from which two examples count as near-duplicates (0-1].",
+        gt=0,
+        le=1,
     )
 
 
 @dataclass
 class MethodConfig:
-    name: str = _f("full", "What trains: full, freeze, unfreeze, lora, dora, ia3, prefix, prompt.")
+    name: str = _f(
+        "full", "What trains: full, freeze, unfreeze, lora, dora, ia3, prefix, prompt.", choices=METHODS
+    )
     freeze_layers: int | None = _f(
-        None, "freeze: freeze only the lowest N layers (and embeddings); null freezes the whole base."
+        None,
+        "freeze: freeze only the lowest N layers (and embeddings); null freezes the whole base.",
+        ge=0,
     )
     unfreeze_every: str | int = _f(
-        "epoch", "unfreeze: unfreeze one more layer from the top every N optimizer steps, or 'epoch'."
+        "epoch",
+        "unfreeze: unfreeze one more layer from the top every N optimizer steps, or 'epoch'.",
+        choices=("epoch",),
+        ge=1,
+        why="a number of optimizer steps",
     )
     layer_lr_decay: float = _f(
-        1.0, "full/unfreeze: learning rate multiplier per layer going down (1.0 = none, ULMFiT uses 1/2.6)."
+        1.0,
+        "full/unfreeze: learning rate multiplier per layer going down (1.0 = none, ULMFiT uses 1/2.6).",
+        gt=0,
+        le=1,
     )
-    r: int = _f(16, "lora/dora: adapter rank.")
-    alpha: int = _f(32, "lora/dora: scaling numerator (scale = alpha / r).")
+    r: int = _f(16, "lora/dora: adapter rank.", ge=1, why="the adapter's rank; 8 to 64 are usual")
+    alpha: int = _f(32, "lora/dora: scaling numerator (scale = alpha / r).", gt=0, why="often 2 x r")
     lora_dropout: float = _f(
-        0.0, "lora/dora: dropout on the adapter input (0 skips it: no extra copy of the activations)."
+        0.0,
+        "lora/dora: dropout on the adapter input (0 skips it: no extra copy of the activations).",
+        ge=0,
+        lt=1,
     )
     target_modules: str | list[str] = _f("all-linear", "lora/dora/ia3: module names to adapt, or all-linear.")
-    num_virtual_tokens: int = _f(20, "prefix/prompt: number of virtual tokens.")
+    num_virtual_tokens: int = _f(20, "prefix/prompt: number of virtual tokens.", ge=1)
 
 
 @dataclass
 class TrainingConfig:
     epochs: float = _f(1, "Passes over the training data (ignored when max_steps is set).")
-    max_steps: int | None = _f(None, "Stop after this many optimizer steps.")
-    batch_size: int = _f(16, "Examples per micro-batch on each process.")
-    grad_accum: int = _f(1, "Micro-batches per optimizer step (exactly a larger batch).")
-    lr: float = _f(5e-5, "Peak learning rate.")
-    head_lr: float | None = _f(None, "Learning rate of the new output head; null uses `lr`.")
-    weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and norms).")
-    scheduler: str = _f("linear", "Decay after warmup: linear, cosine or constant.")
+    max_steps: int | None = _f(
+        None, "Stop after this many optimizer steps.", ge=1, why="null trains for training.epochs"
+    )
+    batch_size: int = _f(16, "Examples per micro-batch on each process.", ge=1)
+    grad_accum: int = _f(1, "Micro-batches per optimizer step (exactly a larger batch).", ge=1)
+    lr: float = _f(5e-5, "Peak learning rate.", gt=0)
+    head_lr: float | None = _f(
+        None, "Learning rate of the new output head; null uses `lr`.", gt=0, why="null uses training.lr"
+    )
+    weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and norms).", ge=0)
+    scheduler: str = _f(
+        "linear", "Decay after warmup: linear, cosine or constant.", choices=("linear", "cosine", "constant")
+    )
     warmup_ratio: float | None = _f(
-        None, "Fraction of steps spent warming up; null means 0.06 unless warmup_steps is set."
+        None, "Fraction of steps spent warming up; null means 0.06 unless warmup_steps is set.", ge=0, lt=1
     )
-    warmup_steps: int | None = _f(None, "Warmup steps; overrides warmup_ratio.")
-    max_grad_norm: float | None = _f(1.0, "Clip the gradient norm to this value; null disables clipping.")
+    warmup_steps: int | None = _f(None, "Warmup steps; overrides warmup_ratio.", ge=0)
+    max_grad_norm: float | None = _f(
+        1.0,
+        "Clip the gradient norm to this value; null disables clipping.",
+        gt=0,
+        why="null disables clipping",
+    )
     precision: str = _f(
-        "auto", "auto (bf16 autocast where the GPU or CPU supports it, else fp32), fp32 or bf16."
+        "auto",
+        "auto (bf16 autocast where the GPU or CPU supports it, else fp32), fp32 or bf16.",
+        choices=("auto", "fp32", "bf16"),
     )
-    seed: int = _f(42, "Seed for splits, shuffling, initialisation and dropout.")
+    seed: int = _f(42, "Seed for splits, shuffling, initialisation and dropout.", ge=0)
     eval_every: int | None = _f(
-        None, "Evaluate on validation every N optimizer steps; null evaluates once per epoch."
+        None,
+        "Evaluate on validation every N optimizer steps; null evaluates once per epoch.",
+        ge=1,
+        why="null evaluates once per epoch",
     )
     save_every: int | None = _f(
-        None, "Write a resumable checkpoint every N steps; null saves at each evaluation."
+        None,
+        "Write a resumable checkpoint every N steps; null saves at each evaluation.",
+        ge=1,
+        why="null saves at each evaluation",
     )
-    keep_checkpoints: int = _f(2, "Resumable checkpoints kept (older ones are deleted).")
+    keep_checkpoints: int = _f(2, "Resumable checkpoints kept (older ones are deleted).", ge=1)
     metric: str = _f(
         "auto", "Validation metric for early stopping and the best checkpoint (auto: accuracy or loss)."
     )
     early_stopping_patience: int | None = _f(
-        None, "Stop after this many evaluations without improvement; null never stops early."
+        None,
+        "Stop after this many evaluations without improvement; null never stops early.",
+        ge=1,
+        why="null never stops early",
     )
-    log_every: int = _f(10, "Log training loss every N optimizer steps.")
+    log_every: int = _f(10, "Log training loss every N optimizer steps.", ge=1)
     group_by_length: bool = _f(
         True, "Batch examples of similar length together (less padding, same examples per step)."
     )
-    device: str = _f("auto", "auto, cpu or cuda.")
+    device: str = _f("auto", "auto, cpu or cuda.", choices=("auto", "cpu", "cuda"))
+    threads: int | str = _f(
+        "auto",
+        "CPU threads per process: auto (the cores this process may use, from CPU affinity and the cgroup "
+        "quota, divided among the local processes) or a number.",
+        choices=("auto",),
+        ge=1,
+    )
     max_batch_tokens: int | str | None = _f(
         "auto",
         "Split a micro-batch whose padded tokens exceed this (caps activation memory; the gradient is unchanged): "
         "auto (as many tokens as keep the measured activations under 512 MB on CPU, a quarter of the GPU), "
         "a number, or null (never split).",
+        choices=("auto",),
+        ge=1,
+        why="tokens per micro-batch; null never splits",
     )
     bf16_frozen_base: bool = _f(
         True,
@@ -157,6 +253,7 @@ class TrainingConfig:
         "auto",
         "torch.compile the transformer blocks (one shared graph, dynamic shapes): auto (runs of 20+ steps on "
         "models with 5M+ parameters in their layers, where a compiler is available), true or false.",
+        choices=("auto", "true", "false"),
     )
     memory_check: bool = _f(
         True,
@@ -166,12 +263,17 @@ class TrainingConfig:
 
 @dataclass
 class EvalConfig:
-    batch_size: int = _f(64, "Batch size for evaluation.")
+    batch_size: int = _f(64, "Batch size for evaluation.", ge=1)
     baseline: bool = _f(
         True, "Also evaluate a reference (majority class or base model) beside the tuned model."
     )
     report: bool = _f(True, "Write report.md and report.html in the run folder at the end of training.")
-    bootstrap_samples: int = _f(1000, "Bootstrap resamples for the report's 95% confidence intervals.")
+    bootstrap_samples: int = _f(
+        1000,
+        "Bootstrap resamples for the report's 95% confidence intervals.",
+        ge=100,
+        why="for a stable 95% interval",
+    )
     forgetting: bool = _f(
         True, "Language models: compare base and tuned perplexity on a general-English reference text."
     )
@@ -186,9 +288,11 @@ class EvalConfig:
     forgetting_threshold: float = _f(
         0.1,
         "Warn when the tuned model's reference perplexity exceeds the base model's by more than this fraction.",
+        gt=0,
+        why="a fraction: 0.1 = 10%",
     )
     forgetting_max_texts: int = _f(
-        200, "Use at most this many paragraphs/rows of the reference text (and of forgetting_data)."
+        200, "Use at most this many paragraphs/rows of the reference text (and of forgetting_data).", ge=1
     )
     bias: bool = _f(
         True, "Run the bias probe: swap demographic terms in held-out inputs and measure how the model moves."
@@ -196,7 +300,7 @@ class EvalConfig:
     bias_terms: str | None = _f(
         None, "A JSON/YAML file of extra term groups for the bias probe (shape of resources/bias_terms.json)."
     )
-    bias_max_examples: int = _f(200, "Probe at most this many held-out inputs per term category.")
+    bias_max_examples: int = _f(200, "Probe at most this many held-out inputs per term category.", ge=1)
 
 
 @dataclass
@@ -218,17 +322,16 @@ class SFTConfig:
         None, "System message added to every conversation that has none; null keeps the template's."
     )
     samples: int = _f(
-        5, "Held-out prompts answered by the base and the tuned model after training (samples.jsonl)."
+        5, "Held-out prompts answered by the base and the tuned model after training (samples.jsonl).", ge=0
     )
-    max_new_tokens: int = _f(64, "Longest answer, in tokens, for sample generations, chat and generate.")
-    temperature: float = _f(0.0, "Sampling temperature for generation; 0 is greedy (deterministic).")
+    max_new_tokens: int = _f(
+        64, "Longest answer, in tokens, for sample generations, chat and generate.", ge=1
+    )
+    temperature: float = _f(0.0, "Sampling temperature for generation; 0 is greedy (deterministic).", ge=0)
     fast_loss: bool = _f(
         True,
         "Apply the output layer only where loss is taken (same loss, less time and memory); false uses full logits.",
     )
-
-
-PREFERENCE_LOSSES = ("sigmoid", "ipo", "hinge", "orpo", "kto")
 
 
 @dataclass
@@ -236,18 +339,26 @@ class PreferenceConfig:
     loss_type: str = _f(
         "sigmoid",
         "dpo: sigmoid (DPO), ipo, hinge, orpo (no reference model) or kto (unpaired good/bad rows; pairs are split into them).",
+        choices=PREFERENCE_LOSSES,
     )
     beta: float = _f(
         0.1,
         "dpo: how far the policy may move from the reference (DPO/IPO/hinge/KTO beta); orpo: weight of the odds-ratio term.",
+        gt=0,
     )
     label_smoothing: float = _f(
-        0.0, "dpo sigmoid: assumed fraction of wrongly ordered pairs (conservative DPO), in [0, 0.5)."
+        0.0,
+        "dpo sigmoid: assumed fraction of wrongly ordered pairs (conservative DPO), in [0, 0.5).",
+        ge=0,
+        lt=0.5,
     )
-    desirable_weight: float = _f(1.0, "kto: loss weight of desirable (label true) rows.")
-    undesirable_weight: float = _f(1.0, "kto: loss weight of undesirable (label false) rows.")
+    desirable_weight: float = _f(1.0, "kto: loss weight of desirable (label true) rows.", gt=0)
+    undesirable_weight: float = _f(1.0, "kto: loss weight of undesirable (label false) rows.", gt=0)
     center_rewards: float | None = _f(
-        None, "reward: weight of a (r_chosen + r_rejected)^2 penalty that keeps rewards near 0; null: none."
+        None,
+        "reward: weight of a (r_chosen + r_rejected)^2 penalty that keeps rewards near 0; null: none.",
+        ge=0,
+        why="a non-negative weight; null adds no penalty",
     )
 
 
@@ -260,19 +371,37 @@ class GRPOConfig:
     reward_weights: list[float] | None = _f(
         None, "Weight of each reward function, in order; null weighs each 1."
     )
-    group_size: int = _f(4, "Completions sampled per prompt; each is scored against the others of its group.")
-    max_new_tokens: int = _f(32, "Longest sampled completion, in tokens.")
-    temperature: float = _f(1.0, "Sampling temperature for the completions (must be > 0).")
-    top_p: float = _f(1.0, "Nucleus sampling: keep the smallest set of tokens with this total probability.")
+    group_size: int = _f(
+        4,
+        "Completions sampled per prompt; each is scored against the others of its group.",
+        ge=2,
+        why="advantages compare completions of one prompt",
+    )
+    max_new_tokens: int = _f(32, "Longest sampled completion, in tokens.", ge=1)
+    temperature: float = _f(
+        1.0, "Sampling temperature for the completions (must be > 0).", gt=0, why="GRPO samples"
+    )
+    top_p: float = _f(
+        1.0, "Nucleus sampling: keep the smallest set of tokens with this total probability.", gt=0, le=1
+    )
     kl_beta: float = _f(
-        0.04,
-        "Weight of the KL penalty to the reference model (the base, or the adapter switched off); 0 drops it.",
+        0.0,
+        "Weight of the KL penalty to the reference model (the base, or the adapter switched off). "
+        "0.0 as TRL: no reference model needed; set 0.04 for the original GRPO penalty.",
+        ge=0,
+    )
+    loss_aggregation: str = _f(
+        "dapo",
+        "How per-token losses are averaged: grpo (per-sequence mean, then mean; length-biased), bnpo (over "
+        "the tokens of the micro-batch), dr_grpo (sum / (completions x max_new_tokens)) or dapo (over the "
+        "tokens of the whole optimizer step; the default, as TRL 1.16).",
+        choices=GRPO_LOSS_AGGREGATIONS,
     )
     scale_rewards: bool = _f(
         True, "Divide each group's advantages by its reward std (false: only subtract the group mean)."
     )
     eval_prompts: int = _f(
-        32, "Held-out prompts answered (greedy) to measure the mean reward at each evaluation."
+        32, "Held-out prompts answered (greedy) to measure the mean reward at each evaluation.", ge=0
     )
 
 
@@ -315,21 +444,127 @@ class RunConfig:
         Path(path).write_text(self.to_yaml())
 
 
+# ---------------------------------------------------------------- names from other tools
+# Keys users bring from the transformers Trainer, TRL, PEFT, Axolotl and torchtune, checked before the
+# spelling-based suggestion: `learning_rate` means `training.lr`, not `early_stopping_patience`.
+# A key is looked up as `section.key` first, then bare.
+ALIASES = {
+    "learning_rate": "training.lr",
+    "num_train_epochs": "training.epochs",
+    "num_epochs": "training.epochs",
+    "n_epochs": "training.epochs",
+    "per_device_train_batch_size": "training.batch_size",
+    "train_batch_size": "training.batch_size",
+    "micro_batch_size": "training.batch_size",
+    "gradient_accumulation_steps": "training.grad_accum",
+    "gradient_accumulation": "training.grad_accum",
+    "warmup": "training.warmup_ratio",
+    "lr_scheduler_type": "training.scheduler",
+    "lr_scheduler": "training.scheduler",
+    "logging_steps": "training.log_every",
+    "eval_steps": "training.eval_every",
+    "save_steps": "training.save_every",
+    "save_total_limit": "training.keep_checkpoints",
+    "clip_grad_norm": "training.max_grad_norm",
+    "gradient_clipping": "training.max_grad_norm",
+    "early_stopping": "training.early_stopping_patience",
+    "mixed_precision": "training.precision",
+    "bf16": "training.precision",
+    "fp16": "training.precision",
+    "torch_compile": "training.compile",
+    "num_threads": "training.threads",
+    "per_device_eval_batch_size": "eval.batch_size",
+    "eval_batch_size": "eval.batch_size",
+    "lora_r": "method.r",
+    "rank": "method.r",
+    "lora_alpha": "method.alpha",
+    "lora_target_modules": "method.target_modules",
+    "peft": "method.name",
+    "adapter": "method.name",
+    "max_seq_length": "data.max_length",
+    "max_seq_len": "data.max_length",
+    "sequence_len": "data.max_length",
+    "cutoff_len": "data.max_length",
+    "dataset": "data.train",
+    "train_file": "data.train",
+    "base_model": "model.name",
+    "model_name_or_path": "model.name",
+    "output_dir": "output.dir",
+    "num_generations": "grpo.group_size",
+    "max_completion_length": "grpo.max_new_tokens",
+    "grpo.beta": "grpo.kl_beta",
+    "grpo.loss_type": "grpo.loss_aggregation",
+    "lora": "method",
+    "optimizer": "training",
+    "evaluation": "eval",
+}
+
+
 def _suggest(key: str, options: typing.Iterable[str]) -> str:
+    """A ' Did you mean ...?' for a misspelt choice, or nothing."""
     close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
+def _suggest_key(key: str, section: str | None) -> str:
+    """A suggestion for an unknown key in ``section`` (None: the top level): another tool's name for one of
+    ours, the same name in another section, or the closest spelling."""
+    target = ALIASES.get(f"{section}.{key}") or ALIASES.get(key)
+    if target is None:
+        elsewhere = [f"{s}.{key}" for s, cls in SECTIONS.items() if s != section and key in _names(cls)]
+        target = elsewhere[0] if elsewhere else None
+    if target is not None:
+        if section is not None and target.startswith(f"{section}."):
+            target = target[len(section) + 1 :]
+        return f" Did you mean '{target}'?"
+    options = _names(SECTIONS[section]) if section else _names(RunConfig)
+    return _suggest(key, options)
+
+
+def _names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+# ---------------------------------------------------------------- YAML
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, line, seen[key])
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                continue
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
+# ---------------------------------------------------------------- types
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "None": type(None)}
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Check a YAML value against a field annotation (str, int, float, bool, None, list[str])."""
-    options = [
-        a.strip() for a in str(annotation).split("|")
-    ]  # annotations are strings (postponed evaluation)
-    ok_types: list[type] = []
-    for opt in options:
-        ok_types.append(
-            {"str": str, "int": int, "float": float, "bool": bool, "None": type(None)}.get(opt, list)
-        )
+    """Check a YAML value against a field annotation (str, int, float, bool, None, list[...]) and return
+    it converted (ints to float for float fields, list items to their type)."""
+    # annotations are strings here (postponed evaluation): "int | str | None"
+    options = [a.strip() for a in str(annotation).split("|")]
+    ok_types = [_TYPES.get(opt, list) for opt in options]
     if value is None and type(None) in ok_types:
         return None
     if isinstance(value, bool):
@@ -343,7 +578,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return value
     elif isinstance(value, str) and float in ok_types:
         try:
-            return float(value)
+            return float(value)  # PyYAML reads 1e-4 (no dot) as text
         except ValueError:
             pass
     elif isinstance(value, list) and list in ok_types:
@@ -352,11 +587,295 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 raise ConfigError(f"{where}: expected a list of numbers, got {value!r}.")
             return [float(v) for v in value]
         return [str(v) for v in value]
+    if isinstance(value, str) and bool in ok_types and str not in ok_types:
+        raise ConfigError(f"{where}: expected true or false, got the text {value!r}; write true or false.")
     names = " or ".join(t.__name__ if t is not type(None) else "null" for t in ok_types)
     raise ConfigError(f"{where}: expected {names}, got {value!r} ({type(value).__name__}).")
 
 
-def _build(cls: type, raw: Any, where: str) -> Any:
+# ---------------------------------------------------------------- rules
+Rule = Callable[[RunConfig], None]
+RULES: list[Rule] = []
+TASK_CHECK: list[Rule] = []
+
+
+def rule(fn: Rule) -> Rule:
+    """Register ``fn`` as a generic rule; ``validate`` runs the rules in the order they are defined."""
+    RULES.append(fn)
+    return fn
+
+
+def register_task_check(fn: Rule) -> Rule:
+    """Register a check that ``validate`` runs after the generic rules (the tasks package registers the one
+    that knows task names, metrics, and which methods and sections each task accepts). Idempotent."""
+    if fn not in TASK_CHECK:
+        TASK_CHECK.append(fn)
+    return fn
+
+
+def validate(cfg: RunConfig) -> None:
+    """Run every generic rule, then every registered task check; the first broken one raises ConfigError."""
+    for check in (*RULES, *TASK_CHECK):
+        check(cfg)
+
+
+def _fail(key: str | None, message: str) -> typing.NoReturn:
+    """Raise ConfigError for ``key`` (kept on the error so a message can name the override that set it)."""
+    err = ConfigError(message)
+    err.key = key  # type: ignore[attr-defined]
+    raise err
+
+
+def _values(cfg: RunConfig) -> Iterator[tuple[str, dataclasses.Field, Any]]:
+    """(dotted key, field, value) for every field of every section."""
+    for name, cls in SECTIONS.items():
+        section = getattr(cfg, name)
+        for f in dataclasses.fields(cls):
+            yield f"{name}.{f.name}", f, getattr(section, f.name)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def _show(value: Any) -> str:
+    """A value as YAML writes it (null, true, 5e-05)."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@rule
+def sections_are_section_objects(cfg: RunConfig) -> None:
+    """Each section is its dataclass (a config built in Python with a plain dict is refused)."""
+    for name, cls in SECTIONS.items():
+        if not isinstance(getattr(cfg, name), cls):
+            _fail(name, f"{name} must be a {cls.__name__}; build configs from dicts with from_dict().")
+
+
+@rule
+def task_is_named(cfg: RunConfig) -> None:
+    """task is a non-empty string (the registered task check says which names exist)."""
+    if not isinstance(cfg.task, str) or not cfg.task.strip():
+        _fail("task", f"task must name a task, e.g. task: classification; got {cfg.task!r}.")
+
+
+@rule
+def values_have_their_types(cfg: RunConfig) -> None:
+    """Every value has its field's type (from_dict checked it already; a config built in Python had not)."""
+    for key, f, value in _values(cfg):
+        try:
+            coerced = _coerce(value, f.type, key)
+        except ConfigError as e:
+            _fail(key, str(e))
+        if isinstance(value, str) and not isinstance(coerced, str):  # text where a number belongs
+            _fail(key, f"{key}: expected a number, got the text {value!r}.")
+
+
+@rule
+def numbers_are_finite(cfg: RunConfig) -> None:
+    """Every number is finite: NaN and infinity are refused wherever a number goes."""
+    for key, f, value in _values(cfg):
+        if isinstance(value, list) and any(_is_number(v) and not math.isfinite(v) for v in value):
+            _fail(key, f"{key} must hold finite numbers, got {value}.")
+        if _is_number(value) and not math.isfinite(value):
+            _fail(
+                key,
+                f"{key} must be a finite number, got {value}; write a number such as the default "
+                f"{_show(_default(f))}.",
+            )
+
+
+@rule
+def texts_are_among_choices(cfg: RunConfig) -> None:
+    """A text value of a field with choices is one of them (numbers in such fields are checked by range)."""
+    for key, f, value in _values(cfg):
+        choices = f.metadata.get("choices")
+        if choices and isinstance(value, str) and value not in choices:
+            options = [*choices, *(["a number"] if "ge" in f.metadata or "gt" in f.metadata else [])]
+            listed = options[0] if len(options) == 1 else f"{', '.join(options[:-1])} or {options[-1]}"
+            _fail(key, f"{key} '{value}' is unknown.{_suggest(value, choices)} Choose {listed}.")
+
+
+@rule
+def numbers_are_in_range(cfg: RunConfig) -> None:
+    """A number lies in its field's range (ge/gt/le/lt in the field's metadata)."""
+    for key, f, value in _values(cfg):
+        m = f.metadata
+        if not _is_number(value):
+            continue
+        low_ok = value >= m["ge"] if "ge" in m else value > m["gt"] if "gt" in m else True
+        high_ok = value <= m["le"] if "le" in m else value < m["lt"] if "lt" in m else True
+        if low_ok and high_ok:
+            continue
+        why = f" ({m['why']})" if "why" in m else ""
+        _fail(key, f"{key} must be {_range_text(m)}{why}, got {value}; the default is {_show(_default(f))}.")
+
+
+def _range_text(m: typing.Mapping[str, Any]) -> str:
+    """'at least 1', 'positive', 'in [0, 0.5)' from a field's bounds."""
+    low = m.get("ge", m.get("gt"))
+    high = m.get("le", m.get("lt"))
+    if low is not None and high is not None:
+        return f"in {'[' if 'ge' in m else '('}{low}, {high}{']' if 'le' in m else ')'}"
+    if "ge" in m:
+        return f"at least {m['ge']}"
+    if "gt" in m:
+        return "positive" if m["gt"] == 0 else f"greater than {m['gt']}"
+    return f"at most {m['le']}" if "le" in m else f"below {m['lt']}"
+
+
+@rule
+def epochs_positive_without_max_steps(cfg: RunConfig) -> None:
+    """training.epochs is positive unless training.max_steps sets the length instead."""
+    t = cfg.training
+    if t.epochs <= 0 and t.max_steps is None:
+        _fail(
+            "training.epochs",
+            f"training.epochs must be positive (or set training.max_steps), got {t.epochs}.",
+        )
+
+
+@rule
+def one_warmup_setting(cfg: RunConfig) -> None:
+    """training.warmup_steps and training.warmup_ratio are not both set."""
+    if cfg.training.warmup_steps is not None and cfg.training.warmup_ratio is not None:
+        _fail(
+            "training.warmup_steps",
+            "training.warmup_steps and training.warmup_ratio are both set: keep one of them.",
+        )
+
+
+@rule
+def freeze_layers_needs_freeze(cfg: RunConfig) -> None:
+    """method.freeze_layers is set only with method freeze."""
+    m = cfg.method
+    if m.freeze_layers is not None and m.name != "freeze":
+        _fail(
+            "method.freeze_layers",
+            f"method.freeze_layers is only used by method 'freeze' (method.name is '{m.name}'): remove it.",
+        )
+
+
+@rule
+def layer_lr_decay_needs_full_or_unfreeze(cfg: RunConfig) -> None:
+    """method.layer_lr_decay differs from 1.0 only with method full or unfreeze."""
+    m = cfg.method
+    if m.layer_lr_decay != 1.0 and m.name not in ("full", "unfreeze"):
+        _fail(
+            "method.layer_lr_decay",
+            "method.layer_lr_decay applies to 'full' and 'unfreeze' only: remove it or change method.name.",
+        )
+
+
+@rule
+def packing_without_virtual_tokens(cfg: RunConfig) -> None:
+    """sft.packing is not combined with prefix or prompt tuning (packed examples would share virtual tokens)."""
+    m = cfg.method
+    if cfg.sft.packing and m.name in VIRTUAL_TOKEN_METHODS:
+        _fail(
+            "sft.packing",
+            f"sft.packing does not work with method '{m.name}' (its virtual tokens would be shared by every "
+            f"packed example): set sft.packing=false or use lora/dora/ia3/full.",
+        )
+
+
+@rule
+def early_stopping_needs_validation(cfg: RunConfig) -> None:
+    """training.early_stopping_patience needs validation data (a file or a held-out fraction)."""
+    d = cfg.data
+    if (
+        cfg.training.early_stopping_patience is not None
+        and d.validation is None
+        and d.validation_fraction == 0
+    ):
+        _fail(
+            "training.early_stopping_patience",
+            "early stopping needs validation data: set data.validation or data.validation_fraction > 0.",
+        )
+
+
+@rule
+def label_smoothing_needs_sigmoid(cfg: RunConfig) -> None:
+    """preference.label_smoothing is set only with loss_type sigmoid."""
+    p = cfg.preference
+    if p.label_smoothing and p.loss_type != "sigmoid":
+        _fail(
+            "preference.label_smoothing",
+            f"preference.label_smoothing applies to loss_type sigmoid only (loss_type is '{p.loss_type}'): "
+            "remove it.",
+        )
+
+
+@rule
+def kto_weights_need_kto(cfg: RunConfig) -> None:
+    """preference.desirable_weight/undesirable_weight differ from 1.0 only with loss_type kto."""
+    p = cfg.preference
+    if (p.desirable_weight, p.undesirable_weight) != (1.0, 1.0) and p.loss_type != "kto":
+        _fail(
+            "preference.desirable_weight",
+            "preference.desirable_weight/undesirable_weight apply to loss_type kto only: remove them or set "
+            "preference.loss_type=kto.",
+        )
+
+
+@rule
+def rewards_not_empty(cfg: RunConfig) -> None:
+    """grpo.rewards names at least one reward function."""
+    if not cfg.grpo.rewards:
+        _fail(
+            "grpo.rewards",
+            "grpo.rewards is empty: name at least one reward function, e.g. [ends_with_period].",
+        )
+
+
+@rule
+def one_weight_per_reward(cfg: RunConfig) -> None:
+    """grpo.reward_weights, when set, has one weight per reward function."""
+    g = cfg.grpo
+    if g.reward_weights is not None and len(g.reward_weights) != len(g.rewards):
+        _fail(
+            "grpo.reward_weights",
+            f"grpo.reward_weights has {len(g.reward_weights)} weights for {len(g.rewards)} reward functions: "
+            f"give one per function, in order.",
+        )
+
+
+@rule
+def forgetting_options_need_forgetting(cfg: RunConfig) -> None:
+    """eval.forgetting_text/forgetting_data are set only when eval.forgetting is on."""
+    e = cfg.eval
+    if not e.forgetting and (e.forgetting_text != "builtin" or e.forgetting_data is not None):
+        _fail(
+            "eval.forgetting",
+            "eval.forgetting_text/forgetting_data are set but eval.forgetting is false: remove them "
+            "or set eval.forgetting=true.",
+        )
+
+
+@rule
+def bias_terms_need_bias(cfg: RunConfig) -> None:
+    """eval.bias_terms is set only when eval.bias is on."""
+    if not cfg.eval.bias and cfg.eval.bias_terms is not None:
+        _fail("eval.bias", "eval.bias_terms is set but eval.bias is false: remove it or set eval.bias=true.")
+
+
+# ---------------------------------------------------------------- loading
+def _top_level_error(source: str, raw: Any) -> ConfigError:
+    kind = "a list ('- ...' lines)" if isinstance(raw, list) else f"{type(raw).__name__} {raw!r}"
+    return ConfigError(
+        f"{source}: the top level must be a mapping of sections (task:, model:, data:, training:, ...), "
+        f"got {kind}. Write e.g. 'task: sft' and 'data:' with 'train: FILE' below it."
+    )
+
+
+def _build(section: str, raw: Any, source: str) -> Any:
+    """One section's dataclass from its raw mapping; unknown keys and wrong types fail here."""
+    cls, where = SECTIONS[section], f"{source}: {section}"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping of keys, got {raw!r}.")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -364,244 +883,217 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     for key, value in raw.items():
         if key not in fields:
             raise ConfigError(
-                f"{where}: unknown key '{key}'.{_suggest(key, fields)} Valid keys: {', '.join(fields)}."
+                f"{where}: unknown key '{key}'.{_suggest_key(str(key), section)} Valid keys: {', '.join(fields)}."
             )
         kwargs[key] = _coerce(value, fields[key].type, f"{where}.{key}")
     return cls(**kwargs)
 
 
-def from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
-    """Build and validate a RunConfig from a nested dict (as read from YAML)."""
+def from_dict(raw: dict[str, Any] | None, source: str = "config") -> RunConfig:
+    """Build and validate a RunConfig from a nested dict (as read from YAML); None gives the defaults."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping (task:, model:, data:, ...).")
-    top = {f.name for f in dataclasses.fields(RunConfig)}
+        raise _top_level_error(source, raw)
+    top = _names(RunConfig)
     for key in raw:
         if key not in top:
             raise ConfigError(
-                f"{source}: unknown section '{key}'.{_suggest(key, top)} Sections: {', '.join(top)}."
+                f"{source}: unknown section '{key}'.{_suggest_key(str(key), None)} Sections: {', '.join(top)}."
             )
     kwargs: dict[str, Any] = {}
-    for name, cls in SECTIONS.items():
-        kwargs[name] = _build(cls, raw.get(name) or {}, f"{source}: {name}")
+    for name in SECTIONS:
+        section = raw.get(name)
+        kwargs[name] = _build(name, {} if section is None else section, source)
     if "task" in raw:
         kwargs["task"] = raw["task"]
     try:
         return RunConfig(**kwargs)
     except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
+        err = ConfigError(f"{source}: {e}")
+        err.key, err.bare = getattr(e, "key", None), str(e)  # type: ignore[attr-defined]
+        raise err from None
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply dotted ``key=value`` overrides (values parsed as YAML) to a raw config dict."""
+def _override_key(item: str) -> list[str]:
+    """The dotted key of a ``key=value`` override, checked against the schema."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}': write it as section.key=value, e.g. training.lr=1e-4.")
+    parts = item.split("=", 1)[0].strip().split(".")
+    top = _names(RunConfig)
+    if parts[0] not in top:
+        raise ConfigError(
+            f"override '{item}': unknown section '{parts[0]}'.{_suggest_key(parts[0], None)} "
+            f"Sections: {', '.join(top)}."
+        )
+    if len(parts) > 1 and parts[0] not in SECTIONS:
+        raise ConfigError(f"override '{item}': '{parts[0]}' is not a section; write {parts[0]}=VALUE.")
+    if len(parts) > 2:
+        raise ConfigError(f"override '{item}': keys have two parts, section.key (e.g. training.lr=1e-4).")
+    if len(parts) == 2 and parts[1] not in _names(SECTIONS[parts[0]]):
+        fields = _names(SECTIONS[parts[0]])
+        raise ConfigError(
+            f"override '{item}': unknown key '{parts[1]}' in {parts[0]}.{_suggest_key(parts[1], parts[0])} "
+            f"Valid keys: {', '.join(fields)}."
+        )
+    return parts
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "config") -> dict[str, Any]:
+    """Apply dotted ``key=value`` overrides (values parsed as YAML) to a raw config dict, checking each key
+    and value type at once so an error names the override."""
+    if not isinstance(raw, dict):
+        raise _top_level_error(source, raw)
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}': write it as section.key=value, e.g. training.lr=1e-4.")
-        key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = raw
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}': '{p}' is not a section.")
-        node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+        parts = _override_key(item)
+        text = item.split("=", 1)[1]
+        try:
+            value = _yaml_load(text) if text != "" else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({e}).") from None
+        if len(parts) == 1:
+            raw[parts[0]] = value
+            continue
+        section, key = parts
+        node = raw.get(section)
+        if node is None:
+            node = raw[section] = {}
+        if not isinstance(node, dict):
+            raise ConfigError(
+                f"override '{item}': {source} has '{section}: {node!r}', not a mapping of keys; fix that first."
+            )
+        field_type = {f.name: f.type for f in dataclasses.fields(SECTIONS[section])}[key]
+        _coerce(value, field_type, f"override '{item}': {section}.{key}")
+        node[key] = value
+    return raw
+
+
+def _read_yaml(p: Path) -> Any:
+    """The YAML document in file ``p``, with errors that name the file and line."""
+    if p.is_dir():
+        raise ConfigError(
+            f"{p} is a folder, not a config file; give a YAML file such as configs/classify-minilm-lora.yaml."
+        )
+    if not p.exists():
+        raise ConfigError(f"config file {p} not found. Example configs live in configs/.")
+    if not p.is_file():
+        raise ConfigError(f"{p} is not a regular file (a pipe or device?); give a YAML file.")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p} is not a UTF-8 text file; give a YAML config file.") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read it ({e.strerror}).") from None
+    try:
+        raw = _yaml_load(text)
+    except _DuplicateKey as e:
+        raise ConfigError(
+            f"{p} line {e.line}: key '{e.key}' is given twice in the same mapping (first on line {e.first}); "
+            "keep one of them."
+        ) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}{line}: not valid YAML ({getattr(e, 'problem', e)}).") from None
+    if raw is None:
+        raise ConfigError(
+            f"{p} is empty; write at least task: and data.train, or omit the file to use the defaults."
+        )
     return raw
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML run config (or the defaults when ``path`` is None) and apply overrides."""
-    raw: dict[str, Any] = {}
+    raw: Any = {}
     source = "defaults"
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found. Example configs live in configs/.")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{p}{line}: not valid YAML ({getattr(e, 'problem', e)}).") from None
-        source = str(p)
-    raw = apply_overrides(raw, overrides or [])
-    return from_dict(raw, source)
+        raw, source = _read_yaml(Path(path)), str(path)
+    overrides = overrides or []
+    raw = apply_overrides(raw, overrides, source)
+    try:
+        return from_dict(raw, source)
+    except ConfigError as e:
+        given = {item.split("=", 1)[0].strip(): item for item in overrides}
+        key = getattr(e, "key", None)
+        if key in given:
+            raise ConfigError(f"override '{given[key]}': {e.bare}") from None  # type: ignore[attr-defined]
+        raise
 
 
-def validate(cfg: RunConfig) -> None:
-    """Reject values out of range and options that conflict, saying what to write instead."""
-    m, t, d = cfg.method, cfg.training, cfg.data
-    if cfg.task not in TASKS:
-        raise ConfigError(
-            f"task '{cfg.task}' is unknown.{_suggest(cfg.task, TASKS)} Choose one of {', '.join(TASKS)}."
-        )
-    if m.name not in METHODS:
-        raise ConfigError(
-            f"method.name '{m.name}' is unknown.{_suggest(m.name, METHODS)} Choose one of {', '.join(METHODS)}."
-        )
-    choices = {
-        "training.scheduler": (t.scheduler, ("linear", "cosine", "constant")),
-        "training.precision": (t.precision, ("auto", "fp32", "bf16")),
-        "training.device": (t.device, ("auto", "cpu", "cuda")),
-        "model.dtype": (cfg.model.dtype, ("float32", "bfloat16")),
-        "model.attn_implementation": (
-            cfg.model.attn_implementation,
-            ("auto", "tuneforge", "eager", "sdpa", "flash_attention_2", "flex_attention"),
-        ),
-        "training.compile": (t.compile, ("auto", True, False, "true", "false")),
-    }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(
-                f"{key}: '{value}' is not one of {', '.join(allowed)}.{_suggest(str(value), allowed)}"
-            )
-    positive = {
-        "training.batch_size": t.batch_size,
-        "training.grad_accum": t.grad_accum,
-        "data.max_length": d.max_length,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key} must be at least 1, got {value}.")
-    mbt = t.max_batch_tokens
-    if mbt not in ("auto", None) and (not isinstance(mbt, int) or isinstance(mbt, bool) or mbt < 1):
-        raise ConfigError(
-            f"training.max_batch_tokens must be auto, a positive number of tokens or null, got {mbt!r}."
-        )
-    if t.lr <= 0:
-        raise ConfigError(f"training.lr must be positive, got {t.lr}.")
-    if t.epochs <= 0 and t.max_steps is None:
-        raise ConfigError("training.epochs must be positive (or set training.max_steps).")
-    for key, value in {
-        "data.validation_fraction": d.validation_fraction,
-        "data.test_fraction": d.test_fraction,
-    }.items():
-        if not 0 <= value < 0.5:
-            raise ConfigError(f"{key} must be in [0, 0.5), got {value}.")
-    if t.warmup_ratio is not None and not 0 <= t.warmup_ratio < 1:
-        raise ConfigError(f"training.warmup_ratio must be in [0, 1), got {t.warmup_ratio}.")
-    if t.warmup_steps is not None and t.warmup_ratio is not None:
-        raise ConfigError("training.warmup_steps and training.warmup_ratio are both set: keep one of them.")
-    if m.freeze_layers is not None and m.name != "freeze":
-        raise ConfigError(
-            f"method.freeze_layers is only used by method 'freeze' (method.name is '{m.name}'): remove it."
-        )
-    if m.layer_lr_decay != 1.0 and m.name not in ("full", "unfreeze"):
-        raise ConfigError(
-            "method.layer_lr_decay applies to 'full' and 'unfreeze' only: remove it or change method.name."
-        )
-    if not 0 < m.layer_lr_decay <= 1:
-        raise ConfigError(f"method.layer_lr_decay must be in (0, 1], got {m.layer_lr_decay}.")
-    if isinstance(m.unfreeze_every, str) and m.unfreeze_every != "epoch":
-        raise ConfigError(
-            f"method.unfreeze_every must be 'epoch' or a number of steps, got '{m.unfreeze_every}'."
-        )
-    if isinstance(m.unfreeze_every, int) and m.unfreeze_every < 1:
-        raise ConfigError("method.unfreeze_every must be at least 1 step.")
-    if cfg.task == "classification" and m.name in ("prefix", "prompt"):
-        raise ConfigError(
-            f"method '{m.name}' is for language-model tasks; for classification use lora, freeze or full."
-        )
-    if cfg.sft.packing and m.name in ("prefix", "prompt"):
-        raise ConfigError(
-            f"sft.packing does not work with method '{m.name}' (its virtual tokens would be shared by every "
-            f"packed example): set sft.packing=false or use lora/dora/ia3/full."
-        )
-    if cfg.sft.samples < 0 or cfg.sft.max_new_tokens < 1 or cfg.sft.temperature < 0:
-        raise ConfigError("sft.samples must be >= 0, sft.max_new_tokens >= 1 and sft.temperature >= 0.")
-    if t.early_stopping_patience is not None and t.early_stopping_patience < 1:
-        raise ConfigError("training.early_stopping_patience must be at least 1 (or null to disable).")
-    if t.early_stopping_patience is not None and d.validation is None and d.validation_fraction == 0:
-        raise ConfigError(
-            "early stopping needs validation data: set data.validation or data.validation_fraction > 0."
-        )
-    validate_eval(cfg.eval)
-    validate_preference(cfg)
+# ---------------------------------------------------------------- resume
+# What may change when a run resumes: how long it trains and how often it evaluates, saves and logs.
+RESUMABLE_KEYS = (
+    "training.max_steps",
+    "training.epochs",
+    "training.eval_every",
+    "training.save_every",
+    "training.log_every",
+    "training.keep_checkpoints",
+    "training.early_stopping_patience",
+    "eval.report",
+)
 
 
-def validate_preference(cfg: RunConfig) -> None:
-    """Preference tuning (reward, dpo) and GRPO: ranges, and options that only one loss or task reads."""
-    p, g, m = cfg.preference, cfg.grpo, cfg.method
-    if p.loss_type not in PREFERENCE_LOSSES:
-        raise ConfigError(
-            f"preference.loss_type '{p.loss_type}' is unknown.{_suggest(p.loss_type, PREFERENCE_LOSSES)} "
-            f"Choose one of {', '.join(PREFERENCE_LOSSES)}."
-        )
-    if p.beta <= 0:
-        raise ConfigError(f"preference.beta must be positive, got {p.beta}.")
-    if not 0 <= p.label_smoothing < 0.5:
-        raise ConfigError(f"preference.label_smoothing must be in [0, 0.5), got {p.label_smoothing}.")
-    if p.label_smoothing and p.loss_type != "sigmoid":
-        raise ConfigError(
-            f"preference.label_smoothing applies to loss_type sigmoid only (loss_type is '{p.loss_type}'): remove it."
-        )
-    if (p.desirable_weight, p.undesirable_weight) != (1.0, 1.0) and p.loss_type != "kto":
-        raise ConfigError(
-            "preference.desirable_weight/undesirable_weight apply to loss_type kto only: remove them or set "
-            "preference.loss_type=kto."
-        )
-    if p.desirable_weight <= 0 or p.undesirable_weight <= 0:
-        raise ConfigError("preference.desirable_weight and undesirable_weight must be positive.")
-    if p.center_rewards is not None and (cfg.task != "reward" or p.center_rewards < 0):
-        raise ConfigError(
-            "preference.center_rewards is a non-negative weight for task 'reward' only: remove it or set task: reward."
-        )
-    if cfg.task == "reward" and m.name in ("prefix", "prompt"):
-        raise ConfigError(
-            f"method '{m.name}' cannot train a reward model (a classification head): use lora, dora, full or freeze."
-        )
-    if cfg.task == "grpo":
-        if g.group_size < 2:
-            raise ConfigError(
-                f"grpo.group_size must be at least 2 (advantages compare completions of one prompt), got {g.group_size}."
-            )
-        if g.max_new_tokens < 1 or g.eval_prompts < 0:
-            raise ConfigError("grpo.max_new_tokens must be at least 1 and grpo.eval_prompts at least 0.")
-        if g.temperature <= 0 or not 0 < g.top_p <= 1:
-            raise ConfigError("grpo.temperature must be > 0 (GRPO samples) and grpo.top_p in (0, 1].")
-        if g.kl_beta < 0:
-            raise ConfigError(f"grpo.kl_beta must be >= 0, got {g.kl_beta}.")
-        if not g.rewards:
-            raise ConfigError(
-                "grpo.rewards is empty: name at least one reward function, e.g. [ends_with_period]."
-            )
-        if g.reward_weights is not None and len(g.reward_weights) != len(g.rewards):
-            raise ConfigError(
-                f"grpo.reward_weights has {len(g.reward_weights)} weights for {len(g.rewards)} reward functions: "
-                f"give one per function, in order."
-            )
+def _flat(cfg: RunConfig | dict[str, Any]) -> dict[str, Any]:
+    """{dotted key: value}; a dict is read over the defaults (missing keys are default values)."""
+    if isinstance(cfg, RunConfig):
+        raw = cfg.to_dict()
+    else:
+        raw = {"task": RunConfig.__dataclass_fields__["task"].default}
+        raw.update({name: dataclasses.asdict(cls()) for name, cls in SECTIONS.items()})
+        for key, value in cfg.items():
+            if key in SECTIONS and isinstance(value, dict):
+                raw[key].update(value)
+            elif not (key in SECTIONS and value is None):
+                raw[key] = value
+    flat = {}
+    for key, value in raw.items():
+        if key in SECTIONS and isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
 
 
-def validate_eval(e: EvalConfig) -> None:
-    """The report's options: ranges, and settings that would be silently ignored."""
-    if e.bootstrap_samples < 100:
-        raise ConfigError(
-            f"eval.bootstrap_samples must be at least 100 for a stable 95% interval, got {e.bootstrap_samples}."
-        )
-    if e.forgetting_threshold <= 0:
-        raise ConfigError(
-            f"eval.forgetting_threshold must be a positive fraction (0.1 = 10%), got {e.forgetting_threshold}."
-        )
-    for key in ("forgetting_max_texts", "bias_max_examples"):
-        if getattr(e, key) < 1:
-            raise ConfigError(f"eval.{key} must be at least 1, got {getattr(e, key)}.")
-    if not e.forgetting and (e.forgetting_text != "builtin" or e.forgetting_data is not None):
-        raise ConfigError(
-            "eval.forgetting_text/forgetting_data are set but eval.forgetting is false: remove them "
-            "or set eval.forgetting=true."
-        )
-    if not e.bias and e.bias_terms is not None:
-        raise ConfigError("eval.bias_terms is set but eval.bias is false: remove it or set eval.bias=true.")
+def config_changes(
+    old: RunConfig | dict[str, Any], new: RunConfig | dict[str, Any]
+) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every key whose value differs, sorted by key."""
+    a, b = _flat(old), _flat(new)
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
+def check_resume_changes(
+    saved: RunConfig | dict[str, Any],
+    requested: RunConfig | dict[str, Any],
+    resolved_keys: typing.Collection[str] = (),
+) -> None:
+    """Refuse a resume whose config changes anything but ``RESUMABLE_KEYS``.
+
+    ``saved`` is the run folder's resolved config; ``resolved_keys`` are the keys whose saved value was
+    resolved from ``auto`` (e.g. training.precision: bf16): requesting ``auto`` again there is no change.
+    """
+    refused = [
+        (key, old, new)
+        for key, old, new in config_changes(saved, requested)
+        if key not in RESUMABLE_KEYS and not (key in resolved_keys and new == "auto")
+    ]
+    if refused:
+        lines = "\n".join(f"  {key}: {_show(old)} -> {_show(new)}" for key, old, new in refused)
+        raise ConfigError(
+            f"--resume with a changed config:\n{lines}\nresume keeps the run's config; only these keys may "
+            f"change: {', '.join(RESUMABLE_KEYS)}; start a new run (another output.name) to change the others."
+        )
+
+
+# ---------------------------------------------------------------- reference
 def describe() -> str:
     """The configuration reference (Markdown), generated from the schema."""
     lines = ["| key | default | description |", "|---|---|---|"]
     for f in dataclasses.fields(RunConfig):
         if f.name in SECTIONS:
             for sf in dataclasses.fields(SECTIONS[f.name]):
-                default = sf.default if sf.default is not dataclasses.MISSING else sf.default_factory()
-                lines.append(f"| `{f.name}.{sf.name}` | `{default}` | {sf.metadata['help']} |")
+                lines.append(f"| `{f.name}.{sf.name}` | `{_default(sf)}` | {sf.metadata['help']} |")
         else:
             lines.append(f"| `{f.name}` | `{f.default}` | {f.metadata['help']} |")
     return "\n".join(lines)

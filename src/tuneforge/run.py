@@ -17,6 +17,7 @@ import torch
 
 from tuneforge.config import load_config
 from tuneforge.errors import TuneforgeError
+from tuneforge.train.runfolder import atomic_write_json
 
 
 class Run:
@@ -45,27 +46,66 @@ class Run:
     def is_adapter(self) -> bool:
         return (self.model_dir / "adapter_config.json").exists()
 
+    @property
+    def task_class(self):
+        """The run's task class (its kind, metrics, how its model loads)."""
+        from tuneforge.tasks import get_task
+
+        return get_task(self.config.task)
+
+    @property
+    def device(self):
+        """Where the run trained (run.json), when that device is here; else the CPU."""
+        import torch
+
+        want = str(self.summary().get("device", "cpu"))
+        if want.startswith("cuda") and torch.cuda.is_available():
+            return torch.device(want)
+        return torch.device("cpu")
+
     def load_model(self):
-        """The final model as transformers (or PEFT, for adapters) loads it from ``model/``."""
+        """The final model as transformers (or PEFT, for adapters) loads it from ``model/``, on the run's device."""
         if self._model is None:
             from tuneforge.utils import quiet_libraries
 
             quiet_libraries()
-            if self.config.task in ("classification", "reward"):  # reward: a one-output sequence classifier
-                self._model = load_sequence_classifier(self.model_dir)
-            elif self.config.task in LM_TASKS:
-                self._model = load_causal_lm_dir(self.model_dir, self.config)
-            else:
-                raise TuneforgeError(f"task '{self.config.task}' has no loader in this version.")
-            self._model.eval()
+            model_dir = self.model_dir
+            try:
+                model = self.task_class.load_model(model_dir, self.config)
+            except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+                raise TuneforgeError(
+                    f"{model_dir}: the saved model cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0]}). "
+                    f"A file is missing or damaged; resume the run (`tuneforge train --resume {self.path}`) if it "
+                    f"has checkpoints, or train it again."
+                ) from None
+            self._model = model.to(self.device).eval()
         return self._model
 
     def load_tokenizer(self):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+            except (OSError, ValueError) as e:
+                raise TuneforgeError(
+                    f"{self.model_dir}: the tokenizer cannot be loaded ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0]}); a tokenizer file is missing or damaged."
+                ) from None
+            if not _has_vocabulary(self.model_dir):
+                raise TuneforgeError(
+                    f"{self.model_dir}: no tokenizer.json (nor a vocabulary file): every word would become an "
+                    f"unknown token. Copy the tokenizer files of {self.config.model.name} into {self.model_dir}."
+                )
         return self._tokenizer
+
+    def _need(self, *kinds: str, verb: str) -> None:
+        cls = self.task_class
+        if cls.kind not in kinds:
+            raise TuneforgeError(
+                f"{self.path}: {verb} needs a run whose model is a {' or '.join(k.replace('_', ' ') for k in kinds)}; "
+                f"this is a '{cls.name}' run ({cls.kind.replace('_', ' ')})."
+            )
 
     def generate(
         self,
@@ -75,9 +115,10 @@ class Run:
         temperature: float | None = None,
     ) -> list[str]:
         """Answer prompts (strings or conversations) with the tuned model, or with the base model (``base=True``)."""
-        from tuneforge.serve.generate import generate
-        from tuneforge.tasks.sft import base_model
+        from tuneforge.models.generate import generate
+        from tuneforge.tasks.lm import reference_model
 
+        self._need("language_model", "policy", verb="generate")
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], dict)):
             prompts = [prompts]
         s = self.config.sft
@@ -86,33 +127,35 @@ class Run:
             system_prompt=s.system_prompt,
             temperature=s.temperature if temperature is None else temperature,
         )
+        if kw["max_new_tokens"] < 1 or kw["temperature"] < 0:
+            raise TuneforgeError("generate: max_new_tokens must be at least 1 and temperature at least 0.")
         model, tok = self.load_model(), self.load_tokenizer()
         if not base:
             return generate(model, tok, prompts, **kw)
-        with base_model(model, self.config) as b:
+        with reference_model(model, self.config) as b:
             return generate(b, tok, prompts, **kw)
 
     def metrics(self) -> list[dict]:
-        path = self.path / "metrics.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+        """The logged train and validation metrics (a torn last line, from a kill, is skipped)."""
+        from tuneforge.train.runfolder import read_metrics
+
+        return read_metrics(self.path / "metrics.jsonl")
 
     def summary(self) -> dict:
         path = self.path / "run.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        try:
+            return json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, json.JSONDecodeError) as e:
+            raise TuneforgeError(f"{path}: unreadable ({e}). The run folder is damaged.") from None
 
-    @torch.no_grad()
     def score(self, prompts: str | list, responses: str | list[str], batch_size: int = 16) -> list[float]:
         """Reward-model scores (task reward) of responses to prompts; one prompt may be given for many responses.
 
         A prompt is a string (one user turn) or a conversation (a list of {role, content}).
         """
-        if self.config.task != "reward":
-            raise TuneforgeError(
-                f"{self.path}: score needs a reward model run (task: reward); this run is '{self.config.task}'."
-            )
-        from tuneforge.tasks.pairs import pad
-        from tuneforge.tasks.reward import encode_response
+        from tuneforge.tasks.reward import score_responses
 
+        self._need("reward_model", verb="score")
         responses = [responses] if isinstance(responses, str) else list(responses)
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], dict)):
             prompts = [prompts] * len(responses)
@@ -120,32 +163,23 @@ class Run:
             raise TuneforgeError(
                 f"score: {len(prompts)} prompts for {len(responses)} responses; give one prompt, or one per response."
             )
-        model, tok = self.load_model(), self.load_tokenizer()
-        device = next(model.parameters()).device
-        as_turns = lambda p: [{"role": "user", "content": p}] if isinstance(p, str) else list(p)  # noqa: E731
-        ids = [
-            encode_response(
-                tok, as_turns(p), [{"role": "assistant", "content": r}], self.config.data.max_length
-            )[0]
-            for p, r in zip(prompts, responses)
-        ]
-        out: list[float] = []
-        for start in range(0, len(ids), batch_size):
-            batch, mask = pad(ids[start : start + batch_size], tok.pad_token_id)
-            out += (
-                model(input_ids=batch.to(device), attention_mask=mask.to(device))
-                .logits[:, 0]
-                .float()
-                .tolist()
-            )
-        return out
+        return score_responses(
+            self.load_model(), self.load_tokenizer(), self.config.data.max_length, prompts, responses, batch_size
+        )
 
     @torch.no_grad()
     def predict(self, texts: str | list[str], max_length: int | None = None) -> list[dict]:
         """Classify texts: label, its probability, and every label's probability."""
+        self._need("classifier", verb="predict")
         if isinstance(texts, str):
             texts = [texts]
+        empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+        if empty:
+            raise TuneforgeError(
+                f"predict: text {empty[0] + 1} of {len(texts)} is empty; give the text to classify."
+            )
         model, tok = self.load_model(), self.load_tokenizer()
+        device = next(model.parameters()).device
         id2label = model.config.id2label
         enc = tok(
             texts,
@@ -154,7 +188,9 @@ class Run:
             padding=True,
             return_tensors="pt",
         )
-        probs = model(**{k: enc[k] for k in ("input_ids", "attention_mask")}).logits.float().softmax(-1)
+        probs = (
+            model(**{k: enc[k].to(device) for k in ("input_ids", "attention_mask")}).logits.float().softmax(-1).cpu()
+        )
         out = []
         for row in probs:
             i = int(row.argmax())
@@ -169,25 +205,17 @@ class Run:
 
     def evaluate(self, data: str | None = None, task=None) -> dict:
         """Test metrics of the final model beside the baseline; writes eval.json (or eval-<file>.json)."""
-        from tuneforge.tasks import task_class
-
-        cfg = self.config
+        cfg, cls = self.config, self.task_class
+        task = task or cls(cfg, load_model=False)
+        out_name = "eval.json"
         if data is not None:
-            from tuneforge.tasks.classification import _examples
-
-            task = task or task_class(cfg.task)(cfg, load_model=False)
-            cls = type(task)
-            test = task.read_file(data) if hasattr(task, "read_file") else _examples(data, cfg.data)
-            split = {"train": task.splits["train"], "test": test}
-            task = cls(cfg, splits={**split, "validation": []}, load_model=False)
+            test = task.read_file(data)
+            task = cls(cfg, splits={"train": task.splits["train"], "validation": [], "test": test}, load_model=False)
             out_name = f"eval-{Path(data).stem}.json"
-        else:
-            task = task or task_class(cfg.task)(cfg, load_model=False)
-            out_name = "eval.json"
         result = task.full_evaluation(self.load_model(), "test", baseline=cfg.eval.baseline)
         result["model"] = str(self.model_dir)
         result["data"] = data or (cfg.data.test or f"{cfg.data.train} (test split)")
-        (self.path / out_name).write_text(json.dumps(result, indent=1))
+        atomic_write_json(self.path / out_name, result)
         if "samples" in result:  # LM tasks: sample answers, base beside tuned
             (self.path / out_name.replace("eval", "samples", 1).replace(".json", ".jsonl")).write_text(
                 "".join(json.dumps(s) + "\n" for s in result["samples"])
@@ -195,51 +223,7 @@ class Run:
         return result
 
 
-LM_TASKS = ("sft", "dpo", "grpo")
-
-
-def load_causal_lm_dir(model_dir: Path, config=None):
-    """A causal LM folder, or a PEFT adapter on its base (the run's model.name, else the adapter's base path)."""
-    from transformers import AutoModelForCausalLM
-
-    if (model_dir / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        if config is not None:
-            from tuneforge.models.load import load_causal_lm
-
-            base = load_causal_lm(config.model.name, config.model.dtype)
-        else:
-            base_path = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-            base = AutoModelForCausalLM.from_pretrained(base_path)
-        if (model_dir / "generation_config.json").exists():
-            from transformers import GenerationConfig
-
-            base.generation_config = GenerationConfig.from_pretrained(model_dir)
-        return PeftModel.from_pretrained(base, model_dir)
-    return AutoModelForCausalLM.from_pretrained(model_dir)
-
-
-def load_sequence_classifier(model_dir: Path):
-    """Load a classifier folder, or a PEFT adapter on its base with the label set saved in the run."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    if (model_dir / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        adapter = json.loads((model_dir / "adapter_config.json").read_text())
-        labels = json.loads((model_dir / "labels.json").read_text())
-        base_path = adapter["base_model_name_or_path"]
-        config = AutoConfig.from_pretrained(
-            base_path,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-        )
-        if getattr(config, "pad_token_id", None) is None and (model_dir / "labels.json").exists():
-            from transformers import AutoTokenizer
-
-            config.pad_token_id = AutoTokenizer.from_pretrained(model_dir).pad_token_id
-        base = AutoModelForSequenceClassification.from_pretrained(base_path, config=config)
-        return PeftModel.from_pretrained(base, model_dir)
-    return AutoModelForSequenceClassification.from_pretrained(model_dir)
+def _has_vocabulary(model_dir: Path) -> bool:
+    """A tokenizer folder with its vocabulary (fast tokenizer file, or a slow tokenizer's vocabulary)."""
+    names = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+    return any((model_dir / n).exists() for n in names)

@@ -20,6 +20,8 @@ from rich.progress import (
 )
 
 console = Console(stderr=True)
+# tables and results a user may pipe (`tuneforge models | grep ...`): wide when not a terminal, so nothing is cut
+stdout = Console(width=None if sys.stdout.isatty() else 1000)
 
 
 def peak_rss_mb() -> float:
@@ -64,6 +66,26 @@ def quiet_libraries() -> None:
     # ids that PEFT's prompt/prefix tuning ignores.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     warnings.filterwarnings("ignore", message="Position ids are not supported for parameter efficient tuning")
+
+
+def text_lines(path: str, what: str) -> list[str]:
+    """Non-empty lines of a UTF-8 text file, or of standard input for '-' (prompts or texts, one per line)."""
+    from pathlib import Path
+
+    from tuneforge.errors import TuneforgeError
+
+    if path == "-":
+        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    p = Path(path)
+    if not p.is_file():
+        state = "is a folder" if p.is_dir() else "not found"
+        raise TuneforgeError(
+            f"--file {path}: {state}; give a text file, one {what} per line (or - for standard input)."
+        )
+    try:
+        return [line for line in p.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    except UnicodeDecodeError as e:
+        raise TuneforgeError(f"--file {path}: not UTF-8 text (byte {e.start}); save it as UTF-8.") from None
 
 
 class _Bar:

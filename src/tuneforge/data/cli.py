@@ -7,8 +7,23 @@ tuneforge data prepare FILE --out DIR [--against TEST ...] [--validation-fractio
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 from typing import Any
+
+from tuneforge.errors import DataError
+
+
+def _require(module: str, package: str, needed_for: str) -> Any:
+    """Import ``module`` or stop with what is missing and how to install it (never skip a check silently)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        missing = e.name.split(".")[0] if e.name and not e.name.startswith("tuneforge") else package
+        raise DataError(
+            f"{needed_for} needs the package '{missing}', which cannot be imported ({e}). Install it: "
+            f"`pip install {missing}` (or `make setup`)."
+        ) from None
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -91,21 +106,20 @@ def add_data_commands(sub: Any) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
-    from tuneforge.data.audit import audit
+    audit_mod = _require("tuneforge.data.audit", "numpy", "`tuneforge data audit`")
     from tuneforge.utils import console
 
     tokenizer = model_config = None
     max_length = args.max_length
     if args.model:
-        from transformers import AutoConfig
-
+        transformers = _require("transformers", "transformers", "`data audit --model` (token lengths)")
         from tuneforge.config import DataConfig
         from tuneforge.models.load import load_tokenizer, resolve_model
 
         tokenizer = load_tokenizer(args.model)
-        model_config = AutoConfig.from_pretrained(resolve_model(args.model))
+        model_config = transformers.AutoConfig.from_pretrained(resolve_model(args.model))
         max_length = max_length or DataConfig().max_length
-    report = audit(
+    report = audit_mod.audit(
         [args.file, *args.against],
         fmt=args.format,
         text_column=args.text_column,
@@ -117,21 +131,28 @@ def cmd_audit(args: argparse.Namespace) -> None:
         model_config=model_config,
     )
     report.settings["model"] = args.model
-    paths = report.write(args.out)
+    paths = audit_mod.write(report, args.out)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
-        console.print(report.render())
+        console.print(audit_mod.render(report))
         console.print(f"wrote {paths[0]} and {paths[1]}")
     if args.strict and report.errors:
+        rows = sum(f.count for f in report.errors)
+        console.print(
+            f"data audit --strict: {len(report.errors)} error finding(s) covering {rows:,} rows "
+            f"(listed in {paths[0]}); fix them or drop them with `tuneforge data prepare {args.file} --out DIR`.",
+            highlight=False,
+            markup=False,
+        )
         raise SystemExit(1)
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from tuneforge.data.prepare import prepare
+    prepare_mod = _require("tuneforge.data.prepare", "numpy", "`tuneforge data prepare`")
     from tuneforge.utils import console
 
-    result = prepare(
+    result = prepare_mod.prepare(
         args.file,
         args.out,
         fmt=args.format,

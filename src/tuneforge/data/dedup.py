@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tuneforge.data.progress import track
+
 _NON_WORD = re.compile(r"[\W_]+")
 _ASCII_NON_WORD = str.maketrans({c: " " for c in map(chr, range(128)) if not c.isalnum()})
 ORDER_FACTOR = 0.5  # word-pair similarity must reach this fraction of the threshold
@@ -113,6 +115,20 @@ def exact_groups(texts: Sequence[str]) -> list[list[int]]:
     for i, t in enumerate(texts):
         seen.setdefault(exact_key(t), []).append(i)
     return [g for g in seen.values() if len(g) > 1]
+
+
+def duplicate_groups(texts: Sequence[str], threshold: float | None = 0.8) -> list[list[int]]:
+    """Every index in exactly one group: exact duplicates and (unless ``threshold`` is None) near-duplicates
+    joined, singletons for the rest; groups sorted by their first index. What a split must keep together."""
+    uf = UnionFind(len(texts))
+    for g in exact_groups(texts):
+        for i in g[1:]:
+            uf.union(g[0], i)
+    if threshold is not None:
+        for g in near_duplicates(texts, threshold).clusters:
+            for i in g[1:]:
+                uf.union(g[0], i)
+    return uf.groups(min_size=1)
 
 
 def collision_probability(similarity: float, bands: int, rows: int) -> float:
@@ -288,7 +304,7 @@ def near_duplicates(
     rep = np.empty(n, dtype=np.int64)  # (n,) each text's index in `uniq`
     uniq: list[list[str]] = []  # words of each distinct normalised text
     uniq_of: list[int] = []  # first input index of each distinct text
-    for i, t in enumerate(texts):
+    for i, t in enumerate(track(texts, "near-duplicates: reading words", n)):
         w = words_of(t)
         key = " ".join(w)
         k = first.get(key)
@@ -327,7 +343,7 @@ def near_duplicates(
         )
         cand = nonempty[_candidates(_minhash(sub, num_perm, seed), bands, rows)]
         n_cand = len(cand)
-        for a, b in cand.tolist():
+        for a, b in track(cand.tolist(), "near-duplicates: verifying candidate pairs", n_cand):
             s = _jaccard_sorted(words[a], words[b])
             if s >= threshold and _jaccard_sorted(bigrams[a], bigrams[b]) >= threshold * ORDER_FACTOR:
                 i, j = uniq_of[a], uniq_of[b]

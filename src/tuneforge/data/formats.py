@@ -11,11 +11,19 @@ Accepted row shapes (detected from the columns, or named with ``data.format``):
 - preference:         {"prompt": ..., "chosen": ..., "rejected": ...}   (strings or messages)
 - kto:                {"prompt": ..., "completion": ..., "label": true/false}
 
+Values: text fields and turn contents must be strings (numbers are written as text); a JSON object, a
+list or a null where text belongs is an error naming the row and the field, never the text "None".
+Labels are normalised by one rule (``normalize_label``): booleans become ``"true"``/``"false"``,
+integral numbers become integers (``1``, ``1.0`` and ``"1.0"`` are all ``"1"``), other numbers are written
+as Python writes them, and strings are stripped of surrounding spaces. Labels that still differ only in
+case or spelling (``"Positive"``/``"positive"``, ``"1"``/``"true"``) are reported by the audit as an error.
+
 Tokenisation is a separate step (``tuneforge.data.tokenize``), owned by the model side.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +61,46 @@ ROLE_ALIASES = {
     "system": "system",
     "tool": "tool",
 }
+
+
+_INTEGRAL = re.compile(r"[+-]?\d+\.0+")  # "1.0", "-2.00": an integer written as a decimal
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a JSON object", list: "a list", bool: "a boolean"}.get(type(value), type(value).__name__)
+
+
+def as_text(value: Any, where: str, key: str) -> str:
+    """A text field's value as a string: strings as they are, numbers written out; anything else (an
+    object, a list, a boolean, null) is an error naming the row and the field."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if value is None:
+        raise DataError(
+            f"{where}: field '{key}' is null. Fill it in or delete the row (`tuneforge data prepare` drops "
+            f"such rows with a report)."
+        )
+    raise DataError(
+        f"{where}: field '{key}' is {_kind(value)}, not text ({str(value)[:60]!r}). Put the text itself in "
+        f"'{key}' as a string, or name the right column (data.text_column)."
+    )
+
+
+def normalize_label(value: Any, where: str = "", key: str = "label") -> str:
+    """One spelling per label value: ``True`` -> ``"true"``; ``1``, ``1.0``, ``"1.0"`` -> ``"1"``; ``2.5`` ->
+    ``"2.5"``; strings stripped. An object or a list is an error naming the row."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else str(value)
+    if isinstance(value, str):
+        s = value.strip()
+        return s.split(".")[0].lstrip("+") if _INTEGRAL.fullmatch(s) else s
+    raise DataError(f"{where}: field '{key}' is {_kind(value)}; a label must be a string, number or boolean.")
 
 
 @dataclass
@@ -106,8 +154,8 @@ def _need(row: dict[str, Any], key: str, where: str, fmt: str) -> Any:
 
 def _turns(value: Any, where: str, key: str) -> list[dict[str, str]]:
     """A string becomes one assistant turn; a list of {role, content} is checked and kept."""
-    if isinstance(value, str):
-        return [{"role": "assistant", "content": value}]
+    if not isinstance(value, list):
+        return [{"role": "assistant", "content": as_text(value, where, key)}]
     return _messages(value, where, key)
 
 
@@ -127,7 +175,12 @@ def _messages(
             raise DataError(
                 f"{where}: {key}[{k}] has unknown role '{turn[role_key]}'; use system, user or assistant."
             )
-        out.append({"role": role, "content": str(turn[content_key])})
+        if turn[content_key] is None:
+            raise DataError(
+                f"{where}: {key}[{k}] (a '{role}' turn) has no content (null). Fill in the turn or delete the "
+                f"row (`tuneforge data prepare` drops such rows with a report)."
+            )
+        out.append({"role": role, "content": as_text(turn[content_key], where, f"{key}[{k}].{content_key}")})
     return out
 
 
@@ -136,24 +189,28 @@ def to_example(
 ) -> Example:
     """Convert one row of a known format to an ``Example``."""
     if fmt == "classification":
-        text = _need(row, text_column, where, fmt)
-        label = _need(row, label_column, where, fmt)
-        return Example(text=str(text), label=str(label), source=where)
+        text = as_text(_need(row, text_column, where, fmt), where, text_column)
+        label = normalize_label(_need(row, label_column, where, fmt), where, label_column)
+        if not label:
+            raise DataError(f"{where}: field '{label_column}' is empty. Fill it in or delete the row.")
+        return Example(text=text, label=label, source=where)
     if fmt == "text":
-        return Example(text=str(_need(row, text_column, where, fmt)), source=where)
+        return Example(text=as_text(_need(row, text_column, where, fmt), where, text_column), source=where)
     if fmt == "messages":
         return Example(messages=_messages(_need(row, "messages", where, fmt), where), source=where)
     if fmt == "sharegpt":
         conv = _need(row, "conversations", where, fmt)
         return Example(messages=_messages(conv, where, "conversations", "from", "value"), source=where)
     if fmt == "alpaca":
-        instruction = str(_need(row, "instruction", where, fmt))
-        extra = str(row.get("input") or "").strip()
+        instruction = as_text(_need(row, "instruction", where, fmt), where, "instruction")
+        extra = as_text(row.get("input") or "", where, "input").strip()
         user = f"{instruction}\n\n{extra}" if extra else instruction
-        messages = [{"role": "system", "content": str(row["system"])}] if row.get("system") else []
+        messages = []
+        if row.get("system"):
+            messages.append({"role": "system", "content": as_text(row["system"], where, "system")})
         messages += [
             {"role": "user", "content": user},
-            {"role": "assistant", "content": str(_need(row, "output", where, fmt))},
+            {"role": "assistant", "content": as_text(_need(row, "output", where, fmt), where, "output")},
         ]
         return Example(messages=messages, source=where)
     if fmt == "prompt_completion":
@@ -169,9 +226,10 @@ def to_example(
     if fmt == "kto":
         prompt = _messages(_need(row, "prompt", where, fmt), where, "prompt")
         label = row.get("label")
-        if not isinstance(label, bool) and str(label).lower() not in ("true", "false", "1", "0"):
+        norm = normalize_label(label, where).lower() if label is not None else ""
+        if norm not in ("true", "false", "1", "0"):
             raise DataError(f"{where}: kto 'label' must be true or false, got {label!r}.")
-        good = label if isinstance(label, bool) else str(label).lower() in ("true", "1")
+        good = norm in ("true", "1")
         return Example(
             messages=prompt,
             chosen=_turns(_need(row, "completion", where, fmt), where, "completion"),

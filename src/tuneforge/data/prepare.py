@@ -8,10 +8,16 @@
 - ``prepare.json``: counts (kept per split, rejected per reason, what cleaning changed) and settings.
 
 Steps, in order: read (malformed lines are rejected) -> clean every string (Unicode NFC, control and
-invisible characters removed, ends stripped) -> check fields (missing or empty fields, empty turns;
-text that was only control characters) -> undecodable text (U+FFFD) -> leakage into ``against`` files
--> conflicting labels among duplicates -> exact duplicates -> near-duplicates (first row kept) ->
-split, stratified by label, with near-duplicate clusters kept in one split when they are not dropped.
+invisible characters removed, ends stripped) -> check fields (missing or empty fields, empty or null
+turns; text that was only control characters) -> undecodable text (U+FFFD) -> pairs whose chosen equals
+rejected, conversations without an assistant turn -> one spelling per label (``"Positive"`` and
+``"positive"`` become the more common one) -> leakage into ``against`` files -> conflicting labels among
+duplicates -> exact duplicates -> near-duplicates (first row kept) -> split, stratified by label, with
+near-duplicate clusters kept in one split when they are not dropped.
+
+Every row read is kept or rejected: ``rows_in`` = kept + rejected (a CSV record whose fields are all
+empty is a row, rejected as ``empty_field``; a line of bytes that are not UTF-8 is rejected as
+``bad_encoding``).
 
 The same input and settings give byte-identical files: everything is in file order or seeded.
 """
@@ -28,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.data.audit import (
+    CHAT_FORMATS,
+    COLUMN_FLAGS,
     CONTROL,
     INVISIBLE,
     REPLACEMENT,
@@ -36,11 +44,13 @@ from tuneforge.data.audit import (
     example_strings,
     example_text,
     joined,
+    label_key,
     load_source,
 )
 from tuneforge.data.dedup import NearDuplicates, UnionFind, exact_key, near_duplicates
 from tuneforge.data.formats import FORMATS, Example, detect_format
 from tuneforge.data.io import Table, write_jsonl
+from tuneforge.data.progress import shows_progress, track
 from tuneforge.errors import DataError
 
 REASONS = (
@@ -52,6 +62,7 @@ REASONS = (
     "unfixable_control_chars",
     "bad_encoding",
     "chosen_equals_rejected",
+    "no_assistant_turn",
     "leakage",
     "conflicting_labels",
     "exact_duplicate",
@@ -191,8 +202,8 @@ def _read_and_clean(table: Table, fmt: str, text_column: str, label_column: str)
     """Reject malformed rows and rows with missing/empty fields or undecodable text; clean the others."""
     r = _Rows(table)
     for b in table.bad:
-        r.reject(b.line, "malformed", b.reason, raw=b.raw)
-    for i, row in enumerate(table.rows):
+        r.reject(b.line, b.code, b.reason, raw=b.raw)
+    for i, row in enumerate(track(table.rows, "cleaning rows", len(table.rows))):
         line, where = table.lines[i], table.where(i)
         changes: set[str] = set()
         cleaned = clean_value(row, changes)
@@ -209,6 +220,8 @@ def _read_and_clean(table: Table, fmt: str, text_column: str, label_column: str)
             r.reject(line, "bad_encoding", detail, row)
         elif fmt == "preference" and exact_key(joined(ex.chosen)) == exact_key(joined(ex.rejected)):
             r.reject(line, "chosen_equals_rejected", "chosen and rejected are the same text", row)
+        elif fmt in CHAT_FORMATS and all(t["role"] != "assistant" for t in ex.messages + (ex.chosen or [])):
+            r.reject(line, "no_assistant_turn", "the conversation has no assistant turn to learn from", row)
         else:
             r.rows.append(cleaned)
             r.origin.append(i)
@@ -218,6 +231,21 @@ def _read_and_clean(table: Table, fmt: str, text_column: str, label_column: str)
             r.changes.append(changes)
             r.alive.append(True)
     return r
+
+
+def _unify_label_spellings(r: _Rows, label_column: str) -> None:
+    """Labels that differ only in case, spacing or number spelling (``label_key``) take the most common
+    spelling (ties: the first seen); the row's label field is rewritten and the change counted."""
+    counts = Counter(r.labels)
+    best: dict[str, str] = {}
+    for lab, _ in counts.most_common():
+        if lab is not None:
+            best.setdefault(label_key(lab), lab)
+    for i, lab in enumerate(r.labels):
+        if lab is not None and best[label_key(lab)] != lab:
+            r.labels[i] = r.examples[i].label = best[label_key(lab)]
+            r.rows[i][label_column] = r.labels[i]
+            r.changes[i].add("label_spelling")
 
 
 def _drop_leaks(r: _Rows, nd: NearDuplicates, keys: list[str], other_where: list[str]) -> None:
@@ -304,6 +332,21 @@ def _drop_duplicates(
     return whole
 
 
+def check_out_dir(out_dir: str | Path) -> Path:
+    """``out_dir`` as a folder that can be created: a clear error when it (or a parent) is a file."""
+    out = Path(out_dir)
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "exists and is a file" if p == out else f"is below the file {p}"
+                raise DataError(
+                    f"{out}: --out {what}; give a folder (new or existing) for the prepared files."
+                )
+            break
+    return out
+
+
+@shows_progress
 def prepare(
     spec: str | Path | Table,
     out_dir: str | Path,
@@ -333,13 +376,19 @@ def prepare(
         raise DataError(
             f"near_dup_threshold must be in (0, 1] (0.8 is a good start), got {near_dup_threshold}."
         )
+    check_out_dir(out_dir)
     table, hint = _load_one(spec)
     if fmt == "auto":
-        fmt = hint or detect_format(table, text_column, label_column)
+        try:
+            fmt = hint or detect_format(table, text_column, label_column)
+        except DataError as e:
+            raise DataError(f"{e}\n{COLUMN_FLAGS}") from None
     if fmt not in FORMATS:
         raise DataError(f"format '{fmt}' is unknown. Choose one of auto, {', '.join(FORMATS)}.")
 
     r = _read_and_clean(table, fmt, text_column, label_column)
+    if fmt == "classification":
+        _unify_label_spellings(r, label_column)
     other_texts, other_where = [], []  # rows of the `against` files
     for other in against:
         t, _ = _load_one(other)

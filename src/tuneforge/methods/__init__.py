@@ -29,9 +29,10 @@ REGISTRY: dict[str, Callable[..., Prepared]] = {
 }
 
 
-def prepare(model, method_cfg, training_cfg, task: str) -> Prepared:
-    """Apply ``method_cfg.name`` to ``model`` for ``task`` ("classification", "sft", ...)."""
-    return REGISTRY[method_cfg.name](model, method_cfg, training_cfg, task)
+def prepare(model, method_cfg, training_cfg, head: bool) -> Prepared:
+    """Apply ``method_cfg.name`` to ``model``; ``head``: the model has a new output head that must train
+    (classifiers and reward models), else it is a language model whose output layer is its own."""
+    return REGISTRY[method_cfg.name](model, method_cfg, training_cfg, head)
 
 
 __all__ = ["Prepared", "REGISTRY", "count_parameters", "prepare"]

@@ -11,28 +11,28 @@ from tuneforge.methods.common import Prepared, find_layers, is_head, layer_index
 log = logging.getLogger(__name__)
 
 
-def prepare_full(model: nn.Module, m, t, task: str) -> Prepared:
+def prepare_full(model: nn.Module, m, t, head: bool) -> Prepared:
     for p in model.parameters():
         p.requires_grad_(True)
     groups = param_groups(model, t.lr, t.weight_decay, t.head_lr, m.layer_lr_decay)
     return Prepared(model, groups)
 
 
-def _freeze_all_but_head(model: nn.Module, task: str) -> None:
+def _freeze_all_but_head(model: nn.Module) -> None:
     for name, p in model.named_parameters():
-        p.requires_grad_(task == "classification" and is_head(name))
+        p.requires_grad_(is_head(name))
 
 
-def prepare_freeze(model: nn.Module, m, t, task: str) -> Prepared:
+def prepare_freeze(model: nn.Module, m, t, head: bool) -> Prepared:
     """Freeze the base (or its embeddings and lowest ``freeze_layers`` blocks); the rest trains."""
     prefix, layers = find_layers(model)
     if m.freeze_layers is None:
-        if task != "classification":
+        if not head:
             raise ValueError(
                 "method 'freeze' without freeze_layers leaves nothing to train in a language model: "
                 "set method.freeze_layers to the number of lowest layers to freeze."
             )
-        _freeze_all_but_head(model, task)
+        _freeze_all_but_head(model)
     else:
         if m.freeze_layers > len(layers):
             raise ValueError(
@@ -40,7 +40,7 @@ def prepare_freeze(model: nn.Module, m, t, task: str) -> Prepared:
             )
         for name, p in model.named_parameters():
             i = layer_index(name, prefix)
-            if is_head(name) and task == "classification":
+            if is_head(name) and head:
                 frozen = False
             elif (
                 i is None
@@ -56,12 +56,12 @@ class Unfreezer:
     """ULMFiT gradual unfreezing: the head trains from the start; every ``every`` steps (or each epoch)
     one more block is unfrozen from the top, and after all blocks the embeddings."""
 
-    def __init__(self, model: nn.Module, every: str | int, task: str):
+    def __init__(self, model: nn.Module, every: str | int, head: bool):
         self.model = model
         self.prefix, layers = find_layers(model)
         self.n_layers = len(layers)
         self.every = every
-        self.task = task
+        self.head = head
         self.unfrozen = -1
 
     def stage(self, step: int, epoch: int) -> int:
@@ -74,7 +74,7 @@ class Unfreezer:
         self.unfrozen = k
         for name, p in self.model.named_parameters():
             i = layer_index(name, self.prefix)
-            if is_head(name) or (self.task != "classification" and "lm_head" in name):
+            if is_head(name) or (not self.head and "lm_head" in name):
                 trains = True
             elif i is not None:
                 trains = i >= self.n_layers - k
@@ -90,11 +90,11 @@ class Unfreezer:
         )
 
 
-def prepare_unfreeze(model: nn.Module, m, t, task: str) -> Prepared:
+def prepare_unfreeze(model: nn.Module, m, t, head: bool) -> Prepared:
     # Every parameter is in the optimizer from the start; frozen ones simply have no gradient (AdamW skips them).
     for p in model.parameters():
         p.requires_grad_(True)
     groups = param_groups(model, t.lr, t.weight_decay, t.head_lr, m.layer_lr_decay)
-    hook = Unfreezer(model, m.unfreeze_every, task)
+    hook = Unfreezer(model, m.unfreeze_every, head)
     hook(0, 0)
     return Prepared(model, groups, on_step=hook, info={"n_layers": hook.n_layers})

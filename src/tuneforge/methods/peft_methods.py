@@ -10,9 +10,6 @@ from torch import nn
 
 from tuneforge.methods.common import Prepared, find_layers, head_module_names, param_groups
 
-TASK_TYPES = {"classification": "SEQ_CLS", "reward": "SEQ_CLS"}
-
-
 def linear_targets(model: nn.Module, exclude: list[str]) -> list[str]:
     """Leaf names of every nn.Linear inside the transformer blocks (the 'all-linear' default)."""
     prefix, _ = find_layers(model)
@@ -27,10 +24,11 @@ def linear_targets(model: nn.Module, exclude: list[str]) -> list[str]:
     return sorted(names)
 
 
-def peft_config(model: nn.Module, m, task: str):
+def peft_config(model: nn.Module, m, head: bool):
+    """The PEFT config of method ``m``; ``head``: the model has a new classification head (trained and saved)."""
     import peft
 
-    task_type = TASK_TYPES.get(task, "CAUSAL_LM")
+    task_type = "SEQ_CLS" if head else "CAUSAL_LM"
     heads = head_module_names(model) if task_type == "SEQ_CLS" else []
     targets = linear_targets(model, heads) if m.target_modules == "all-linear" else m.target_modules
     save = heads or None
@@ -60,10 +58,10 @@ def peft_config(model: nn.Module, m, task: str):
     raise ValueError(f"not a PEFT method: {m.name}")
 
 
-def prepare_peft(model: nn.Module, m, t, task: str) -> Prepared:
+def prepare_peft(model: nn.Module, m, t, head: bool) -> Prepared:
     import peft
 
-    config = peft_config(model, m, task)
+    config = peft_config(model, m, head)
     model = peft.get_peft_model(model, config)
     return Prepared(
         model, param_groups(model, t.lr, t.weight_decay, t.head_lr), info={"peft": config.peft_type.value}

@@ -6,6 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
+MODEL_STEP_FILE = "tuneforge_model.json"  # {"step": N}: the training step a run's best/ or model/ holds
+
 
 def save_model_folder(
     model,
@@ -37,3 +39,12 @@ def save_model_folder(
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
+
+
+def model_step(folder: str | Path) -> int | None:
+    """The training step a run's model folder holds (``MODEL_STEP_FILE``), or None when it does not say."""
+    path = Path(folder) / MODEL_STEP_FILE
+    try:
+        return int(json.loads(path.read_text())["step"]) if path.exists() else None
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+        return None

@@ -1,42 +1,53 @@
-"""``tuneforge report RUN_DIR`` and ``tuneforge compare RUN_A RUN_B ...``."""
+"""``tuneforge report RUN_DIR`` and ``tuneforge compare RUN_A RUN_B ...``.
+
+The report layer reads run files and never runs a model, so the probes ``tuneforge report`` computes first
+come from the caller: ``add_report_commands(sub, recompute=tuneforge.probes.recompute)``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
+from tuneforge.errors import TuneforgeError
 from tuneforge.utils import console
 
+# (run folder, only_missing) -> names of the probe files written
+Recompute = Callable[..., list[str]]
 
-def cmd_report(args) -> None:
+
+def cmd_report(args, recompute: Recompute | None = None) -> None:
     from tuneforge.report.build import build_report
-    from tuneforge.report.probes import PROBE_FILES
-    from tuneforge.run import Run
+    from tuneforge.report.files import check_run_folder
     from tuneforge.utils import quiet_libraries
 
     quiet_libraries()
-    run = Run(args.run_dir)
-    if args.recompute:
-        for name in PROBE_FILES:
-            (run.path / name).unlink(missing_ok=True)
-    paths = build_report(run.path, probes=not args.no_probes)
+    folder = check_run_folder(args.run_dir)
+    if args.recompute and args.no_probes:
+        raise TuneforgeError("report: --recompute and --no-probes contradict each other; give one of them.")
+    if not args.no_probes:
+        if recompute is not None:
+            recompute(folder, only_missing=not args.recompute)
+        elif args.recompute:
+            raise TuneforgeError(
+                "report --recompute: this command line was built without the probes (add_report_commands got "
+                f"no recompute function); run `tuneforge report {folder} --no-probes` to rebuild from the files."
+            )
+    paths = build_report(folder)
     for line in json.loads(paths["json"].read_text())["summary"]:
         console.print(f"• {line}", highlight=False)
     console.print(f"report: [bold]{paths['html']}[/bold] and {paths['markdown'].name}")
 
 
-def cmd_compare(args) -> None:
-    from tuneforge.report.compare import compare_runs
+def compare_table(result: dict) -> list[list[str]]:
+    """The rows ``tuneforge compare`` prints: a header of run names, then one row per key or metric."""
+    from tuneforge.report.compare import fmt_ci
 
-    result = compare_runs(args.runs, args.out, args.name)
-    from rich.table import Table
-
-    t = Table(title="runs side by side")
-    t.add_column("")
-    for n in result["names"]:
-        t.add_column(n)
-    for key, vals in result["config_differences"].items():
-        t.add_row(key, *[str(v) for v in vals])
+    rows = [["", *result["names"]]]
+    rows += [[key, *[str(v) for v in vals]] for key, vals in result["config_differences"].items()]
     for key, label in (
         ("accuracy", "test accuracy"),
         ("macro_f1", "test macro-F1"),
@@ -44,25 +55,48 @@ def cmd_compare(args) -> None:
     ):
         vals = [r.get(key) for r in result["rows"]]
         if any(vals):
-            t.add_row(
-                label,
-                *[
-                    f"{v['value']:.4f}" + (f" [{v['low']:.4f}, {v['high']:.4f}]" if "low" in v else "")
-                    if v
-                    else "-"
-                    for v in vals
-                ],
-            )
-    t.add_row("overfitting", *[r["overfitting"] for r in result["rows"]])
-    t.add_row(
-        "training time (s)",
-        *[f"{r['train_seconds']:.1f}" if r.get("train_seconds") else "-" for r in result["rows"]],
+            rows.append([label, *[fmt_ci(v) for v in vals]])
+    rows.append(["overfitting", *[r["overfitting"] for r in result["rows"]]])
+    rows.append(
+        [
+            "training time (s)",
+            *[f"{r['train_seconds']:.1f}" if r.get("train_seconds") else "-" for r in result["rows"]],
+        ]
     )
-    console.print(t)
+    return rows
+
+
+def print_table(rows: list[list[str]], title: str, out=None) -> None:
+    """Print a table whole: on a terminal as a rich table whose cells wrap (never cut to "…"); piped or
+    redirected as tab-separated lines, one per row, for other programs."""
+    out = out or sys.stdout
+    if not out.isatty():
+        clean = lambda c: " ".join(str(c).split())  # noqa: E731  (no tabs or newlines inside a cell)
+        out.write("".join("\t".join(clean(c) for c in row) + "\n" for row in rows))
+        out.flush()
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    for h in rows[0]:
+        t.add_column(h, overflow="fold")
+    for row in rows[1:]:
+        t.add_row(*row)
+    Console(file=out).print(t)
+
+
+def cmd_compare(args) -> None:
+    from tuneforge.report.compare import compare_runs
+
+    result = compare_runs(args.runs, args.out, args.name)
+    print_table(compare_table(result), "runs side by side")
     console.print(f"comparison: [bold]{result['html']}[/bold]")
 
 
-def add_report_commands(sub: argparse._SubParsersAction) -> None:
+def add_report_commands(sub: argparse._SubParsersAction, recompute: Recompute | None = None) -> None:
+    """Add ``report`` and ``compare``. ``recompute(run_dir, only_missing=...)`` computes the probe files
+    (``tuneforge.probes.recompute``); without it ``report`` only renders the files already in the run."""
     p = sub.add_parser(
         "report",
         help="(re)build a run's report.html and report.md",
@@ -76,14 +110,15 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-probes", action="store_true", help="only re-render from the files already in the run folder"
     )
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=lambda args: cmd_report(args, recompute))
 
     p = sub.add_parser(
         "compare",
         help="put runs side by side: config differences, metrics, curves",
-        description="Compare run folders; writes NAME.html, NAME.md and NAME.json into --out.",
+        description="Compare run folders; writes NAME.html, NAME.md and NAME.json into --out. The table is "
+        "printed to standard output (tab-separated when piped).",
     )
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", type=Path)
     p.add_argument("--out", default=".", help="folder for the comparison files (default: the current folder)")
     p.add_argument("--name", default="compare", help="file name stem (default: compare)")
     p.set_defaults(func=cmd_compare)

@@ -13,7 +13,7 @@ from tuneforge.errors import TuneforgeError
 from tuneforge.eval import bootstrap as bs
 from tuneforge.eval.overfitting import overfitting_verdict
 from tuneforge.report import plots
-from tuneforge.report.build import RunFiles
+from tuneforge.report.files import RunFiles, check_run_folder
 from tuneforge.report.render import Doc, write
 
 
@@ -94,7 +94,7 @@ def run_row(f: RunFiles, samples: int) -> dict:
     return row
 
 
-def _fmt_ci(d: dict | None, digits: int = 4) -> str:
+def fmt_ci(d: dict | None, digits: int = 4) -> str:
     if not d:
         return "-"
     if "low" not in d:
@@ -117,10 +117,25 @@ def paired_vs_first(runs: list[RunFiles], samples: int) -> list[dict | None]:
     return out
 
 
+def check_distinct(run_dirs: list[str | Path]) -> None:
+    """Refuse a run folder given twice (also as another spelling of the same path, or through a link)."""
+    seen: dict[Path, str | Path] = {}
+    for d in run_dirs:
+        real = check_run_folder(d).resolve()
+        if real in seen:
+            same = f"'{d}'" if str(d) == str(seen[real]) else f"'{seen[real]}' and '{d}'"
+            raise TuneforgeError(
+                f"compare: {same} {'is given twice' if str(d) == str(seen[real]) else 'are the same run folder'} "
+                f"({real}); a run compared with itself shows no difference. Give each run folder once."
+            )
+        seen[real] = d
+
+
 def compare_runs(run_dirs: list[str | Path], out_dir: str | Path = ".", stem: str = "compare") -> dict:
     """Write ``stem.md``/``stem.html``/``stem.json`` into ``out_dir`` and return the comparison."""
     if len(run_dirs) < 2:
         raise TuneforgeError("compare: give at least two run folders, e.g. tuneforge compare runs/a runs/b.")
+    check_distinct(run_dirs)
     runs = [RunFiles(d) for d in run_dirs]
     samples = runs[0].config.eval.bootstrap_samples
     names = _names(runs)
@@ -139,13 +154,13 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path = ".", stem: st
     doc.h2("Results")
     table = [
         ("status", lambda r: r["status"]),
-        ("test accuracy [95% CI]", lambda r: _fmt_ci(r.get("accuracy"))),
-        ("test macro-F1 [95% CI]", lambda r: _fmt_ci(r.get("macro_f1"))),
+        ("test accuracy [95% CI]", lambda r: fmt_ci(r.get("accuracy"))),
+        ("test macro-F1 [95% CI]", lambda r: fmt_ci(r.get("macro_f1"))),
         (
             "majority baseline accuracy",
             lambda r: f"{r['baseline_accuracy']:.4f}" if "baseline_accuracy" in r else "-",
         ),
-        ("test perplexity [95% CI]", lambda r: _fmt_ci(r.get("perplexity"), 3)),
+        ("test perplexity [95% CI]", lambda r: fmt_ci(r.get("perplexity"), 3)),
         ("base perplexity", lambda r: f"{r['base_perplexity']:.3f}" if r.get("base_perplexity") else "-"),
         (
             "best validation metric",
@@ -184,7 +199,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path = ".", stem: st
             3,
             (
                 f"accuracy − {names[0]} (paired) [95% CI]",
-                lambda r: _fmt_ci(r.get("vs_first")) if r.get("vs_first") else "-",
+                lambda r: fmt_ci(r.get("vs_first")) if r.get("vs_first") else "-",
             ),
         )
         for r, p in zip(rows, paired):

@@ -13,7 +13,7 @@ from typing import TextIO
 import torch
 
 from tuneforge.data.chat import render_prompt
-from tuneforge.serve.generate import as_conversation, generation_config
+from tuneforge.models.generate import as_conversation, generation_config
 
 HELP = "Type a message and press Enter. /reset starts over, /exit (or Ctrl-D) quits."
 

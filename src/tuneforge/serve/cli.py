@@ -5,24 +5,26 @@ from __future__ import annotations
 import json
 
 from tuneforge.errors import TuneforgeError
-from tuneforge.utils import console
+from tuneforge.utils import console, text_lines
 
 
 def _run(run_dir: str):
-    from tuneforge.run import LM_TASKS, Run
+    from tuneforge.run import Run
+    from tuneforge.tasks import TASKS, get_task
 
     run = Run(run_dir)
-    if run.config.task not in LM_TASKS:
+    if not run.task_class.generates():
+        lm = [name for name in TASKS if get_task(name).generates()]
         raise TuneforgeError(
             f"{run_dir}: a '{run.config.task}' run has no language model to talk to "
-            f"(chat/generate need a run of task {', '.join(LM_TASKS)})."
+            f"(chat/generate need a run of task {', '.join(lm)})."
         )
     return run
 
 
 def cmd_chat(args) -> None:
     from tuneforge.serve.chat import chat
-    from tuneforge.tasks.sft import base_model
+    from tuneforge.tasks.lm import reference_model
 
     run = _run(args.run_dir)
     s = run.config.sft
@@ -34,7 +36,7 @@ def cmd_chat(args) -> None:
     )
     console.print(f"chatting with the {'base' if args.base else 'tuned'} model of [bold]{run.path}[/bold]")
     if args.base:
-        with base_model(model, run.config) as base:
+        with reference_model(model, run.config) as base:
             chat(base, tok, **kw)
     else:
         chat(model, tok, **kw)
@@ -44,8 +46,7 @@ def cmd_generate(args) -> None:
     run = _run(args.run_dir)
     prompts = list(args.prompt or [])
     if args.file:
-        with open(args.file) as fh:
-            prompts += [line.rstrip("\n") for line in fh if line.strip()]
+        prompts += text_lines(args.file, "prompt")
     if not prompts:
         raise TuneforgeError(
             'generate: give --prompt "..." (repeatable) or --file FILE with one prompt per line.'
@@ -91,7 +92,7 @@ def add_serve_commands(sub) -> None:
     p = sub.add_parser("generate", help="answer prompts with a run's tuned model (and the base, with --base)")
     p.add_argument("run_dir")
     p.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
-    p.add_argument("--file", help="a text file, one prompt per line")
+    p.add_argument("--file", help="a text file, one prompt per line (- for standard input)")
     p.add_argument("--base", action="store_true", help="also ask the base model, side by side")
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--temperature", type=float, default=None)

@@ -24,11 +24,19 @@ def export(run_dir: str | Path, out: str | Path, merge: bool = False, overwrite:
 
     run = Run(run_dir)
     out = Path(out)
+    src = run.model_dir
+    here, there = run.path.resolve(), out.resolve()
+    if there == here or here in there.parents or there in here.parents:
+        raise TuneforgeError(
+            f"export: {out} is {'the run folder' if there == here else 'inside the run folder' if here in there.parents else 'a folder that holds the run'} "
+            f"{run.path}; exporting there would overwrite the run. Choose a folder outside it."
+        )
+    if out.exists() and not out.is_dir():
+        raise TuneforgeError(f"export: {out} is a file; give a folder to write the model into.")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise TuneforgeError(f"{out} exists and is not empty: choose another folder or pass --overwrite.")
         shutil.rmtree(out)
-    src = run.model_dir
     # a full model is already standalone, and an adapter folder is a standard PEFT adapter
     if not run.is_adapter or not merge:
         shutil.copytree(src, out)

@@ -1,35 +1,47 @@
-"""Tasks wire data, model and loss together: classification, sft, reward, dpo, grpo.
+"""Tasks wire data, model and loss together. One file per task behind ``tasks.base.Task``, one line here.
 
-Each task class takes the run config and implements the ``Task`` protocol of ``train/loop.py``: what
-the training loop needs (``lengths``, ``counts``, ``collate``, ``loss``, ``evaluate``, ``save_model``),
-what the recipe records (``data_summary``) and what the run needs after training (``full_evaluation``).
-``task_class`` maps ``config.task`` to the class.
+``get_task(name)`` is the task class; everything outside ``tasks/`` asks it (its kind, metrics, probes,
+how to load its model) instead of comparing task names. Adding a task: ``docs/architecture.md``.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
+
+from tuneforge import config as _config
 from tuneforge.errors import ConfigError
+from tuneforge.tasks.base import Metric, Task
+
+# name -> "module:Class" (imported when first asked for)
+TASKS: dict[str, str] = {
+    "classification": "tuneforge.tasks.classification:ClassificationTask",
+    "sft": "tuneforge.tasks.sft:SFTTask",
+    "reward": "tuneforge.tasks.reward:RewardTask",
+    "dpo": "tuneforge.tasks.dpo:PreferenceTask",
+    "grpo": "tuneforge.tasks.grpo:GRPOTask",
+}
 
 
-def task_class(name: str):
-    if name == "classification":
-        from tuneforge.tasks.classification import ClassificationTask
+def get_task(name: str) -> type[Task]:
+    """The class of task ``name``; a clear error naming the tasks when it is unknown."""
+    if name not in TASKS:
+        close = difflib.get_close_matches(str(name), list(TASKS), n=1, cutoff=0.5)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"task '{name}' is unknown.{hint} Choose one of {', '.join(TASKS)}.")
+    module, cls = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
 
-        return ClassificationTask
-    if name == "sft":
-        from tuneforge.tasks.sft import SFTTask
 
-        return SFTTask
-    if name == "reward":
-        from tuneforge.tasks.reward import RewardTask
+def check_config(cfg) -> None:
+    """The task's own rules on a config (run by ``tuneforge.config.validate``)."""
+    get_task(cfg.task).check_config(cfg)
 
-        return RewardTask
-    if name == "dpo":
-        from tuneforge.tasks.dpo import PreferenceTask
 
-        return PreferenceTask
-    if name == "grpo":
-        from tuneforge.tasks.grpo import GRPOTask
+def task_class(name: str) -> type[Task]:  # the older name
+    return get_task(name)
 
-        return GRPOTask
-    raise ConfigError(f"task '{name}' is not available in this version of tuneforge.")
+
+_config.register_task_check(check_config)
+
+__all__ = ["TASKS", "Metric", "Task", "check_config", "get_task", "task_class"]

@@ -6,19 +6,20 @@ Loss: summed cross-entropy (the loop divides by the examples in the optimizer st
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from tuneforge.data.bundled import DATASETS, load_bundled, resolve
+from tuneforge.data.bundled import resolve
 from tuneforge.data.formats import Example, to_examples
-from tuneforge.data.split import split, subsample
 from tuneforge.errors import DataError
 from tuneforge.eval.metrics import classification_metrics, majority_baseline
 from tuneforge.models.load import load_classifier, load_tokenizer
 from tuneforge.models.save import save_model_folder
+from tuneforge.tasks.base import Metric, Task, load_splits
 
 log = logging.getLogger(__name__)
 
@@ -41,26 +42,6 @@ def _examples(spec: str, d) -> list[Example]:
     return examples
 
 
-def load_splits(d, seed: int) -> dict[str, list[Example]]:
-    """train / validation / test examples, from files or bundled splits, split off (stratified) when absent."""
-    train = _examples(d.train, d)
-    alias = d.train.split(":")[0]
-    test = _examples(d.test, d) if d.test else None
-    if test is None and alias in DATASETS and "test" in load_bundled(alias) and ":" not in d.train:
-        test = _examples(f"{alias}:test", d)
-    if test is None:
-        train, test = split(train, d.test_fraction, seed + 1, key=lambda e: e.label)
-    validation = _examples(d.validation, d) if d.validation else None
-    if validation is None:
-        train, validation = split(train, d.validation_fraction, seed, key=lambda e: e.label)
-    train = subsample(train, d.limit, seed)
-    validation = subsample(validation, d.eval_limit, seed)
-    test = subsample(test, d.eval_limit, seed)
-    if not train:
-        raise DataError(f"{d.train}: no training examples left after splitting.")
-    return {"train": train, "validation": validation, "test": test}
-
-
 def label_list(d, train: list[Example]) -> list[str]:
     labels = list(d.labels) if d.labels else sorted({e.label for e in train})
     if len(labels) < 2:
@@ -79,14 +60,27 @@ def check_labels(examples: list[Example], label2id: dict[str, int]) -> None:
             )
 
 
-class ClassificationTask:
-    primary_metric = "accuracy"
-    greater_is_better = True
+class ClassificationTask(Task):
+    name = "classification"
+    kind = "classifier"
+    result = "classification"
+    metrics = (
+        Metric("accuracy", True, "share of validation examples labelled right"),
+        Metric("macro_f1", True, "F1 averaged over labels (each label counts the same)"),
+        Metric("loss", False, "mean cross-entropy"),
+    )
+    probes = frozenset({"lengths", "bias"})
+    methods = ("full", "freeze", "unfreeze", "lora", "dora", "ia3")
+    data_format = "classification"
 
     def __init__(self, cfg, splits: dict[str, list[Example]] | None = None, load_model: bool = True):
         self.cfg = cfg
         d = cfg.data
-        self.splits = splits or load_splits(d, cfg.training.seed)
+        self.user_split = True
+        if splits is None:
+            read = lambda spec: (_examples(spec, d), "classification")  # noqa: E731
+            splits, _, self.user_split = load_splits(d, cfg.training.seed, read, key=lambda e: e.label)
+        self.splits = splits
         self.labels = label_list(d, self.splits["train"])
         self.label2id = {label: i for i, label in enumerate(self.labels)}
         for exs in self.splits.values():
@@ -180,6 +174,9 @@ class ClassificationTask:
         m = classification_metrics(enc["labels"], pred, self.labels)
         return {"loss": round(loss, 6), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
 
+    def read_file(self, spec: str) -> list[Example]:
+        return _examples(spec, self.cfg.data)
+
     def full_evaluation(self, model, split: str = "test", baseline: bool = True) -> dict:
         enc = self.encoded[split]
         pred, probs, loss = self.predict_encoded(model, enc)
@@ -194,7 +191,53 @@ class ClassificationTask:
         }
         if baseline:
             out["baseline"] = majority_baseline(self.encoded["train"]["labels"], enc["labels"], self.labels)
-        return out
+        return self.stamp(out)
 
-    def save_model(self, model, out: Path) -> None:
-        save_model_folder(model, self.tokenizer, out, labels=self.labels)  # labels.json beside an adapter
+    def save_model(self, model, out: Path, notes: dict | None = None) -> None:
+        save_model_folder(model, self.tokenizer, out, labels=self.labels, notes=notes)  # labels.json beside an adapter
+
+    @classmethod
+    def load_model(cls, model_dir: Path, cfg=None):
+        return load_sequence_classifier(Path(model_dir))
+
+    @staticmethod
+    def format_eval(result: dict) -> list[str]:
+        tuned, base = result["tuned"], result.get("baseline")
+        lines = [f"{result['split']} split: {result.get('data', '')}"]
+        lines.append(f"  tuned model: accuracy {tuned['accuracy']:.4f}, macro-F1 {tuned['macro_f1']:.4f} ({tuned['n']} examples)")
+        if base:
+            lines.append(
+                f"  baseline (always '{base['predicts']}'): accuracy {base['accuracy']:.4f}, macro-F1 {base['macro_f1']:.4f}"
+            )
+        per = tuned.get("per_class") or {}
+        if 0 < len(per) <= 25:
+            lines.append("  per class (tuned): label precision recall F1 support")
+            lines += [
+                f"    {k}\t{v['precision']:.3f}\t{v['recall']:.3f}\t{v['f1']:.3f}\t{v['support']}" for k, v in per.items()
+            ]
+        return lines
+
+
+def load_sequence_classifier(model_dir: Path):
+    """A classifier folder, or a PEFT adapter on its base with the label set saved beside it."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    if (model_dir / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        adapter = json.loads((model_dir / "adapter_config.json").read_text())
+        labels = json.loads((model_dir / "labels.json").read_text())
+        base_path = adapter["base_model_name_or_path"]
+        config = AutoConfig.from_pretrained(
+            base_path,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+        )
+        if getattr(config, "pad_token_id", None) is None:
+            from transformers import AutoTokenizer
+
+            config.pad_token_id = AutoTokenizer.from_pretrained(model_dir).pad_token_id
+        base = AutoModelForSequenceClassification.from_pretrained(base_path, config=config)
+        return PeftModel.from_pretrained(base, model_dir)
+    return AutoModelForSequenceClassification.from_pretrained(model_dir)

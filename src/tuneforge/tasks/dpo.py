@@ -25,23 +25,10 @@ import torch
 
 from tuneforge.data.chat import EncodedChat, encode_prompt_response
 from tuneforge.data.formats import Example
-from tuneforge.errors import DataError
-from tuneforge.models.load import load_causal_lm, load_tokenizer
-from tuneforge.models.templates import ensure_template
-from tuneforge.tasks.pairs import (
-    Running,
-    configure_generation,
-    frozen_copy,
-    is_paired,
-    load_splits,
-    pad,
-    pairwise_accuracy,
-    prompt_text,
-    read_examples,
-    reference,
-    save_lm,
-    unpair,
-)
+from tuneforge.errors import ConfigError, DataError
+from tuneforge.tasks.base import Metric, load_splits
+from tuneforge.tasks.lm import LMTask, prompt_text
+from tuneforge.tasks.pairs import Running, is_paired, pad, pairwise_accuracy, read_examples, unpair
 from tuneforge.train.losses import dpo_loss, kto_kl, kto_loss, orpo_loss, token_logps
 
 log = logging.getLogger(__name__)
@@ -57,15 +44,43 @@ def response_start(e: EncodedChat) -> int:
     return next(i for i, label in enumerate(e.labels) if label != IGNORE)
 
 
-class PreferenceTask:
-    greater_is_better = True
+class PreferenceTask(LMTask):
+    name = "dpo"
+    kind = "policy"
+    result = "preference"
+    metrics = (
+        Metric("preference_accuracy", True, "share of held-out pairs whose implicit reward ranks chosen first"),
+        Metric("label_accuracy", True, "KTO rows: share whose implicit reward has the label's sign"),
+        Metric("loss", False, "the preference loss on held-out pairs"),
+        Metric("margin", True, "mean implicit reward of chosen minus rejected"),
+        Metric("likelihood_accuracy", True, "share of pairs where chosen has the higher per-token log-prob"),
+    )
+    sections = ("sft", "preference")
+    keeps_frozen_copy = True
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
+        p = cfg.preference
+        if p.center_rewards is not None:
+            raise ConfigError(
+                "preference.center_rewards is an option of task 'reward' (a reward model): remove it, or set task: reward."
+            )
+        if p.loss_type == "kto" and cfg.training.batch_size < 2:
+            raise ConfigError(
+                "preference.loss_type=kto needs training.batch_size >= 2: its KL reference point pairs each prompt "
+                "with another row's completion, and a batch of one would pair a row with itself. Set "
+                "training.batch_size=2 or more (lower data.max_length if memory is short)."
+            )
 
     def __init__(self, cfg, splits: dict[str, list[Example]] | None = None, load_model: bool = True):
         self.cfg = cfg
         p = cfg.preference
         self.loss_type, self.beta = p.loss_type, p.beta
+        self.user_split = True
         if splits is None:
-            splits, self.data_format = load_splits(cfg.data, cfg.training.seed, ("preference", "kto"), "dpo")
+            read = lambda spec: read_examples(spec, cfg.data, ("preference", "kto"), "dpo")  # noqa: E731
+            splits, self.data_format, self.user_split = load_splits(cfg.data, cfg.training.seed, read)
         else:
             self.data_format = "preference" if is_paired(splits["train"]) else "kto"
         if self.data_format == "kto" and self.loss_type != "kto":
@@ -74,8 +89,8 @@ class PreferenceTask:
                 f"preference.loss_type=kto; loss '{self.loss_type}' needs {{prompt, chosen, rejected}} pairs."
             )
         self.splits = splits
-        self.tokenizer = load_tokenizer(cfg.model.name, cfg.model.chat_template)
-        ensure_template(self.tokenizer)
+        self.keeps_frozen_copy = self.loss_type != "orpo"  # ORPO needs no reference model
+        self.setup_lm(load_model)
         self.encoded = {name: self.encode(exs) for name, exs in splits.items()}
         self.train_paired = self.loss_type != "kto"
         train = self.encode(unpair(splits["train"])) if self.loss_type == "kto" else self.encoded["train"]
@@ -93,19 +108,13 @@ class PreferenceTask:
         paired_eval = all(
             enc["paired"] for name, enc in self.encoded.items() if name != "train" and enc["rows"]
         )
-        self.primary_metric = "preference_accuracy" if paired_eval else "label_accuracy"
+        self.paired_eval = paired_eval
         self.running = Running()
-        self._ref_cache: dict[
-            str, torch.Tensor
-        ] = {}  # split -> reference log-probs of its rows (NaN: not yet)
-        self.model = self.ref_model = None
-        if load_model:
-            self.model = load_causal_lm(cfg.model.name, cfg.model.dtype, cfg.model.dropout)
-            self.configure_generation(self.model)
-            if (
-                self.loss_type != "orpo"
-            ):  # full fine-tuning: the reference is a frozen copy of the starting weights
-                self.ref_model = frozen_copy(self.model, cfg.method.name)
+        self._ref_cache: dict[str, torch.Tensor] = {}  # split -> reference log-probs of its rows (NaN: not yet)
+        self._step_kl: torch.Tensor | None = None  # KTO: the KL reference point of the current optimizer step
+
+    def default_metric(self) -> Metric:
+        return self.metric("preference_accuracy" if self.paired_eval else "label_accuracy")
 
     # ---- data
     def read_file(self, spec: str) -> list[Example]:
@@ -171,24 +180,41 @@ class PreferenceTask:
         batch = self._batch(picked)
         batch["index"] = torch.tensor(indices)
         batch["desirable"] = torch.tensor([self.train["desirable"][i] for i in indices])
-        # KTO's reference point: each prompt with the completion of the previous row (a mismatched pair)
-        mismatched = []
-        for k, row in enumerate(picked):
-            other = picked[k - 1]
+        return batch
+
+    def mismatched(self, indices: list[int]) -> list[EncodedChat]:
+        """KTO's reference point: each row's prompt with the completion of the next row of the step (a
+        mismatched pair; the step has at least two rows, so never a row with itself)."""
+        rows = [self.train["rows"][i] for i in indices]
+        out = []
+        for k, row in enumerate(rows):
+            other = rows[(k + 1) % len(rows)]
             p, q = response_start(row), response_start(other)
             ids, labels = row.input_ids[:p] + other.input_ids[q:], [IGNORE] * p + other.labels[q:]
-            mismatched.append(
-                EncodedChat(ids[: self.cfg.data.max_length], labels[: self.cfg.data.max_length])
-            )
-        kl = self._batch(mismatched)
-        batch.update(
-            {
-                "kl_input_ids": kl["input_ids"],
-                "kl_attention_mask": kl["attention_mask"],
-                "kl_labels": kl["labels"],
-            }
-        )
-        return batch
+            n = self.cfg.data.max_length
+            out.append(EncodedChat(ids[:n], labels[:n]))
+        return out
+
+    @torch.no_grad()
+    def begin_step(self, model, indices: list[int], reduce) -> None:
+        """KTO: the KL reference point of this optimizer step, from mismatched pairs of ALL its rows on all
+        processes (``reduce`` sums over processes): mean(policy - reference) log-prob, clamped at 0."""
+        if self.loss_type != "kto":
+            return None
+        device = next(model.parameters()).device
+        pairs = self.mismatched(indices)
+        totals = torch.zeros(2, device=device)  # (sum of policy - reference, rows)
+        bs = max(1, self.cfg.training.batch_size)
+        for start in range(0, len(pairs), bs):
+            b = {k: v.to(device) for k, v in self._batch(pairs[start : start + bs]).items()}
+            args = b["input_ids"], b["attention_mask"], b["labels"]
+            policy = self.logps(model, *args)[0].float()
+            with self.reference(model) as ref_model:
+                ref = self.logps(ref_model, *args)[0].float()
+            totals += torch.stack([(policy - ref).sum(), torch.tensor(float(len(policy)), device=device)])
+        totals = reduce(totals)
+        self._step_kl = kto_kl(totals[0:1] / totals[1].clamp(min=1), torch.zeros(1, device=device))
+        return None
 
     # ---- model side
     @staticmethod
@@ -209,10 +235,6 @@ class PreferenceTask:
         logits = logits[:, -keep:]  # prompt tuning prepends virtual tokens: keep the real positions
         lp, mask = token_logps(logits, labels[:, -keep:])  # (N, keep-1)
         return lp.sum(-1), mask.sum(-1)
-
-    def reference(self, model):
-        """The reference model (context manager): the frozen copy, or the adapter switched off."""
-        return reference(model, self.ref_model, self.cfg)
 
     @torch.no_grad()
     def reference_logps(self, model, split: str, index: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -247,12 +269,9 @@ class PreferenceTask:
             return losses.sum(), len(chosen)
         ref = self.reference_logps(model, "train", batch["index"], batch)
         if self.loss_type == "kto":
-            with torch.no_grad():
-                kl_args = batch["kl_input_ids"], batch["kl_attention_mask"], batch["kl_labels"]
-                policy_kl = self.logps(model, *kl_args)[0]
-                with self.reference(model) as ref_model:
-                    ref_kl = self.logps(ref_model, *kl_args)[0]
-                kl = kto_kl(policy_kl, ref_kl)
+            if self._step_kl is None:
+                raise RuntimeError("KTO: begin_step() must run before the step's micro-batches")
+            kl = self._step_kl.to(logps.device)
             p = self.cfg.preference
             losses, rewards = kto_loss(
                 logps, ref, batch["desirable"], kl, self.beta, p.desirable_weight, p.undesirable_weight
@@ -357,61 +376,44 @@ class PreferenceTask:
         return self.metrics(enc, policy, counts, ref)
 
     def full_evaluation(self, model, split: str = "test", baseline: bool = True) -> dict:
-        """Preference accuracy of the tuned model on held-out pairs beside the base model, and sample answers."""
-        from tuneforge.serve.generate import generate
+        """Preference accuracy of the tuned model on held-out pairs beside the base model, and sample answers.
 
+        ``per_example`` keeps every held-out row's implicit reward (tuned and base) for the report's intervals.
+        """
         t0 = time.perf_counter()
         enc = self.encoded[split]
-        out: dict = {
-            "split": split,
-            "task": "dpo",
-            "loss_type": self.loss_type,
-            "beta": self.beta,
-            "tuned": {},
-        }
+        out: dict = {"split": split, "loss_type": self.loss_type, "beta": self.beta, "tuned": {}}
         if enc["rows"]:
             policy, counts = self.split_logps(model, enc["rows"])
             ref = self.split_reference(model, split)  # the base model's log-probs
-            out["tuned"] = self.metrics(enc, policy, counts, None if self.loss_type == "orpo" else ref)
+            no_ref = self.loss_type == "orpo"
+            out["tuned"] = self.metrics(enc, policy, counts, None if no_ref else ref)
+            out["per_example"] = {
+                "paired": enc["paired"],
+                "tuned": self.scores(policy, counts, None if no_ref else ref).tolist(),
+                "desirable": enc.get("desirable"),
+            }
             if baseline:
                 # ORPO's implicit reward is the model's own likelihood, which the base model has too; for the others
                 # the base model is the reference, so its implicit reward is 0 for every answer (accuracy 0.5)
-                out["baseline"] = self.metrics(enc, ref, counts, None if self.loss_type == "orpo" else ref)
+                out["baseline"] = self.metrics(enc, ref, counts, None if no_ref else ref)
                 out["baseline"].pop("loss", None)
                 out["baseline"]["n"] = len(enc["examples"])
+                out["per_example"]["base"] = self.scores(ref, counts, None if no_ref else ref).tolist()
         out["tuned"]["n"] = len(enc["examples"])
-        s = self.cfg.sft
-        examples = enc["examples"][: s.samples]
+        examples = enc["examples"][: self.cfg.sft.samples]
+        tuned, base = self.sample_answers(model, [e.messages for e in examples], baseline)
         if examples:
-            gen = dict(
-                max_new_tokens=s.max_new_tokens,
-                temperature=s.temperature,
-                batch_size=8,
-                system_prompt=s.system_prompt,
-            )
-            convs = [e.messages for e in examples]
-            tuned = generate(model, self.tokenizer, convs, **gen)
-            base = [None] * len(convs)
-            if baseline:
-                with self.reference(model) as ref_model:
-                    base = generate(ref_model, self.tokenizer, convs, **gen)
             out["samples"] = [
-                {
-                    "prompt": prompt_text(e.messages),
-                    "reference": e.chosen[-1]["content"],
-                    "base": b,
-                    "tuned": a,
-                }
+                {"prompt": prompt_text(e.messages), "reference": e.chosen[-1]["content"], "base": b, "tuned": a}
                 for e, a, b in zip(examples, tuned, base)
             ]
         out["seconds"] = round(time.perf_counter() - t0, 2)
-        return out
+        return self.stamp(out)
 
-    def configure_generation(self, model) -> None:
-        configure_generation(model, self.tokenizer)
-
-    def save_model(self, model, out: Path) -> None:
-        save_lm(model, self.tokenizer, out)
+    @staticmethod
+    def format_eval(result: dict) -> list[str]:
+        return format_eval(result)
 
 
 def format_eval(result: dict) -> list[str]:

@@ -1,7 +1,7 @@
 """Group-relative policy optimisation (GRPO): online RL from reward functions, with a KL penalty to the reference.
 
 Each optimizer step takes ``training.batch_size`` prompts (times ``grad_accum``), samples ``grpo.group_size``
-completions for each with the current policy, scores them with ``grpo.rewards`` (``tuneforge.rewards``),
+completions for each with the current policy, scores them with ``grpo.rewards`` (``tuneforge.tasks.rewards``),
 turns the rewards into advantages relative to the other completions of the same prompt, and takes one
 policy-gradient step on ``-A * log pi`` plus ``grpo.kl_beta`` times the KL to the reference model (the
 adapter switched off, or a frozen copy for full fine-tuning). One update per sampled batch, so the policy
@@ -25,19 +25,11 @@ from tuneforge.data.bundled import resolve
 from tuneforge.data.chat import render_prompt
 from tuneforge.data.formats import SHAPES, Example, _messages, detect_format, to_examples
 from tuneforge.errors import DataError
-from tuneforge.models.load import load_causal_lm, load_tokenizer
-from tuneforge.models.templates import ensure_template
-from tuneforge.rewards import Reward, load_rewards
-from tuneforge.tasks.pairs import (
-    Running,
-    configure_generation,
-    frozen_copy,
-    load_splits,
-    pad,
-    prompt_text,
-    reference,
-    save_lm,
-)
+from tuneforge.models.generate import generate, stop_ids
+from tuneforge.tasks.base import Metric, load_splits
+from tuneforge.tasks.lm import LMTask, prompt_text
+from tuneforge.tasks.pairs import Running, pad
+from tuneforge.tasks.rewards import Reward, load_rewards
 from tuneforge.train.losses import group_advantages, grpo_loss, token_logps
 
 log = logging.getLogger(__name__)
@@ -81,32 +73,37 @@ def read_prompts(spec: str, d) -> tuple[list[Example], str]:
     return out, fmt
 
 
-class GRPOTask:
-    primary_metric = "reward"
-    greater_is_better = True
+class GRPOTask(LMTask):
+    name = "grpo"
+    kind = "policy"
+    result = "policy_reward"
+    metrics = (
+        Metric("reward", True, "mean reward of greedy answers to held-out prompts"),
+        Metric("words", False, "mean words per answer"),
+    )
+    sections = ("sft", "grpo")
+    samples_during_training = True
     data_format = "messages"
 
     def __init__(self, cfg, splits: dict[str, list[Example]] | None = None, load_model: bool = True):
         self.cfg = cfg
         self.g = cfg.grpo
+        self.user_split = True
         if splits is None:
-            splits, _ = load_splits(
-                cfg.data, cfg.training.seed, (), "grpo", reader=lambda s: read_prompts(s, cfg.data)
-            )
+            read = lambda spec: read_prompts(spec, cfg.data)  # noqa: E731
+            splits, _, self.user_split = load_splits(cfg.data, cfg.training.seed, read)
         self.splits = splits
-        self.tokenizer = load_tokenizer(cfg.model.name, cfg.model.chat_template)
-        ensure_template(self.tokenizer)
+        self.keeps_frozen_copy = self.g.kl_beta > 0  # the KL penalty needs the reference at every step
+        self.setup_lm(load_model)
         self.rewards: list[Reward] = load_rewards(self.g.rewards, self.g.reward_weights)
         self.prompt_ids = {name: [self.encode_prompt(e) for e in exs] for name, exs in splits.items()}
-        self.lengths = [len(p) for p in self.prompt_ids["train"]]
-        self.counts = [self.g.group_size] * len(self.lengths)  # the loss is a mean over sampled completions
+        # what a step computes for a prompt: group_size sequences of prompt + completion (at most max_new_tokens);
+        # the token cap, the memory estimate and the token counts see this, not the prompt alone
+        g = self.g
+        self.lengths = [g.group_size * (len(p) + g.max_new_tokens) for p in self.prompt_ids["train"]]
+        self.counts = [g.group_size] * len(self.lengths)  # replaced by the exact items after each rollout
         self.running = Running()
-        self.model = self.ref_model = None
-        if load_model:
-            self.model = load_causal_lm(cfg.model.name, cfg.model.dtype, cfg.model.dropout)
-            configure_generation(self.model, self.tokenizer)
-            if self.g.kl_beta > 0:  # full fine-tuning: the reference is a frozen copy of the starting weights
-                self.ref_model = frozen_copy(self.model, cfg.method.name)
+        self._rollouts: dict[tuple[int, ...], dict[str, torch.Tensor]] = {}
 
     # ---- data
     def read_file(self, spec: str) -> list[Example]:
@@ -123,17 +120,76 @@ class GRPOTask:
             for name, p in self.prompt_ids.items()
         }
 
-    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        ids, mask = pad(
+    # ---- the step: sample every micro-batch's completions first, then train on them
+    @torch.no_grad()
+    def begin_step(self, model, micro: list[list[int]], reduce) -> float:
+        """Sample ``group_size`` completions for every prompt of this process's micro-batches, score them and
+        compute their advantages; returns this process's loss items for the step (``grpo.loss_aggregation``)."""
+        raw = getattr(model, "module", model)  # DDP wraps the model; generate on the inner one
+        was_training = raw.training
+        raw.eval()
+        self._rollouts = {}
+        items = 0.0
+        try:
+            for idx in micro:
+                roll = self._sample(raw, idx)
+                self._rollouts[tuple(idx)] = roll
+                items += float(roll["items"])
+        finally:
+            raw.train(was_training)
+        return items
+
+    def _sample(self, raw, indices: list[int]) -> dict[str, torch.Tensor]:
+        g, device = self.g, next(raw.parameters()).device
+        prompt_ids, prompt_mask = pad(
             [self.prompt_ids["train"][i] for i in indices], self.tokenizer.pad_token_id, left=True
+        )  # (B, P), left-padded
+        prompt_ids = prompt_ids.repeat_interleave(g.group_size, 0).to(device)  # (N, P), N = B * G
+        prompt_mask = prompt_mask.repeat_interleave(g.group_size, 0).to(device)
+        out = raw.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=self.sampling_config())
+        completion = out[:, prompt_ids.shape[1] :]  # (N, C)
+        mask, stopped = self.completion_mask(completion)  # (N, C), (N,)
+        texts = [
+            t.strip()
+            for t in self.tokenizer.batch_decode(
+                completion.masked_fill(mask == 0, self.tokenizer.pad_token_id), skip_special_tokens=True
+            )
+        ]
+        rows = [self.splits["train"][i] for i in indices for _ in range(g.group_size)]
+        rewards, each = self.score(
+            [prompt_text(e.messages) for e in rows],
+            texts,
+            [e.chosen[-1]["content"] if e.chosen else None for e in rows],
         )
-        return {"prompt_ids": ids, "prompt_mask": mask, "index": torch.tensor(indices)}  # (B, P), left-padded
+        r = self.running
+        r.add("reward", rewards)
+        r.add("reward_std", rewards.view(-1, g.group_size).std(1))
+        for name, values in each.items():
+            if len(each) > 1:
+                r.add(f"reward/{name}", values)
+        r.add("completion_tokens", mask.sum(1).float())
+        r.add("stopped", stopped.float())  # fraction of completions that ended before max_new_tokens
+        n, tokens = len(rows), int(mask.sum())
+        items = {"grpo": n, "dapo": tokens, "bnpo": 1, "dr_grpo": n * g.max_new_tokens}[g.loss_aggregation]
+        return {
+            "input_ids": torch.cat([prompt_ids, completion], 1).cpu(),  # (N, P + C)
+            "attention_mask": torch.cat([prompt_mask, mask], 1).cpu(),
+            "completion": completion.cpu(),
+            "completion_mask": mask.cpu(),
+            "advantages": group_advantages(rewards, g.group_size, g.scale_rewards),  # (N,)
+            "items": torch.tensor(items),
+        }
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """The sampled sequences of these prompts (``begin_step`` must have run for the step)."""
+        roll = self._rollouts.get(tuple(indices))
+        if roll is None:
+            raise RuntimeError("GRPO: begin_step() samples the step's completions before its micro-batches")
+        return roll
 
     # ---- sampling and scoring
     def sampling_config(self):
         from transformers import GenerationConfig
-
-        from tuneforge.serve.generate import stop_ids
 
         g = self.g
         return GenerationConfig(
@@ -148,8 +204,6 @@ class GRPOTask:
 
     def completion_mask(self, completion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """1 for each completion token up to and including the first stop token (N, C); whether one came (N,)."""
-        from tuneforge.serve.generate import stop_ids
-
         stops = torch.isin(
             completion, torch.tensor(stop_ids(self.tokenizer), device=completion.device)
         )  # (N, C)
@@ -184,61 +238,36 @@ class GRPOTask:
         )
         return token_logps(logits / self.g.temperature, labels)[0]  # (N, C)
 
-    def loss(self, model, batch) -> tuple[torch.Tensor, int]:
-        g, raw = self.g, getattr(model, "module", model)  # DDP wraps the model; generate on the inner one
-        prompt_ids = batch["prompt_ids"].repeat_interleave(g.group_size, 0)  # (N, P), N = B * G
-        prompt_mask = batch["prompt_mask"].repeat_interleave(g.group_size, 0)
-        with torch.no_grad():
-            was_training = raw.training
-            raw.eval()
-            out = raw.generate(
-                input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=self.sampling_config()
-            )
-            raw.train(was_training)
-        completion = out[:, prompt_ids.shape[1] :]  # (N, C)
-        mask, stopped = self.completion_mask(completion)  # (N, C), (N,)
-        texts = [
-            t.strip()
-            for t in self.tokenizer.batch_decode(
-                completion.masked_fill(mask == 0, self.tokenizer.pad_token_id), skip_special_tokens=True
-            )
-        ]
-        rows = [self.splits["train"][int(i)] for i in batch["index"] for _ in range(g.group_size)]
-        rewards, each = self.score(
-            [prompt_text(e.messages) for e in rows],
-            texts,
-            [e.chosen[-1]["content"] if e.chosen else None for e in rows],
-        )
-        advantages = group_advantages(rewards, g.group_size, g.scale_rewards).to(prompt_ids.device)  # (N,)
-        ids, attention = (
-            torch.cat([prompt_ids, completion], 1),
-            torch.cat([prompt_mask, mask], 1),
-        )  # (N, P + C)
+    def loss(self, model, batch) -> tuple[torch.Tensor, float]:
+        g = self.g
+        ids, attention = batch["input_ids"], batch["attention_mask"]
+        completion, mask = batch["completion"], batch["completion_mask"]
         logps = self.completion_logps(model, ids, attention, completion, mask)  # (N, C)
         ref = None
         if g.kl_beta > 0:
-            with torch.no_grad(), reference(model, self.ref_model, self.cfg) as ref_model:
+            with torch.no_grad(), self.reference(model) as ref_model:
                 ref = self.completion_logps(ref_model, ids, attention, completion, mask)
-        losses, kl = grpo_loss(logps, logps.detach(), ref, advantages, mask, kl_beta=g.kl_beta)
-        r = self.running
-        r.add("reward", rewards)
-        r.add("reward_std", rewards.view(-1, g.group_size).std(1))
-        for name, values in each.items():
-            if len(each) > 1:
-                r.add(f"reward/{name}", values)
+        loss_sum, items, kl = grpo_loss(
+            logps,
+            logps.detach(),  # one update per sample: the policy ratio is 1 (TRL's default num_iterations=1)
+            ref,
+            batch["advantages"].to(logps.device),
+            mask,
+            kl_beta=g.kl_beta,
+            aggregation=g.loss_aggregation,
+            max_completion_length=g.max_new_tokens,
+        )
         if ref is not None:
-            r.add("kl", kl)
-        r.add("completion_tokens", mask.sum(1).float())
-        r.add("stopped", stopped.float())  # fraction of completions that ended before max_new_tokens
-        return losses.sum(), len(losses)
+            self.running.add("kl", kl)
+        if g.loss_aggregation == "bnpo":  # a token mean per micro-batch: one item each
+            return loss_sum / max(float(items), 1.0), 1.0
+        return loss_sum, float(items)
 
     def pop_train_metrics(self) -> dict[str, float]:
         return self.running.pop()
 
     # ---- evaluation
     def answers(self, model, split: str, limit: int | None = None) -> tuple[list[Example], list[str]]:
-        from tuneforge.serve.generate import generate
-
         examples = (self.splits.get(split) or [])[:limit]
         if not examples:
             return [], []
@@ -268,39 +297,44 @@ class GRPOTask:
         return self.reward_metrics(examples, answers) if examples else {}
 
     def full_evaluation(self, model, split: str = "test", baseline: bool = True) -> dict:
-        """Mean reward of greedy answers to the held-out prompts: the tuned model beside the base model."""
+        """Mean reward of greedy answers to the held-out prompts: the tuned model beside the base model.
+
+        ``per_example`` keeps each prompt's reward (tuned and base) for the report's intervals.
+        """
         t0 = time.perf_counter()
         examples, tuned = self.answers(model, split)
-        out: dict = {"split": split, "task": "grpo", "rewards": list(self.g.rewards), "tuned": {}}
+        out: dict = {"split": split, "rewards": list(self.g.rewards), "tuned": {}}
         if not examples:
-            return out
+            return self.stamp(out)
+        prompts = [prompt_text(e.messages) for e in examples]
+        refs = [e.chosen[-1]["content"] if e.chosen else None for e in examples]
         out["tuned"] = {**self.reward_metrics(examples, tuned), "n": len(examples)}
-        base = [None] * len(examples)
+        t_scores = self.score(prompts, tuned, refs)[0]
+        out["per_example"] = {"tuned": t_scores.tolist()}
+        base: list[str | None] = [None] * len(examples)
+        b_scores = None
         if baseline:
-            with reference(model, self.ref_model, self.cfg) as ref_model:
+            with self.reference(model) as ref_model:
                 _, base = self.answers(ref_model, split)
             out["baseline"] = {**self.reward_metrics(examples, base), "n": len(examples)}
-        t_scores = self.score([prompt_text(e.messages) for e in examples], tuned, [None] * len(tuned))[0]
-        b_scores = (
-            self.score([prompt_text(e.messages) for e in examples], base, [None] * len(base))[0]
-            if baseline
-            else None
-        )
+            b_scores = self.score(prompts, base, refs)[0]
+            out["per_example"]["base"] = b_scores.tolist()
         out["samples"] = [
             {
-                "prompt": prompt_text(e.messages),
+                "prompt": prompts[k],
                 "base": b,
                 "tuned": a,
                 "reward_tuned": float(t_scores[k]),
                 "reward_base": float(b_scores[k]) if b_scores is not None else None,
             }
-            for k, (e, a, b) in enumerate(list(zip(examples, tuned, base))[: self.cfg.sft.samples])
+            for k, (a, b) in enumerate(list(zip(tuned, base))[: self.cfg.sft.samples])
         ]
         out["seconds"] = round(time.perf_counter() - t0, 2)
-        return out
+        return self.stamp(out)
 
-    def save_model(self, model, out: Path) -> None:
-        save_lm(model, self.tokenizer, out)
+    @staticmethod
+    def format_eval(result: dict) -> list[str]:
+        return format_eval(result)
 
 
 def format_eval(result: dict) -> list[str]:

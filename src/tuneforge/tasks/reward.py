@@ -15,9 +15,13 @@ import torch
 
 from tuneforge.data.chat import encode_prompt_response
 from tuneforge.data.formats import Example
+from tuneforge.errors import ConfigError
 from tuneforge.models.load import load_classifier, load_tokenizer
 from tuneforge.models.save import save_model_folder
-from tuneforge.tasks.pairs import Running, load_splits, pad, pairwise_accuracy, prompt_text, read_examples
+from tuneforge.tasks.base import Metric, Task, load_splits
+from tuneforge.tasks.classification import load_sequence_classifier
+from tuneforge.tasks.lm import prompt_text
+from tuneforge.tasks.pairs import Running, pad, pairwise_accuracy, read_examples
 from tuneforge.train.losses import bradley_terry_loss
 
 log = logging.getLogger(__name__)
@@ -46,14 +50,36 @@ def encode_response(
     ], True
 
 
-class RewardTask:
-    primary_metric = "accuracy"
-    greater_is_better = True
+class RewardTask(Task):
+    name = "reward"
+    kind = "reward_model"
+    result = "reward_model"
+    metrics = (
+        Metric("accuracy", True, "share of held-out pairs whose chosen answer gets the higher reward"),
+        Metric("loss", False, "Bradley-Terry loss"),
+        Metric("margin", True, "mean reward of chosen minus rejected"),
+    )
+    sections = ("preference",)  # center_rewards
+    methods = ("full", "freeze", "unfreeze", "lora", "dora", "ia3")
     data_format = "preference"
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
+        p = cfg.preference
+        if (p.loss_type, p.beta, p.label_smoothing) != ("sigmoid", 0.1, 0.0):
+            raise ConfigError(
+                "preference.loss_type/beta/label_smoothing tune task 'dpo'; a reward model (task: reward) trains "
+                "with the Bradley-Terry loss: remove them (preference.center_rewards is the reward model's option)."
+            )
 
     def __init__(self, cfg, splits: dict[str, list[Example]] | None = None, load_model: bool = True):
         self.cfg = cfg
-        self.splits = splits or load_splits(cfg.data, cfg.training.seed, ("preference",), "reward")[0]
+        self.user_split = True
+        if splits is None:
+            read = lambda spec: read_examples(spec, cfg.data, ("preference",), "reward")  # noqa: E731
+            splits, _, self.user_split = load_splits(cfg.data, cfg.training.seed, read)
+        self.splits = splits
         self.tokenizer = load_tokenizer(cfg.model.name, cfg.model.chat_template)
         self.encoded = {name: self.encode(exs) for name, exs in self.splits.items()}
         train = self.encoded["train"]
@@ -164,6 +190,7 @@ class RewardTask:
             "task": "reward",
             "tuned": {**self.metrics(chosen, rejected), "n": len(examples)},
         }
+        c_len = r_len = []
         if baseline:
             c_len = torch.tensor([float(sum(len(m["content"]) for m in e.chosen)) for e in examples])
             r_len = torch.tensor([float(sum(len(m["content"]) for m in e.rejected)) for e in examples])
@@ -183,10 +210,43 @@ class RewardTask:
             }
             for e, c, r in list(zip(examples, chosen, rejected))[:5]
         ]
-        return out
+        # per-pair scores (the report's intervals): tuned rewards of every chosen and rejected answer
+        out["pairs"] = {
+            "chosen": [round(float(c), 5) for c in chosen],
+            "rejected": [round(float(r), 5) for r in rejected],
+            "longer_chosen": [float(a > b) + 0.5 * float(a == b) for a, b in zip(c_len, r_len)] if baseline else None,
+        }
+        return self.stamp(out)
 
-    def save_model(self, model, out: Path) -> None:
-        save_model_folder(model, self.tokenizer, out, labels=["reward"])  # rebuilds the one-output head
+    def save_model(self, model, out: Path, notes: dict | None = None) -> None:
+        save_model_folder(model, self.tokenizer, out, labels=["reward"], notes=notes)  # rebuilds the one-output head
+
+    @classmethod
+    def load_model(cls, model_dir: Path, cfg=None):
+        return load_sequence_classifier(Path(model_dir))
+
+    @staticmethod
+    def format_eval(result: dict) -> list[str]:
+        return format_eval(result)
+
+
+@torch.no_grad()
+def score_responses(
+    model, tokenizer, max_length: int, prompts: list, responses: list[str], batch_size: int = 16
+) -> list[float]:
+    """Rewards of responses to prompts (a prompt is a string or a conversation), one per response."""
+    as_turns = lambda p: [{"role": "user", "content": p}] if isinstance(p, str) else list(p)  # noqa: E731
+    ids = [
+        encode_response(tokenizer, as_turns(p), [{"role": "assistant", "content": r}], max_length)[0]
+        for p, r in zip(prompts, responses)
+    ]
+    device = next(model.parameters()).device
+    out: list[float] = []
+    for start in range(0, len(ids), batch_size):
+        batch, mask = pad(ids[start : start + batch_size], tokenizer.pad_token_id)
+        logits = model(input_ids=batch.to(device), attention_mask=mask.to(device)).logits  # (B, 1)
+        out += logits[:, 0].float().tolist()
+    return out
 
 
 def format_eval(result: dict) -> list[str]:

@@ -16,17 +16,14 @@ from pathlib import Path
 
 import torch
 
-from tuneforge.data.bundled import DATASETS, load_bundled, resolve
+from tuneforge.data.bundled import resolve
 from tuneforge.data.chat import EncodedChat, check_masks, encode_chat, encode_text, show_trained
 from tuneforge.data.formats import Example, to_examples
 from tuneforge.data.packing import pack, packed_batch, pad_batch, plan_packs
-from tuneforge.data.split import split, subsample
 from tuneforge.errors import DataError
 from tuneforge.eval.perplexity import nll
-from tuneforge.models.load import load_causal_lm, load_tokenizer
-from tuneforge.models.save import save_model_folder
-from tuneforge.models.templates import ensure_template
-from tuneforge.serve.generate import generate, stop_ids
+from tuneforge.tasks.base import Metric, load_splits
+from tuneforge.tasks.lm import LMTask
 from tuneforge.train.lm_loss import lm_loss
 from tuneforge.utils import console
 
@@ -42,9 +39,12 @@ def read_examples(spec: str, d) -> tuple[list[Example], str]:
     if fmt == "classification" and d.format == "auto":
         fmt = "auto"
     examples, fmt = to_examples(table, fmt, d.text_column, d.label_column)
-    if fmt == "classification" and d.format == "auto":
-        # a text column with a label: for a language model the text is raw text
-        examples, fmt = to_examples(table, "text", d.text_column, d.label_column)
+    if fmt == "classification":
+        raise DataError(
+            f"{table.path}: rows with a text and a label ('{d.text_column}', '{d.label_column}') are classification "
+            f"data; task 'sft' would train on the text and drop every label. Use task: classification, or to train "
+            f"a language model on the text alone, remove the label column or set data.format=text."
+        )
     if fmt not in SFT_FORMATS:
         raise DataError(
             f"{table.path}: '{fmt}' data cannot train task 'sft'; it needs one of {', '.join(SFT_FORMATS)} "
@@ -53,46 +53,31 @@ def read_examples(spec: str, d) -> tuple[list[Example], str]:
     return examples, fmt
 
 
-def load_splits(d, seed: int) -> tuple[dict[str, list[Example]], str]:
-    """train / validation / test examples: files or bundled splits, split off the training data when absent."""
-    train, fmt = read_examples(d.train, d)
-    alias = d.train.split(":")[0]
-    test = read_examples(d.test, d)[0] if d.test else None
-    if test is None and alias in DATASETS and "test" in load_bundled(alias) and ":" not in d.train:
-        test = read_examples(f"{alias}:test", d)[0]
-    if test is None:
-        train, test = split(train, d.test_fraction, seed + 1)
-    validation = read_examples(d.validation, d)[0] if d.validation else None
-    if validation is None:
-        train, validation = split(train, d.validation_fraction, seed)
-    train = subsample(train, d.limit, seed)
-    validation = subsample(validation, d.eval_limit, seed)
-    test = subsample(test, d.eval_limit, seed)
-    if not train:
-        raise DataError(f"{d.train}: no training examples left after splitting.")
-    return {"train": train, "validation": validation, "test": test}, fmt
-
-
 def loss_count(e: EncodedChat) -> int:
     """Loss tokens of a row as the loss counts them (the first position is never a target)."""
     return sum(label != -100 for label in e.labels[1:])
 
 
-class SFTTask:
-    primary_metric = "loss"
-    greater_is_better = False
+class SFTTask(LMTask):
+    name = "sft"
+    kind = "language_model"
+    result = "language_model"
+    metrics = (
+        Metric("loss", False, "mean cross-entropy of the trained (answer) tokens"),
+        Metric("perplexity", False, "exp(loss)"),
+    )
 
     def __init__(self, cfg, splits: dict[str, list[Example]] | None = None, load_model: bool = True):
         self.cfg = cfg
         d, s = cfg.data, cfg.sft
+        self.user_split = True
         if splits is None:
-            splits, self.data_format = load_splits(d, cfg.training.seed)
+            read = lambda spec: read_examples(spec, d)  # noqa: E731
+            splits, self.data_format, self.user_split = load_splits(d, cfg.training.seed, read)
         else:
             self.data_format = "text" if all(not e.messages for e in splits["train"]) else "messages"
         self.splits = splits
-        self.tokenizer = load_tokenizer(cfg.model.name, cfg.model.chat_template)
-        if self.data_format != "text":
-            ensure_template(self.tokenizer)
+        self.setup_lm(load_model, template=self.data_format != "text")
         self.encoded = {name: self.encode(exs) for name, exs in splits.items()}
         dropped = [e for e in self.encoded["train"] if loss_count(e) == 0]
         if dropped and len(dropped) < len(self.encoded["train"]):
@@ -107,10 +92,6 @@ class SFTTask:
         self.rows = [pack([train[i] for i in p]) for p in self.packs] if self.packs else train
         self.lengths = [len(r.input_ids) for r in self.rows]
         self.counts = [loss_count(r) for r in self.rows]
-        self.model = None
-        if load_model:
-            self.model = load_causal_lm(cfg.model.name, cfg.model.dtype, cfg.model.dropout)
-            self.configure_generation(self.model)
 
     # ---- data
     def read_file(self, spec: str) -> list[Example]:
@@ -150,7 +131,7 @@ class SFTTask:
             out["packing"] = {"rows": len(self.rows), "fill": round(fill, 4)}
         return out
 
-    def preflight(self) -> str:
+    def preflight(self) -> str:  # type: ignore[override]
         """Print one rendered training example with its trained tokens marked, and the loss fraction."""
         example = next(e for e in self.encoded["train"] if loss_count(e) > 0)
         color = console.is_terminal
@@ -198,30 +179,23 @@ class SFTTask:
 
     def full_evaluation(self, model, split: str = "test", baseline: bool = True) -> dict:
         """Perplexity of the tuned (and base) model on validation and test, and sample answers side by side."""
-        s = self.cfg.sft
         t0 = time.perf_counter()
-        out: dict = {"split": split, "task": "sft", "tuned": {}, "baseline": {} if baseline else None}
+        out: dict = {"split": split, "tuned": {}, "baseline": {} if baseline else None}
         for name in ("validation", "test"):
             m = self.evaluate(model, name)
             if m:
                 out["tuned"][name] = m
-        prompts = self.held_out_prompts(split, s.samples)
+        prompts = self.held_out_prompts(split, self.cfg.sft.samples)
         convs = [p for p, _ in prompts]
-        gen = dict(
-            max_new_tokens=s.max_new_tokens,
-            temperature=s.temperature,
-            batch_size=8,
-            system_prompt=s.system_prompt,
-        )
-        tuned_answers = generate(model, self.tokenizer, convs, **gen) if convs else []
-        base_answers = [None] * len(convs)
+        tuned_answers = self.generate(model, convs)
+        base_answers: list[str | None] = [None] * len(convs)
         if baseline:
-            with base_model(model, self.cfg) as base:
+            with self.reference(model) as base:  # loaded at most once
                 for name in ("validation", "test"):
                     m = self.evaluate(base, name)
                     if m:
                         out["baseline"][name] = m
-                base_answers = generate(base, self.tokenizer, convs, **gen) if convs else base_answers
+                base_answers = self.generate(base, convs)
             for name, m in out["tuned"].items():
                 if name in out["baseline"]:
                     b = out["baseline"][name]["perplexity"]
@@ -231,57 +205,20 @@ class SFTTask:
             for (conv, ref), a, b in zip(prompts, tuned_answers, base_answers)
         ]
         out["seconds"] = round(time.perf_counter() - t0, 2)
-        return out
+        return self.stamp(out)
 
-    def configure_generation(self, model) -> None:
-        """Stop at the template's end-of-turn token (and EOS); pad with the pad token."""
-        gc = getattr(model, "generation_config", None)
-        if gc is not None:
-            gc.eos_token_id = (
-                stop_ids(self.tokenizer) if self.data_format != "text" else self.tokenizer.eos_token_id
-            )
-            gc.pad_token_id = self.tokenizer.pad_token_id
-
-    def save_model(self, model, out: Path) -> None:
-        save_model_folder(model, self.tokenizer, out, generation_config=True)
-
-
-class base_model:
-    """Context manager: the base model beside a tuned one (the adapter switched off, or the base loaded)."""
-
-    def __init__(self, model, cfg):
-        self.model, self.cfg, self._ctx = model, cfg, None
-
-    def __enter__(self):
-        if hasattr(self.model, "disable_adapter"):
-            self._ctx = self.model.disable_adapter()
-            self._ctx.__enter__()
-            return self.model
-        base = load_causal_lm(self.cfg.model.name, self.cfg.model.dtype)
-        return base.to(next(self.model.parameters()).device).eval()
-
-    def __exit__(self, *exc) -> None:
-        if self._ctx is not None:
-            self._ctx.__exit__(*exc)
-
-
-def format_eval(result: dict) -> list[str]:
-    """Lines that summarise an SFT eval.json: perplexity base vs tuned, then sample answers."""
-    lines = []
-    for name, m in result.get("tuned", {}).items():
-        b = (result.get("baseline") or {}).get(name)
-        change = f" ({100 * m['perplexity_change']:+.1f}%)" if "perplexity_change" in m else ""
-        base = f"base {b['perplexity']:.3f} -> " if b else ""
-        lines.append(f"{name} perplexity (answer tokens): {base}tuned {m['perplexity']:.3f}{change}")
-    for s in result.get("samples", [])[:5]:
-        lines.append(f"\nprompt:    {s['prompt']}\nreference: {s['reference']}")
-        if s.get("base") is not None:
-            lines.append(f"base:      {s['base']}")
-        lines.append(f"tuned:     {s['tuned']}")
-    return lines
-
-
-def write_samples(run_dir: Path, result: dict) -> None:
-    samples = result.get("samples")
-    if samples is not None:
-        (Path(run_dir) / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    @staticmethod
+    def format_eval(result: dict) -> list[str]:
+        """Lines that summarise an SFT eval.json: perplexity base vs tuned, then sample answers."""
+        lines = []
+        for name, m in result.get("tuned", {}).items():
+            b = (result.get("baseline") or {}).get(name)
+            change = f" ({100 * m['perplexity_change']:+.1f}%)" if "perplexity_change" in m else ""
+            base = f"base {b['perplexity']:.3f} -> " if b else ""
+            lines.append(f"{name} perplexity (answer tokens): {base}tuned {m['perplexity']:.3f}{change}")
+        for s in result.get("samples", [])[:5]:
+            lines.append(f"\nprompt:    {s['prompt']}\nreference: {s['reference']}")
+            if s.get("base") is not None:
+                lines.append(f"base:      {s['base']}")
+            lines.append(f"tuned:     {s['tuned']}")
+        return lines

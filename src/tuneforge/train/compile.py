@@ -7,7 +7,7 @@ the plain model. Inductor fuses the elementwise work around the matmuls (norms, 
 activations, the LoRA scale-and-add) and recomputes cheap values in the backward pass instead of
 storing them, which also lowers peak memory. Compiled kernels are cached on disk
 (``/tmp/torchinductor_<user>``): the first compiled run of a model spends tens of seconds compiling,
-later runs a few.
+later runs a few. The process-wide settings this needs (``compile_settings``) hold for one run only.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -80,18 +82,40 @@ def should_compile(
     return ok and frozen and size >= MIN_BLOCK_PARAMETERS and steps >= MIN_STEPS
 
 
-def compile_blocks(model: torch.nn.Module) -> int:
-    """Compile each repeated block in place (one shared graph, dynamic shapes); returns how many."""
-    import torch._dynamo
+@contextmanager
+def compile_settings(
+    memory_budget: float = ACTIVATION_MEMORY_BUDGET, suppress_errors: bool = True, cache_size_limit: int = 64
+) -> Iterator[None]:
+    """torch's process-wide compile settings for one run, restored on exit (a notebook's next run starts clean).
 
-    blocks = repeated_blocks(model)
-    # one entry per variant (training / evaluation, first layer without input gradient, batch of one)
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    torch._dynamo.config.suppress_errors = True  # a kernel that fails to build runs uncompiled, not crashes
+    Sets dynamo's ``suppress_errors`` (a kernel that fails to build runs uncompiled instead of crashing), a
+    recompile cache of at least ``cache_size_limit`` entries per block (one per variant: training and
+    evaluation, first layer without an input gradient, batch of one) and the partitioner's activation memory
+    budget, unless the user chose their own budget (anything but torch's default of 1.0).
+    Compiled blocks (re)compile lazily on their first call with each new variant, so everything that calls
+    them (training, evaluation, probes) should run inside.
+    """
+    import torch._dynamo
     import torch._functorch.config as functorch_config
 
+    dynamo = torch._dynamo.config
+    saved = (dynamo.suppress_errors, dynamo.cache_size_limit, functorch_config.activation_memory_budget)
+    dynamo.suppress_errors = suppress_errors
+    dynamo.cache_size_limit = max(dynamo.cache_size_limit, cache_size_limit)
     if functorch_config.activation_memory_budget == 1.0:  # torch's default: leave a user's own choice alone
-        functorch_config.activation_memory_budget = ACTIVATION_MEMORY_BUDGET
+        functorch_config.activation_memory_budget = memory_budget
+    try:
+        yield
+    finally:
+        dynamo.suppress_errors, dynamo.cache_size_limit, functorch_config.activation_memory_budget = saved
+
+
+def compile_blocks(model: torch.nn.Module) -> int:
+    """Compile each repeated block in place (one shared graph, dynamic shapes); returns how many.
+
+    Changes no process-wide setting: run the model inside ``compile_settings()``.
+    """
+    blocks = repeated_blocks(model)
     for block in blocks:
         block.compile(dynamic=True)
     return len(blocks)

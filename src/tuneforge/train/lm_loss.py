@@ -99,14 +99,42 @@ class LinearCrossEntropy(torch.autograd.Function):
         )
 
 
+def _chunked_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int
+) -> torch.Tensor:
+    """Summed cross-entropy of ``hidden @ weight.T``, chunk by chunk, with no gradient work (evaluation).
+
+    ``hidden`` (N, H), ``weight`` (V, H), ``targets`` (N,). One matmul per chunk, in the autocast dtype when
+    autocast is on (as the training path), with the log-sum-exp in float32.
+    """
+    kind = hidden.device.type
+    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else hidden.dtype
+    loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    with torch.autocast(kind, enabled=False):
+        w = weight.to(dtype)
+        for start in range(0, hidden.shape[0], chunk):
+            logits = (hidden[start : start + chunk].to(dtype) @ w.T).float()  # (c, V)
+            loss += F.cross_entropy(logits, targets[start : start + chunk], reduction="sum")
+    return loss
+
+
 def linear_cross_entropy(
     hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, chunk: int | None = None
 ) -> torch.Tensor:
-    """Summed cross-entropy of ``head(hidden)`` (a bias-free Linear) without materialising all the logits."""
+    """Summed cross-entropy of ``head(hidden)`` (a bias-free Linear) without materialising all the logits.
+
+    The gradients are computed in the forward pass only when they will be used: grad mode is on and the
+    hidden states or the weight require a gradient. Otherwise (evaluation, probes, reference passes under
+    ``torch.no_grad``) it is a plain chunked forward: one vocabulary x hidden matmul per chunk, not three.
+    """
     weight = head.weight
     if getattr(head, "bias", None) is not None:  # rare for output layers: the plain path
         return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
-    return LinearCrossEntropy.apply(hidden, weight, targets, chunk or ce_chunk_rows(weight.shape[0]))
+    chunk = chunk or ce_chunk_rows(weight.shape[0])
+    # needs_input_grad inside an autograd.Function ignores grad mode, so decide here
+    if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
+        return _chunked_cross_entropy(hidden, weight, targets, chunk)
+    return LinearCrossEntropy.apply(hidden, weight, targets, chunk)
 
 
 def _body_and_head(model: torch.nn.Module):

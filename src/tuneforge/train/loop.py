@@ -1,46 +1,47 @@
 """The training loop: ours, short and visible, on accelerate (devices, mixed precision, DDP).
 
-A task supplies the examples, ``collate`` (indices -> batch), ``loss`` (model, batch -> summed loss
-and the number of items it sums over) and ``evaluate``. Each micro-batch's summed loss is divided by
-the item count of the whole optimizer step (all micro-batches, all processes), so gradient
+A task (``tasks.base.Task``) supplies the examples, ``collate`` (indices -> batch), ``loss`` (model, batch ->
+summed loss and the number of items it sums over) and ``evaluate``. Each micro-batch's summed loss is
+divided by the item count of the whole optimizer step (all micro-batches, all processes), so gradient
 accumulation is exactly a larger batch, for examples and for tokens alike.
+
+``fit`` is the step, top to bottom; logging, evaluation with early stopping, and checkpoints are the helpers
+below it. With several processes every decision (early stopping, a stop signal) is taken once and shared,
+logged figures are sums over all processes, and each process's RNG state is saved.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from tuneforge.data.batching import StepSampler
-from tuneforge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from tuneforge.train.compile import compile_blocks, should_compile
+from tuneforge.errors import TuneforgeError
+from tuneforge.models.save import MODEL_STEP_FILE
+from tuneforge.train.checkpoint import find_resumable, load_checkpoint, rng_state, save_checkpoint
+from tuneforge.train.compile import compile_blocks, compile_settings, should_compile
 from tuneforge.train.early_stopping import EarlyStopping
 from tuneforge.train.memory import FALLBACK_BATCH_TOKENS
 from tuneforge.train.optim import build_optimizer, build_scheduler, warmup_steps
-from tuneforge.utils import console, peak_rss_mb, progress_bar
+from tuneforge.train.runfolder import MetricsLog
+from tuneforge.train.signals import GracefulStop
+from tuneforge.utils import console, progress_bar
 
 log = logging.getLogger(__name__)
 
 
-class Task(Protocol):
-    lengths: list[int]  # length of every training example (for grouping and token counts)
-    counts: list[int]  # items each training example adds to the loss (1 per example, or its loss tokens)
+class Interrupted(TuneforgeError):
+    """Training stopped by a signal after saving a checkpoint (or before the first step)."""
 
-    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]: ...
-    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]: ...
-    def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]: ...
-    def save_model(self, model: torch.nn.Module, out: Path) -> None: ...
-    # used around the loop: the recipe records the data summary, the run's test evaluation after training
-    def data_summary(self) -> dict: ...
-    def full_evaluation(self, model: torch.nn.Module, split: str = "test", baseline: bool = True) -> dict: ...
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclass
@@ -53,52 +54,14 @@ class FitResult:
     examples_seen: int
     tokens_seen: int
     compiled_blocks: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
+    model: Any = None  # the trained model (wrapped for DDP)
 
 
-def _count_padding(window: dict, batch: dict) -> None:
-    """Add a micro-batch's positions and real tokens (this process) to the log window: the logs report the
-    share of computed positions that were padding."""
-    ids, mask = batch.get("input_ids"), batch.get("attention_mask")
-    if ids is None or mask is None or mask.shape != ids.shape:
-        return
-    window["padded"] += ids.numel()
-    window["real"] += int(mask.sum())
-
-
-def _share(part: int, whole: int) -> float | None:
-    return round(part / whole, 4) if whole else None
-
-
-def _log(run_dir: Path, record: dict[str, Any], main: bool) -> None:
-    if main:
-        with open(run_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-
-
-def _truncate_metrics(run_dir: Path, step: int) -> None:
-    """On resume, forget metrics logged after the checkpoint (they will be logged again)."""
-    path = run_dir / "metrics.jsonl"
-    if path.exists():
-        keep = [
-            line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step
-        ]
-        path.write_text("".join(line + "\n" for line in keep))
-
-
-def fit(
-    task: Task,
-    prepared,
-    cfg,
-    run_dir: Path,
-    accelerator,
-    resume: bool = False,
-    metric: str = "loss",
-    greater_is_better: bool = False,
-) -> FitResult:
-    t = cfg.training
-    model = prepared.model
-    main = accelerator.is_main_process
+def fit(task, prepared, cfg, run_dir: Path, accelerator, resume: bool = False, metric=None) -> FitResult:
+    """Train ``prepared.model`` on ``task`` as ``cfg.training`` says; ``metric`` (a ``tasks.base.Metric``)
+    picks the best step and drives early stopping."""
+    t, main = cfg.training, accelerator.is_main_process
+    metric = metric or task.default_metric()
     sampler = StepSampler(
         task.lengths,
         t.batch_size,
@@ -112,173 +75,280 @@ def fit(
     )
     total = sampler.total_steps(t.epochs, t.max_steps)
     optimizer = build_optimizer(prepared.param_groups, t.lr)
-    scheduler = build_scheduler(
-        optimizer, t.scheduler, warmup_steps(total, t.warmup_ratio, t.warmup_steps), total
+    scheduler = build_scheduler(optimizer, t.scheduler, warmup_steps(total, t.warmup_ratio, t.warmup_steps), total)
+    with compile_settings():
+        compiled = 0
+        if should_compile(t.compile, prepared.model, total, accelerator.device, task.samples_during_training):
+            compiled = compile_blocks(prepared.model)
+            if main:
+                console.print(
+                    f"[bold]torch.compile:[/bold] {compiled} transformer blocks, one shared graph (the first "
+                    f"compiled run of a model spends longer in its first steps; kernels are cached for later runs)"
+                )
+        model, optimizer = accelerator.prepare(prepared.model, optimizer)
+        loop = _Loop(task, prepared, cfg, run_dir, accelerator, model, optimizer, scheduler, sampler, total, metric)
+        if resume:
+            loop.restore()
+        loop.run()
+    return FitResult(
+        loop.state["step"],
+        loop.stopper.best_step,
+        loop.stopper.best,
+        loop.stopped_early,
+        loop.state["seconds"],
+        loop.state["examples"],
+        loop.state["tokens"],
+        compiled,
+        model,
     )
-    trained_names = {id(p) for g in prepared.param_groups for p in g["params"]}
-    trained_keys = [n for n, p in model.named_parameters() if id(p) in trained_names]
-    compiled = 0
-    if should_compile(t.compile, model, total, accelerator.device, cfg.task):
-        compiled = compile_blocks(model)
-        if main:
-            console.print(
-                f"[bold]torch.compile:[/bold] {compiled} transformer blocks, one shared graph (the first "
-                f"compiled run of a model spends longer in its first steps; kernels are cached for later runs)"
+
+
+class _Loop:
+    """The state of one ``fit``: the step in ``run``, the rest in small helpers."""
+
+    def __init__(self, task, prepared, cfg, run_dir, accelerator, model, optimizer, scheduler, sampler, total, metric):
+        self.task, self.prepared, self.cfg, self.t = task, prepared, cfg, cfg.training
+        self.run_dir, self.acc, self.model, self.raw = Path(run_dir), accelerator, model, accelerator.unwrap_model(model)
+        self.optimizer, self.scheduler, self.sampler, self.total, self.metric = (
+            optimizer,
+            scheduler,
+            sampler,
+            total,
+            metric,
+        )
+        self.main = accelerator.is_main_process
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.stopper = EarlyStopping(self.t.early_stopping_patience, metric.greater_is_better)
+        self.state: dict[str, Any] = {"step": 0, "examples": 0, "tokens": 0, "seconds": 0.0}
+        self.eval_every = self.t.eval_every or sampler.steps_per_epoch
+        self.save_every = self.t.save_every or self.eval_every
+        trained = {id(p) for g in prepared.param_groups for p in g["params"]}
+        self.trained_keys = {n for n, p in self.raw.named_parameters() if id(p) in trained}
+        self.stopped_early = False
+        self.window = self._new_window()
+
+    # ---- the step
+    def run(self) -> None:
+        t, task, acc, world = self.t, self.task, self.acc, self.acc.num_processes
+        step = self.state["step"]
+        start = time.perf_counter() - self.state["seconds"]
+        with progress_bar(self.total, self.main, initial=step) as bar, GracefulStop() as stop:
+            while step < self.total:
+                epoch, in_epoch = self.sampler.position(step)
+                if self.prepared.on_step is not None:
+                    self.prepared.on_step(step, epoch)
+                step_indices = self.sampler.epoch_steps(epoch)[in_epoch]  # the whole step, every process
+                micro = self.sampler.micro_batches(step_indices)  # this process's share
+                self.model.train()
+                local = task.begin_step(self.model, micro, self._sum)  # online tasks sample here
+                n_items = (
+                    sum(task.counts[i] for i in step_indices)
+                    if local is None
+                    else float(self._sum(torch.tensor([local], dtype=torch.float64)))
+                )
+                for k, idx in enumerate(micro):
+                    sync = nullcontext() if k == len(micro) - 1 else acc.no_sync(self.model)
+                    with sync:
+                        batch = task.collate(idx)
+                        self._count_padding(batch)
+                        batch = {key: v.to(acc.device) for key, v in batch.items()}
+                        with acc.autocast():
+                            loss_sum, _ = task.loss(self.model, batch)
+                        # DDP averages gradients over processes, so scale by their number
+                        acc.backward(loss_sum * (world / max(n_items, 1e-12)))
+                    self.window["loss"] += loss_sum.detach().float().item()
+                grad_norm = None
+                if t.max_grad_norm is not None:
+                    grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm))
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                step += 1
+                tokens = sum(task.token_cost(i) for i in step_indices)
+                self.window.update(
+                    items=self.window["items"] + n_items,
+                    examples=self.window["examples"] + len(step_indices),
+                    tokens=self.window["tokens"] + tokens,
+                )
+                self.state.update(
+                    step=step,
+                    examples=self.state["examples"] + len(step_indices),
+                    tokens=self.state["tokens"] + tokens,
+                    seconds=time.perf_counter() - start,
+                )
+                bar.update(step, loss=self.window["loss"] * world / max(1, self.window["items"]))
+                if step % t.log_every == 0 or step == self.total:
+                    self._log_train(step, grad_norm)
+                if step % self.eval_every == 0 or step == self.total:
+                    self._evaluate(step, bar)
+                signum = self._shared_signal(stop)
+                if step % self.save_every == 0 or step == self.total or self.stopped_early or signum:
+                    self._checkpoint(step)
+                if signum:
+                    raise Interrupted(
+                        f"stopped by {stop.describe()} at step {step} of {self.total}; checkpoint step-{step} is "
+                        f"saved. Continue with: tuneforge train --resume {self.run_dir}",
+                        signum,
+                    )
+                if self.stopped_early:
+                    break
+
+    # ---- helpers
+    def _sum(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum a tensor over processes (identity on one)."""
+        if self.acc.num_processes == 1:
+            return x
+        return self.acc.reduce(x.to(self.acc.device), reduction="sum").cpu()
+
+    @staticmethod
+    def _new_window() -> dict[str, float]:
+        return {"loss": 0.0, "items": 0, "examples": 0, "tokens": 0, "real": 0, "padded": 0, "t0": time.perf_counter()}
+
+    def _count_padding(self, batch: dict) -> None:
+        """Positions and real tokens of a micro-batch: the logs report the share of computed positions that
+        were padding."""
+        ids, mask = batch.get("input_ids"), batch.get("attention_mask")
+        if ids is not None and mask is not None and mask.shape == ids.shape:
+            self.window["padded"] += ids.numel()
+            self.window["real"] += int(mask.sum())
+
+    def _log_train(self, step: int, grad_norm: float | None) -> None:
+        """One train line: loss and padding summed over processes, task metrics averaged over processes."""
+        w = self.window
+        dt = max(1e-9, time.perf_counter() - w["t0"])
+        loss, real, padded = self._sum(torch.tensor([w["loss"], w["real"], w["padded"]], dtype=torch.float64)).tolist()
+        task_metrics = self.task.pop_train_metrics()
+        if self.acc.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            every = gather_object([task_metrics])
+            keys = {k for m in every for k in m}
+            task_metrics = {
+                k: round(sum(m[k] for m in every if k in m) / sum(k in m for m in every), 6) for k in keys
+            }
+        if self.main:
+            self.log.append(
+                {
+                    "step": step,
+                    "epoch": round(step / self.sampler.steps_per_epoch, 4),
+                    "split": "train",
+                    "loss": round(loss / max(1, w["items"]), 6),
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "grad_norm": grad_norm,
+                    "examples_per_s": round(w["examples"] / dt, 2),
+                    "tokens_per_s": round(w["tokens"] / dt, 1),
+                    "tokens": w["tokens"],
+                    "padding": round((padded - real) / padded, 4) if padded else None,
+                    "seconds": round(dt, 4),
+                    **task_metrics,  # rewards, margins, KL, ... since the last log
+                }
             )
-    model = accelerator.prepare(model)
-    raw = accelerator.unwrap_model(model)
-    eval_every = t.eval_every or sampler.steps_per_epoch
-    save_every = t.save_every or eval_every
-    stopper = EarlyStopping(t.early_stopping_patience, greater_is_better)
-    state: dict[str, Any] = {"step": 0, "examples": 0, "tokens": 0, "seconds": 0.0}
+        self.window = self._new_window()
 
-    if resume and (ckpt := latest_checkpoint(run_dir)) is not None:
-        state = load_checkpoint(ckpt, raw, optimizer, scheduler)
-        stopper.load_state_dict(state.get("early_stopping", {}))
-        _truncate_metrics(run_dir, state["step"])
-        if main:
-            log.info("resumed from %s (step %d of %d)", ckpt.name, state["step"], total)
+    def _evaluate(self, step: int, bar) -> None:
+        """Validation on the main process (the others wait); the metrics, and so the early-stopping decision,
+        are shared with every process."""
+        started = time.perf_counter()
+        metrics = None
+        if self.main:
+            with self.acc.autocast():  # the precision training runs in (adapter runs may hold a bf16 base)
+                metrics = self.task.evaluate(self.raw, "validation")
+        if self.acc.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
 
-    def checkpoint(step: int) -> None:
-        accelerator.wait_for_everyone()
-        if main:
+            box = [metrics]
+            broadcast_object_list(box)
+            metrics = box[0]
+        self.window["t0"] += time.perf_counter() - started  # keep evaluation out of the throughput figures
+        if not metrics:
+            return
+        if self.metric.name not in metrics:
+            raise TuneforgeError(
+                f"training.metric: '{self.metric.name}' is not among this run's validation metrics "
+                f"({', '.join(k for k in metrics if isinstance(metrics[k], float))}); set one of them."
+            )
+        improved = self.stopper.update(metrics[self.metric.name], step)
+        if self.main:
+            self.log.append(
+                {"step": step, "epoch": round(step / self.sampler.steps_per_epoch, 4), "split": "validation", **metrics}
+            )
+            bar.note(
+                f"step {step}: validation "
+                + " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+            )
+            if improved:  # the folder records its step, so finishing knows which model it holds
+                self.task.save_model(self.raw, self.run_dir / "best", notes={MODEL_STEP_FILE: {"step": step}})
+        if self.stopper.should_stop:
+            self.stopped_early = True
+            bar.note(
+                f"early stopping at step {step}: no {self.metric.name} improvement in "
+                f"{self.t.early_stopping_patience} evaluations (best at step {self.stopper.best_step})"
+            )
+
+    def _shared_signal(self, stop: GracefulStop) -> int:
+        """A stop signal received by any process, agreed by all (so no process waits on another forever)."""
+        flag = torch.tensor([float(stop.requested or 0)])
+        return int(self._sum(flag).item() and (stop.requested or 15))
+
+    def _checkpoint(self, step: int) -> None:
+        """Every process's RNG state, then the main process writes the checkpoint."""
+        states = [rng_state()]
+        if self.acc.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            states = gather_object(states)
+        self.acc.wait_for_everyone()
+        failure = None
+        if self.main:
             weights = {
                 k: v.detach().cpu().clone().contiguous()
-                for k, v in raw.state_dict().items()
-                if k in set(trained_keys)
+                for k, v in self.raw.state_dict().items()
+                if k in self.trained_keys
             }
-            save_checkpoint(
-                run_dir,
-                step,
-                raw,
-                optimizer,
-                scheduler,
-                {**state, "early_stopping": stopper.state_dict()},
-                t.keep_checkpoints,
-                weights,
-            )
-        accelerator.wait_for_everyone()
-
-    step = state["step"]
-    stopped_early = False
-    start = time.perf_counter() - state["seconds"]
-    new_window = lambda: {"loss": 0.0, "items": 0, "examples": 0, "tokens": 0, "real": 0, "padded": 0}  # noqa: E731
-    window = {**new_window(), "t0": time.perf_counter()}
-    with progress_bar(total, main, initial=step) as bar:
-        while step < total:
-            epoch, in_epoch = sampler.position(step)
-            if prepared.on_step is not None:
-                prepared.on_step(step, epoch)
-            step_indices = sampler.epoch_steps(epoch)[in_epoch]
-            n_items = sum(
-                task.counts[i] for i in step_indices
-            )  # the loss of the whole step is a mean over these
-            micro = sampler.micro_batches(step_indices)
-            model.train()
-            for k, idx in enumerate(micro):
-                sync = nullcontext() if k == len(micro) - 1 else accelerator.no_sync(model)
-                with sync, accelerator.autocast():
-                    batch = task.collate(idx)
-                    _count_padding(window, batch)
-                    batch = {key: v.to(accelerator.device) for key, v in batch.items()}
-                    loss_sum, _ = task.loss(model, batch)
-                    # DDP averages gradients over processes, so scale by their number.
-                    accelerator.backward(loss_sum * (accelerator.num_processes / n_items))
-                window["loss"] += loss_sum.detach().float().item()
-            grad_norm = None
-            if t.max_grad_norm is not None:
-                grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            window["items"] += n_items
-            window["examples"] += len(step_indices)
-            window["tokens"] += sum(task.lengths[i] for i in step_indices)
-            state.update(
-                step=step,
-                examples=state["examples"] + len(step_indices),
-                tokens=state["tokens"] + sum(task.lengths[i] for i in step_indices),
-                seconds=time.perf_counter() - start,
-            )
-            loss_now = window["loss"] * accelerator.num_processes / max(1, window["items"])
-            bar.update(step, loss=loss_now)
-
-            if step % t.log_every == 0 or step == total:
-                dt = max(1e-9, time.perf_counter() - window["t0"])
-                _log(
-                    run_dir,
-                    {
-                        "step": step,
-                        "epoch": round(step / sampler.steps_per_epoch, 4),
-                        "split": "train",
-                        "loss": round(loss_now, 6),
-                        "lr": scheduler.get_last_lr()[0],
-                        "grad_norm": grad_norm,
-                        "examples_per_s": round(window["examples"] / dt, 2),
-                        "tokens_per_s": round(window["tokens"] / dt, 1),
-                        "tokens": window["tokens"],
-                        "padding": _share(window["padded"] - window["real"], window["padded"]),
-                        "seconds": round(dt, 4),
-                        # task-specific training metrics since the last log (rewards, margins, KL, ...)
-                        **(task.pop_train_metrics() if hasattr(task, "pop_train_metrics") else {}),
-                    },
-                    main,
+            state = {**self.state, "early_stopping": self.stopper.state_dict()}
+            try:
+                save_checkpoint(
+                    self.run_dir,
+                    step,
+                    self.raw,
+                    self.optimizer,
+                    self.scheduler,
+                    state,
+                    self.t.keep_checkpoints,
+                    weights,
+                    rng_states=states,
                 )
-                window = {**new_window(), "t0": time.perf_counter()}
+            except TuneforgeError as e:  # e.g. the disk is full: every process stops, none waits forever
+                failure = str(e)
+        if self.acc.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
 
-            if step % eval_every == 0 or step == total:
-                eval_start = time.perf_counter()
-                with (
-                    accelerator.autocast()
-                ):  # the precision training runs in (adapter runs may hold a bf16 base)
-                    metrics = task.evaluate(raw, "validation")
-                window["t0"] += (
-                    time.perf_counter() - eval_start
-                )  # keep evaluation out of the throughput figures
-                if metrics:
-                    value = metrics.get(metric, metrics.get("loss"))
-                    improved = stopper.update(value, step)
-                    _log(
-                        run_dir,
-                        {
-                            "step": step,
-                            "epoch": round(step / sampler.steps_per_epoch, 4),
-                            "split": "validation",
-                            **metrics,
-                        },
-                        main,
-                    )
-                    bar.note(
-                        f"step {step}: validation "
-                        + " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-                    )
-                    if improved and main:
-                        task.save_model(raw, run_dir / "best")
-                    if stopper.should_stop:
-                        stopped_early = True
-                        bar.note(
-                            f"early stopping at step {step}: no {metric} improvement in "
-                            f"{t.early_stopping_patience} evaluations (best at step {stopper.best_step})"
-                        )
-            if step % save_every == 0 or step == total or stopped_early:
-                checkpoint(step)
-            if stopped_early:
-                break
-    return FitResult(
-        step,
-        stopper.best_step,
-        stopper.best,
-        stopped_early,
-        state["seconds"],
-        state["examples"],
-        state["tokens"],
-        compiled,
-    )
+            box = [failure]
+            broadcast_object_list(box)
+            failure = box[0]
+        if failure:
+            raise TuneforgeError(failure)
 
-
-def peak_memory_mb() -> float:
-    return peak_rss_mb()
-
-
-__all__ = ["FitResult", "Task", "fit", "math"]
+    def restore(self) -> None:
+        """Continue from the newest valid checkpoint (saying which); metrics logged after it are dropped."""
+        found = find_resumable(self.run_dir)
+        if found is None:
+            if self.main:
+                console.print(f"no checkpoint in {self.run_dir} yet: starting from step 0", highlight=False)
+            return
+        for warning in found.warnings:
+            if self.main:
+                console.print(f"[bold yellow]warning:[/bold yellow] {warning}", highlight=False)
+        self.state = load_checkpoint(
+            found.path,
+            self.raw,
+            self.optimizer,
+            self.scheduler,
+            rank=self.acc.process_index,
+            world_size=self.acc.num_processes,
+        )
+        self.stopper.load_state_dict(self.state.pop("early_stopping", {}))
+        if self.main:
+            self.log.truncate_after(self.state["step"])
+            console.print(f"resumed from step {self.state['step']} of {self.total} ({found.path.name})", highlight=False)
+        self.acc.wait_for_everyone()

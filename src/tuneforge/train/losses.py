@@ -1,16 +1,19 @@
 """Preference and RL losses as pure functions of log-probabilities and rewards.
 
-Each function returns one loss per example (pair, row or sampled sequence), not a mean, so a task
-can sum them and the training loop divides by the examples in the optimizer step (exact gradient
-accumulation). ``tests/test_losses.py`` checks every one against the TRL library on the same batch.
+Each function returns one loss per example (pair or row), not a mean, so a task can sum them and the
+training loop divides by the examples in the optimizer step (exact gradient accumulation); ``grpo_loss``
+returns a micro-batch's summed loss with its item count (sequences or tokens, by aggregation) for the same
+division. ``tests/test_losses.py`` checks every one against the TRL library on the same batch.
 
     token_logps          logits, labels -> per-token log-probabilities of the labels and their mask
     bradley_terry_loss   reward model: -log sigmoid(r_chosen - r_rejected)
     dpo_loss             DPO (sigmoid), IPO, hinge, against a reference model
     orpo_loss            ORPO: NLL of the chosen response + odds-ratio term, no reference model
     kto_loss             KTO: unpaired desirable/undesirable completions against a reference and a KL estimate
+    kto_kl_from_step     KTO: the KL estimate of a whole optimizer step from summed log-probs
     group_advantages     GRPO: rewards normalised within each group of completions of one prompt
-    grpo_loss            GRPO: clipped policy-gradient objective with a KL penalty to the reference
+    grpo_token_losses    GRPO: clipped policy-gradient objective with a KL penalty to the reference, per token
+    grpo_loss            GRPO: the token losses aggregated as TRL's loss types (dapo, grpo, bnpo, dr_grpo)
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+GRPO_AGGREGATIONS = ("dapo", "grpo", "bnpo", "dr_grpo")  # TRL's loss_type names; dapo is TRL 1.16's default
 
 
 def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,8 +127,24 @@ def orpo_loss(
 
 
 def kto_kl(policy_mismatched: torch.Tensor, ref_mismatched: torch.Tensor) -> torch.Tensor:
-    """KTO's reference point: mean log-ratio on mismatched (prompt, completion) pairs, detached, at least 0."""
+    """KTO's reference point from one batch of mismatched (prompt, completion) pairs: the mean log-ratio,
+    detached, at least 0. For a whole optimizer step across processes use ``kto_kl_from_step``."""
     return (policy_mismatched - ref_mismatched).mean().detach().clamp(min=0)
+
+
+def kto_kl_from_step(
+    policy_kl_sum: torch.Tensor, ref_kl_sum: torch.Tensor, count: torch.Tensor | int
+) -> torch.Tensor:
+    """KTO's reference point for an optimizer step: the mean of ``policy - ref`` over all its mismatched pairs.
+
+    Each process sums its micro-batches' mismatched-pair log-probs (policy and reference) and counts the
+    pairs; the three numbers are summed over processes (one all-reduce) and passed here. The mean is taken
+    before the clamp at 0 (the mean of clamped per-batch estimates would be biased upwards), and detached.
+    """
+    n = float(count)
+    if n < 1:
+        raise ValueError("kto_kl_from_step: the step has no mismatched pairs (KTO needs batch_size >= 2)")
+    return ((policy_kl_sum - ref_kl_sum).float() / n).detach().clamp(min=0)
 
 
 def kto_loss(
@@ -165,36 +185,86 @@ def group_advantages(
     return adv.reshape(-1)
 
 
-def grpo_loss(
+def grpo_token_losses(
     logps: torch.Tensor,
     old_logps: torch.Tensor,
     ref_logps: torch.Tensor | None,
     advantages: torch.Tensor,
-    mask: torch.Tensor,
-    kl_beta: float = 0.04,
-    epsilon_low: float = 0.2,
-    epsilon_high: float = 0.2,
+    kl_beta: float,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
     kl_importance_weight: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """GRPO per sequence (B,): the clipped surrogate ``-min(rho A, clip(rho) A)`` plus ``kl_beta * KL`` per token,
-    averaged over each sequence's completion tokens.
+    """GRPO per token (B, T): the clipped surrogate ``-min(rho A, clip(rho, 1 - eps, 1 + eps_high) A)`` plus
+    ``kl_beta * KL``, and the per-token KL (B, T) (zeros without a reference).
 
-    ``logps``, ``old_logps`` (sampling-time), ``ref_logps`` and ``mask`` are (B, T) over completion tokens;
-    ``advantages`` (B,). KL is the unbiased, non-negative k3 estimate ``exp(ref - pi) - (ref - pi) - 1``;
-    ``kl_importance_weight`` multiplies it by the ratio ``rho`` (1 in value on-policy), which adds the
-    score-function term its gradient needs because the tokens were sampled from the policy (as TRL does).
-    Returns ``(losses, kl)``: kl (B,) is each sequence's mean per-token KL (detached; zeros without a reference).
+    ``logps``, ``old_logps`` (sampling-time) and ``ref_logps`` are (B, T) over completion tokens;
+    ``advantages`` (B,); ``epsilon_high`` None means ``epsilon``. KL is the unbiased, non-negative k3 estimate
+    ``exp(ref - pi) - (ref - pi) - 1``; ``kl_importance_weight`` multiplies it by the ratio ``rho`` (1 in value
+    on-policy), which adds the score-function term its gradient needs because the tokens were sampled from
+    the policy (TRL's ``use_bias_correction_kl``, on by default). Positions outside the completion are not
+    masked here.
     """
-    mask = mask.to(logps.dtype)
-    n_tokens = mask.sum(-1).clamp(min=1)  # (B,)
+    high = epsilon if epsilon_high is None else epsilon_high
     ratio = torch.exp(logps - old_logps)  # (B, T)
     adv = advantages.unsqueeze(1)  # (B, 1)
-    per_token = -torch.min(ratio * adv, ratio.clamp(1 - epsilon_low, 1 + epsilon_high) * adv)  # (B, T)
+    per_token = -torch.min(ratio * adv, ratio.clamp(1 - epsilon, 1 + high) * adv)  # (B, T)
     kl = torch.zeros_like(logps)
     if ref_logps is not None:
         diff = ref_logps - logps
         kl = torch.exp(diff) - diff - 1  # (B, T)
         if kl_beta:
             per_token = per_token + kl_beta * (kl * ratio if kl_importance_weight else kl)
-    losses = (per_token * mask).sum(-1) / n_tokens
-    return losses, ((kl * mask).sum(-1) / n_tokens).detach()
+    return per_token, kl
+
+
+def grpo_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    ref_logps: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    kl_beta: float,
+    aggregation: str = "dapo",
+    max_completion_length: int | None = None,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    kl_importance_weight: bool = True,
+) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """GRPO loss of a micro-batch as ``(loss_sum, items, kl_mean)``, aggregated over tokens as TRL offers it.
+
+    The per-token losses are ``grpo_token_losses``; ``mask`` (B, T) marks the completion tokens. The loss of
+    the optimizer step is ``sum(loss_sum) / sum(items)`` over its micro-batches (and processes):
+
+    dapo     (TRL's default) a token mean over the whole step: ``loss_sum`` sums the token losses,
+             ``items`` counts the tokens. No length bias.
+    grpo     a mean over each sequence's tokens, then over the sequences: ``loss_sum`` sums the sequence
+             means, ``items`` = B. Length-biased: a short completion's tokens weigh more than a long one's.
+    bnpo     a token mean over each micro-batch: ``loss_sum`` sums the token losses and ``items`` counts
+             this micro-batch's tokens; the caller divides by them and counts the micro-batch as 1 item.
+    dr_grpo  ``loss_sum`` sums the token losses, ``items`` = B * ``max_completion_length`` (a constant per
+             sequence: no length bias, and no dependence on how many tokens the step sampled).
+
+    ``kl_mean`` is the token mean of the KL over this micro-batch (detached; 0 without a reference).
+    """
+    per_token, kl = grpo_token_losses(
+        logps, old_logps, ref_logps, advantages, kl_beta, epsilon, epsilon_high, kl_importance_weight
+    )  # (B, T), (B, T)
+    mask = mask.to(per_token.dtype)
+    seq_tokens = mask.sum(-1)  # (B,)
+    tokens = float(seq_tokens.sum())
+    seq_sums = (per_token * mask).sum(-1)  # (B,)
+    kl_mean = ((kl * mask).sum() / max(tokens, 1.0)).detach()
+    if aggregation in ("dapo", "bnpo"):
+        return seq_sums.sum(), tokens, kl_mean
+    if aggregation == "grpo":
+        return (seq_sums / seq_tokens.clamp(min=1)).sum(), float(len(seq_sums)), kl_mean
+    if aggregation == "dr_grpo":
+        if not max_completion_length or max_completion_length < 1:
+            raise ValueError(
+                "grpo_loss: aggregation 'dr_grpo' needs max_completion_length (grpo.max_new_tokens)"
+            )
+        return seq_sums.sum(), float(len(seq_sums) * max_completion_length), kl_mean
+    raise ValueError(
+        f"unknown GRPO aggregation '{aggregation}': choose one of {', '.join(GRPO_AGGREGATIONS)}"
+    )

@@ -21,7 +21,6 @@ import torch
 from tuneforge.config import PEFT_METHODS
 
 GB = 1024**3
-LM_TASKS = ("sft", "dpo", "grpo")
 
 
 @dataclass
@@ -111,9 +110,9 @@ def saved_bytes(model: torch.nn.Module, inputs: dict, autocast) -> int:
     return total
 
 
-def _probe_body(model: torch.nn.Module, task: str) -> torch.nn.Module:
+def _probe_body(model: torch.nn.Module, language_model: bool) -> torch.nn.Module:
     """What to probe: for a causal LM the transformer body (its logits are counted apart), else the model."""
-    if task in LM_TASKS:
+    if language_model:
         from tuneforge.train.lm_loss import _body_and_head
 
         parts = _body_and_head(model)
@@ -122,9 +121,11 @@ def _probe_body(model: torch.nn.Module, task: str) -> torch.nn.Module:
     return model
 
 
-def activation_curve(model, task: str, device, autocast, max_len: int) -> tuple[float, float, float]:
+def activation_curve(
+    model, language_model: bool, device, autocast, max_len: int
+) -> tuple[float, float, float]:
     """(a, b, c) of bytes(T) = a + b*T + c*T^2 for one sequence of T tokens, from three probe lengths."""
-    body = _probe_body(model, task)
+    body = _probe_body(model, language_model)
     config = getattr(model, "config", None) or getattr(getattr(model, "base_model", None), "config", None)
     vocab = int(getattr(config, "vocab_size", 1000) or 1000)
     top = max(12, min(64, max_len))
@@ -222,14 +223,19 @@ def current_rss() -> int:
 
 def estimate(
     model: torch.nn.Module,
-    task_name: str,
     lengths: list[int],
     cfg,
     device: torch.device,
     autocast,
     processes: int = 1,
+    language_model: bool = False,
+    chunked_loss: bool = False,
 ) -> MemoryEstimate:
-    """The peak memory of training ``model`` as ``cfg`` says, before the first step."""
+    """The peak memory of training ``model`` as ``cfg`` says, before the first step.
+
+    ``language_model``: the output layer's logits are counted apart from the body's activations;
+    ``chunked_loss``: the loss holds one chunk of them at a time (``train/lm_loss.py``).
+    """
     t = cfg.training
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     weights += sum(b.numel() * b.element_size() for b in model.buffers())
@@ -238,15 +244,15 @@ def estimate(
     optimizer = 2 * sum(p.numel() * 4 for p in trainable)  # AdamW: exp_avg and exp_avg_sq in fp32
     probe_device = next(model.parameters()).device
     longest = max(lengths) if lengths else 1
-    a, b, c = activation_curve(model, task_name, probe_device, autocast, longest)
+    a, b, c = activation_curve(model, language_model, probe_device, autocast, longest)
     batch_tokens = resolve_batch_tokens(t.max_batch_tokens, (a, b, c), lengths, device)
     n, length = largest_micro_batch(lengths, t.batch_size, batch_tokens)
     activations = int(a + n * (b * length + c * length * length))
     logits = 0
-    if task_name in LM_TASKS:
+    if language_model:
         config = getattr(model, "config", None)
         vocab = int(getattr(config, "vocab_size", 0) or 0)
-        if task_name == "sft" and cfg.sft.fast_loss:
+        if chunked_loss:
             from tuneforge.train.lm_loss import ce_chunk_rows
 
             # the chunked loss holds one chunk of float32 logits and its softmax gradient at a time

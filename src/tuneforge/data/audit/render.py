@@ -1,5 +1,6 @@
-"""Showing an ``AuditReport``: a rich report for the terminal, and ``audit.json`` + a self-contained
-``audit.html`` (tables, findings with examples, matplotlib plots embedded as base64 PNG)."""
+"""Showing an ``AuditReport``: a rich report for the terminal (``render``), and ``audit.json`` + a
+self-contained ``audit.html`` (tables, findings with examples, matplotlib plots embedded as base64 PNG)
+written by ``write``. This module reads the report types; the report never imports it."""
 
 from __future__ import annotations
 
@@ -8,30 +9,16 @@ import html
 import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from tuneforge.data.audit import AuditReport
+from tuneforge.data.audit.report import AuditReport, loc
+from tuneforge.errors import DataError
 
 COLOURS = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 HTML_COLOURS = {"error": "#c0392b", "warning": "#b9770e", "info": "#2471a3"}
 TOKEN_COLUMNS = ("p50", "p90", "p95", "p99", "max", "max_length", "truncated", "suggested_max_length")
-
-
-def loc(where: str) -> str:
-    """A location for display: relative to the current folder; installed (bundled) data by file name only."""
-    path, sep, line = where.rpartition(":")
-    if not sep or not line.isdigit():
-        path, line = where, ""
-    p = Path(path)
-    if p.is_absolute():
-        try:
-            p = p.relative_to(Path.cwd())
-        except ValueError:
-            p = Path(p.name) if "site-packages" in p.parts else p
-    return f"{p}:{line}" if line else str(p)
 
 
 def short(s: Any, n: int) -> str:
@@ -98,6 +85,10 @@ def render(report: AuditReport) -> Any:
 def write(report: AuditReport, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``audit.json`` and ``audit.html`` into ``out_dir``; returns their paths."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(
+            f"{out}: exists and is not a folder; give a folder for audit.json and audit.html (--out)."
+        )
     out.mkdir(parents=True, exist_ok=True)
     jpath, hpath = out / "audit.json", out / "audit.html"
     jpath.write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -120,7 +111,13 @@ def _png(fig: Any) -> str:
 
 def plots(report: AuditReport) -> dict[str, str]:
     """Base64 PNG plots: the token-length histogram and the label distribution (when there is data)."""
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise DataError(
+            "audit.html embeds plots made with the package 'matplotlib', which is not installed: "
+            "`pip install matplotlib` (a tuneforge dependency)."
+        ) from None
 
     out = {}
     if report.lengths:

@@ -77,19 +77,30 @@ BUILTINS: dict[str, tuple[Callable, type | None]] = {
 
 
 class RewardModel:
-    """A reward model run folder as a reward function (its score of prompt + completion)."""
+    """A reward model run folder (task: reward) as a reward function: its score of prompt + completion."""
 
     def __init__(self, path: str):
-        from tuneforge.run import Run
+        from transformers import AutoTokenizer
 
-        self.run = Run(path)
-        if self.run.config.task != "reward":
-            raise ConfigError(
-                f"grpo.rewards: {path} is a '{self.run.config.task}' run, not a reward model (task: reward)."
-            )
+        from tuneforge.config import load_config
+        from tuneforge.tasks.reward import RewardTask
+
+        folder = Path(path).expanduser()
+        if not (folder / "config.yaml").is_file():
+            raise ConfigError(f"grpo.rewards: {path} is a folder but not a tuneforge run (no config.yaml).")
+        cfg = load_config(folder / "config.yaml")
+        if cfg.task != RewardTask.name:
+            raise ConfigError(f"grpo.rewards: {path} is a '{cfg.task}' run, not a reward model (task: reward).")
+        if not (folder / "model").is_dir():
+            raise ConfigError(f"grpo.rewards: {path} has no final model yet (model/): finish or resume that run.")
+        self.max_length = cfg.data.max_length
+        self.model = RewardTask.load_model(folder / "model", cfg).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(folder / "model")
 
     def __call__(self, prompts: list[str], completions: list[str], **_) -> list[float]:
-        return self.run.score(prompts, completions)
+        from tuneforge.tasks.reward import score_responses
+
+        return score_responses(self.model, self.tokenizer, self.max_length, prompts, completions)
 
 
 def _import(spec: str) -> Callable:

@@ -4,20 +4,36 @@ lengths.json      token lengths of every split (for the histogram)
 bias.json         the bias probe (classifier: flip rates; language model: Δ log-likelihood, base and tuned)
 forgetting.json   language models: base vs tuned perplexity on the reference text (and eval.forgetting_data)
 lm_eval.json      language models: per-example NLL of the test split, base and tuned (for the intervals)
+
+Which probes a run gets is the task's to say (its ``kind`` and ``probes``); the config switches them off
+(``eval.bias``, ``eval.forgetting``). This module runs models; ``tuneforge.report`` only reads the files.
+The recipe calls ``finish_run`` after evaluation; ``tuneforge report`` calls ``recompute``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
 import numpy as np
 
+from tuneforge.errors import TuneforgeError
+from tuneforge.report import build_report
+from tuneforge.report.files import PROBE_FILES, check_run_folder
 from tuneforge.utils import console
 
-PROBE_FILES = ("lengths.json", "bias.json", "forgetting.json", "lm_eval.json")
-LM_TASKS = ("sft", "dpo", "grpo")
+log = logging.getLogger(__name__)
+
+
+def capabilities(task_name: str) -> tuple[str, frozenset[str]]:
+    """(kind, probes) the task declares: kind one of classifier, language_model, reward_model, policy;
+    probes a subset of lengths, bias, forgetting, lm_eval, samples."""
+    from tuneforge.tasks import get_task
+
+    spec = get_task(task_name)
+    return spec.kind, frozenset(spec.probes)
 
 
 def _write(path: Path, data: dict) -> None:
@@ -49,34 +65,88 @@ def classifier_predict_proba(task, model):
     return predict
 
 
-def run_probes(run, task=None, only_missing: bool = False) -> list[str]:
-    """Compute what the config enables and write the files into the run folder; returns the names written."""
-    from tuneforge.tasks import task_class
-
-    cfg, folder = run.config, run.path
-    missing = lambda name: not only_missing or not (folder / name).exists()  # noqa: E731
+def wanted_probes(cfg, kind: str, probes: frozenset[str]) -> list[str]:
+    """The probe files a run of this config gets: what the task supports and the config leaves on."""
+    lm = kind in ("language_model", "policy")
     wanted = {
-        "lengths.json": True,
-        "bias.json": cfg.eval.bias,
-        "forgetting.json": cfg.eval.forgetting and cfg.task in LM_TASKS,
-        "lm_eval.json": cfg.task in LM_TASKS,
+        "lengths.json": "lengths" in probes,
+        "bias.json": cfg.eval.bias and "bias" in probes and (lm or kind == "classifier"),
+        "forgetting.json": cfg.eval.forgetting and "forgetting" in probes and lm,
+        "lm_eval.json": "lm_eval" in probes and lm,
     }
-    todo = [name for name, on in wanted.items() if on and missing(name)]
+    return [name for name, on in wanted.items() if on]
+
+
+def run_probes(run, task=None, only_missing: bool = False) -> list[str]:
+    """Compute what the task supports and the config enables, and write the files into the run folder;
+    returns the names written. ``task`` is the built task (from training), or None to build it from the config."""
+    cfg, folder = run.config, run.path
+    kind, probes = capabilities(cfg.task)
+    todo = [n for n in wanted_probes(cfg, kind, probes) if not only_missing or not (folder / n).exists()]
     if not todo:
         return []
-    if cfg.task not in ("classification", *LM_TASKS):
-        return []
-    task = task or task_class(cfg.task)(cfg, load_model=False)
+    if task is None:
+        from tuneforge.tasks import get_task
+
+        task = get_task(cfg.task)(cfg, load_model=False)
     written = []
     if "lengths.json" in todo:
         _write(folder / "lengths.json", split_lengths(task))
         written.append("lengths.json")
-    if cfg.task == "classification":
+    if kind == "classifier":
         if "bias.json" in todo:
             written += _classifier_bias(run, task)
-    else:
-        written += _lm_probes(run, task, todo)
+    elif set(todo) - {"lengths.json"}:
+        written += _lm_probes(run, task, todo, kind)
     return written
+
+
+def recompute(run_dir: str | Path, only_missing: bool = True) -> list[str]:
+    """``tuneforge report``: compute the probe files missing from a finished run (``only_missing``), or redo
+    them all (``--recompute``). Returns the names written; an unfinished run (no model/) gets none."""
+    from tuneforge.run import Run
+
+    folder = check_run_folder(run_dir)
+    if not (folder / "model").is_dir():
+        if only_missing:
+            return []  # an unfinished run: the report is built from what is there
+        raise TuneforgeError(
+            f"{folder}: no final model (model/), so the probes cannot be recomputed. Finish the run with "
+            f"`tuneforge train --resume {folder}`, or rebuild the report without probes: "
+            f"`tuneforge report {folder} --no-probes`."
+        )
+    if not only_missing:
+        for name in PROBE_FILES:
+            (folder / name).unlink(missing_ok=True)
+    return run_probes(Run(folder), only_missing=True)
+
+
+def finish_run(run, task=None) -> Path | None:
+    """End of ``tuneforge train``: compute the probes the task supports and the config enables, and write the
+    report. A failure here never loses the trained run: it is reported with the command that retries it."""
+    if not run.config.eval.report:
+        return None
+    try:
+        run_probes(run, task)
+    except Exception as e:  # the report is still written, without the probe that failed
+        log.debug("probes failed", exc_info=True)
+        console.print(
+            f"[bold yellow]report:[/bold yellow] the bias/forgetting probes failed ({type(e).__name__}: {e}); "
+            f"retry them with `tuneforge -v report {run.path} --recompute`.",
+            highlight=False,
+        )
+    try:
+        paths = build_report(run.path)
+    except Exception as e:  # the run itself is complete; the report can be rebuilt
+        log.debug("report failed", exc_info=True)
+        console.print(
+            f"[bold yellow]report:[/bold yellow] could not be written ({type(e).__name__}: {e}). The run is "
+            f"complete; retry with `tuneforge -v report {run.path}`.",
+            highlight=False,
+        )
+        return None
+    console.print(f"report: [bold]{paths['html']}[/bold]")
+    return paths["html"]
 
 
 def _held_out_texts(task) -> list[str]:
@@ -105,12 +175,12 @@ def _classifier_bias(run, task) -> list[str]:
     return ["bias.json"]
 
 
-def _lm_probes(run, task, todo: list[str]) -> list[str]:
-    """Everything that needs the base model is computed inside one ``base_model`` block (loaded at most once)."""
+def _lm_probes(run, task, todo: list[str], kind: str) -> list[str]:
+    """Everything that needs the base model is computed inside one ``task.reference`` block (the base model:
+    the adapter switched off, or loaded at most once)."""
     from tuneforge.data.chat import EncodedChat
     from tuneforge.eval.bias import lm_probe, load_terms
     from tuneforge.eval.forgetting import example_nll, forgetting_result, reference_texts
-    from tuneforge.tasks.sft import base_model
 
     cfg, e = run.config, run.config.eval
     model, tok = run.load_model(), run.load_tokenizer()
@@ -125,9 +195,7 @@ def _lm_probes(run, task, todo: list[str]) -> list[str]:
     if "forgetting.json" in todo:
         ref, ref_name = reference_texts(e.forgetting_text, e.forgetting_max_texts)
         jobs["reference"] = ref
-        if (
-            e.forgetting_data and hasattr(task, "read_file") and cfg.task == "sft"
-        ):  # scored like the task's own data
+        if e.forgetting_data and kind == "language_model":  # scored like the task's own data
             jobs["forgetting_data"] = task.encode(task.read_file(e.forgetting_data)[: e.forgetting_max_texts])
         elif e.forgetting_data:
             jobs["forgetting_data"] = reference_texts(
@@ -152,7 +220,7 @@ def _lm_probes(run, task, todo: list[str]) -> list[str]:
             lls[which] = dict(zip(needed, (-nll).tolist()))
 
     score_all("tuned", model)
-    with base_model(model, cfg) as base:
+    with task.reference(model) as base:
         score_all("base", base)
     written = []
     if "test" in jobs:
