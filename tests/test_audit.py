@@ -310,3 +310,94 @@ def test_20newsgroups_cross_split_near_duplicates():
         assert ex["similarity"] >= 0.8 and ex["text_a"] and ex["text_b"]
     assert any("faq" in x["text_a"] for x in leak.examples) or "faq" in json.dumps(leak.examples)
     assert "near" in leak.what and r.splits[1].name == "test"
+
+
+def _pairs_file(tmp_path):
+    rows = [
+        {"prompt": f"question {i}", "chosen": f"right answer {i}", "rejected": f"wrong {i}"} for i in range(8)
+    ]
+    rows += [{"prompt": f"say {w}", "chosen": w, "rejected": w} for w in ("yes", "no", "maybe")]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_preflight_shows_error_rows_and_refuses_them(tmp_path):
+    path = _pairs_file(tmp_path)
+    report = audit(path)
+    with pytest.raises(DataError) as e:
+        preflight_decision(report, allow_errors=False, allow_leakage=False, train_spec=str(path),
+                           other_specs=[], user_split=False)  # fmt: skip
+    msg = str(e.value)
+    assert "3 pairs with identical chosen and rejected" in msg
+    assert all(f"pairs.jsonl:{n}" in msg for n in (9, 10, 11)) and "'say maybe maybe'" in msg
+    assert "3 rows cannot train correctly (listed above)" in msg
+    assert (
+        f"`tuneforge data prepare {path} --out DIR` drops them" in msg
+        and "data.allow_audit_errors=true" in msg
+    )
+    lines = preflight_decision(report, allow_errors=True, allow_leakage=False, train_spec=str(path),
+                               other_specs=[], user_split=False)  # fmt: skip
+    assert lines[0].strip().startswith("error") and any("fix: Nothing can be learned" in x for x in lines)
+    assert msg.startswith("data audit: 11 rows")
+    assert not preflight_decision(report, allow_errors=True, quiet=True)
+
+
+def test_preflight_leakage_names_the_audit_command_only_for_user_splits():
+    train = [Example(text=f"this is training sentence number {i} about films", label="x", source=f"tr:{i}")
+             for i in range(50)]  # fmt: skip
+    test = [Example(text="this is training sentence number 7 about films", label="x", source="te:1")]
+    report = audit_splits({"train": train, "test": test}, "classification")
+    kw = {"allow_errors": False, "train_spec": "train.jsonl", "other_specs": ["test.jsonl", "dev.jsonl"]}
+    with pytest.raises(DataError) as e:
+        preflight_decision(report, allow_leakage=False, user_split=True, **kw)
+    assert "`tuneforge data audit train.jsonl --against test.jsonl --against dev.jsonl`" in str(e.value)
+    assert "data.allow_leakage=true" in str(e.value) and "tr:7" in str(e.value)
+    assert preflight_decision(report, allow_leakage=True, user_split=True, **kw)
+    lines = preflight_decision(report, allow_leakage=False, user_split=False, **kw)  # tuneforge's own split
+    assert any(x.strip().startswith("warning") and "duplicate" in x for x in lines)
+
+
+def test_label_spellings_are_normalised_or_an_error(tmp_path):
+    rows = [{"text": f"a sentence about topic {i} and more words", "label": lab}
+            for i, lab in enumerate(["Positive", "positive", "positive", "neg", " neg", "1.0", "1", 1, 1.0, True])]  # fmt: skip
+    path = tmp_path / "labels.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = audit(path)
+    assert r.splits[0].labels == {"1": 4, "neg": 2, "positive": 2, "Positive": 1, "true": 1}
+    variants = next(f for f in r.findings if f.code == "label_variants")
+    assert variants.severity == "error" and variants.where == [f"{path}:1", f"{path}:10"]
+    assert "'positive' (2) / 'Positive' (1)" in variants.what and "'1' (4) / 'true' (1)" in variants.what
+
+
+def test_undecodable_bytes_are_an_error_with_their_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(
+        b'{"text": "plain words here", "label": "a"}\n{"text": "caf\xe9 cr\xe8me", "label": "b"}\n'
+    )
+    r = audit(path)
+    bad = next(f for f in r.findings if f.code == "bad_encoding")
+    assert (
+        bad.severity == "error"
+        and bad.where == [f"{path}:2"]
+        and "0xE9 at column 14" in bad.examples[0]["reason"]
+    )
+    assert r.splits[0].examples == 1 and not any(
+        "\ufffd" in json.dumps(f.examples) for f in r.findings if f is not bad
+    )
+
+
+def test_report_never_imports_render():
+    """The audit package's layers: render reads the report types; no finding module or the report imports it."""
+    import ast
+    from pathlib import Path
+
+    import tuneforge.data.audit as pkg
+
+    root = Path(pkg.__file__).parent
+    for path in root.glob("*.py"):
+        if path.name in ("__init__.py", "render.py", "preflight.py"):
+            continue
+        mods = {n.module for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom)}
+        assert "tuneforge.data.audit.render" not in mods, path.name
+    assert not (root.parent / "audit_render.py").exists()

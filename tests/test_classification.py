@@ -7,7 +7,7 @@ import torch
 from helpers import tiny_cfg
 
 import tuneforge
-from tuneforge.run import load_sequence_classifier
+from tuneforge.tasks.classification import load_sequence_classifier
 
 METHODS = [
     ("full", {}),

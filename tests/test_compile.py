@@ -70,26 +70,24 @@ def test_compiled_blocks_match_the_plain_model(tiny_llama):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
 
 
-def test_auto_compiles_only_long_adapter_runs_on_big_enough_models(tiny_llama, tiny_bert):
+def test_auto_compiles_only_long_adapter_runs_on_big_enough_models(tiny_llama, tiny_bert, monkeypatch):
+    from tuneforge.train import compile as compile_module  # tuneforge.train the attribute is the function
+
     lora = _lora(tiny_llama)
     assert len(repeated_blocks(lora)) == 2
     cpu = torch.device("cpu")
     assert not should_compile("auto", lora, 1000, cpu)  # tiny blocks: compiling would not pay
     assert not should_compile(False, lora, 1000, cpu)
     assert should_compile(True, lora, 5, cpu) == can_compile(cpu)[0]
-    import tuneforge.train.compile as c
+    monkeypatch.setattr(compile_module, "MIN_BLOCK_PARAMETERS", 0)
+    assert should_compile("auto", lora, 1000, cpu) == can_compile(cpu)[0]
+    assert not should_compile("auto", lora, 5, cpu)  # too few steps
+    assert not should_compile("auto", lora, 1000, cpu, samples_during_training=True)  # GRPO decodes
+    assert should_compile(True, lora, 1000, cpu, samples_during_training=True) == can_compile(cpu)[0]
+    from transformers import AutoModelForSequenceClassification
 
-    old = c.MIN_BLOCK_PARAMETERS
-    c.MIN_BLOCK_PARAMETERS = 0
-    try:
-        assert should_compile("auto", lora, 1000, cpu) == can_compile(cpu)[0]
-        assert not should_compile("auto", lora, 5, cpu)  # too few steps
-        from transformers import AutoModelForSequenceClassification
-
-        full = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
-        assert not should_compile("auto", full, 1000, cpu)  # the blocks' own weights train
-    finally:
-        c.MIN_BLOCK_PARAMETERS = old
+    full = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    assert not should_compile("auto", full, 1000, cpu)  # the blocks' own weights train
 
 
 def _settings() -> tuple:

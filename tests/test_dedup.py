@@ -129,3 +129,40 @@ def test_keep_first():
     texts = ["A good film.", "a good film", "A good film.", "Something else", "something else entirely here"]
     assert keep_first(texts) == [0, 3, 4]
     assert keep_first(texts, threshold=None) == [0, 1, 3, 4]
+
+
+def _headlines(n: int = 120, seed: int = 0):
+    """News-like pairs with repeated headlines: each headline 1-4 times, some copies edited by one word."""
+    from tuneforge.data.formats import Example
+
+    rng = random.Random(seed)
+    vocab = [f"w{k}" for k in range(3000)]
+    out = []
+    for h in range(n):
+        words = rng.sample(vocab, 12)
+        for c in range(rng.choice([1, 1, 2, 3, 4])):
+            w = list(words)
+            if c and rng.random() < 0.5:
+                w[rng.randrange(1, 11)] = rng.choice(vocab)  # a near-duplicate (one word changed)
+            label = "sport" if h % 3 else "politics"
+            out.append(Example(text=" ".join(w), label=label, source=f"news.jsonl:{len(out) + 1}"))
+    return out
+
+
+def test_split_grouped_never_creates_leakage():
+    from tuneforge.data.audit import audit_splits
+    from tuneforge.data.split import split, split_grouped
+
+    items = _headlines()
+    by_label = lambda e: e.label  # noqa: E731
+    train, test = split_grouped(items, 0.2, seed=1, key=by_label)
+    train, validation = split_grouped(train, 0.1, seed=0, key=by_label)
+    r = audit_splits({"train": train, "validation": validation, "test": test}, "classification", pii=False)
+    assert r.leaked == 0 and not [f for f in r.findings if f.code in ("leakage", "split_overlap")]
+    assert sorted(e.source for e in train + validation + test) == sorted(e.source for e in items)
+    assert abs(len(test) - 0.2 * len(items)) <= 4 and {e.label for e in test} == {"sport", "politics"}
+    assert [e.source for e in test] == [e.source for e in items if e in test]  # file order kept
+    assert split_grouped(items, 0.2, seed=1, key=by_label) == split_grouped(items, 0.2, seed=1, key=by_label)
+    # the plain split divides the repeated headlines: the case the grouped split exists for
+    plain_train, plain_test = split(items, 0.2, seed=1, key=by_label)
+    assert audit_splits({"train": plain_train, "test": plain_test}, "classification", pii=False).leaked > 0

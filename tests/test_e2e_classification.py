@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import tuneforge
-from tuneforge.run import load_sequence_classifier
+from tuneforge.tasks.classification import load_sequence_classifier
 
 pytestmark = pytest.mark.e2e
 

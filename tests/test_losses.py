@@ -451,5 +451,8 @@ def test_kto_kl_over_the_whole_step_across_processes():
     per_batch = torch.stack([kto_kl(policy[a:b], ref[a:b]) for a, b in parts]).mean()
     assert float(per_batch) > float(kl)  # clamping each batch's estimate at 0 biases it upwards
     assert float(kto_kl_from_step(torch.tensor(-5.0), torch.tensor(-1.0), 2)) == 0.0  # policy below ref: 0
+    # the reduced totals as one tensor (sum of policy - reference, pairs), as a task may gather them
+    totals = torch.tensor([3.0, 2.0])
+    assert float(kto_kl_from_step(totals[0], 0.0, totals[1])) == 1.5
     with pytest.raises(ValueError, match="batch_size >= 2"):
         kto_kl_from_step(torch.tensor(0.0), torch.tensor(0.0), 0)

@@ -62,9 +62,10 @@ def cfg_for(task: str, model: str, train_file: str, out, **sections) -> dict:
             "warmup_steps": 0,
         },
         "eval": {"batch_size": 32, "report": False},
-        "sft": {"samples": 2, "max_new_tokens": 4},
         "output": {"dir": str(out), "name": "run", "overwrite": True},
     }
+    if task != "reward":  # generation settings: only the language-model tasks read the sft section
+        cfg["sft"] = {"samples": 2, "max_new_tokens": 4}
     for section, values in sections.items():
         if isinstance(values, dict):
             cfg.setdefault(section, {}).update(values)
@@ -243,21 +244,21 @@ def test_dpo_relatives_train(tiny_llama, pairs_file, tmp_path, loss_type):
 
 
 def test_kto_mismatched_rows_are_real_encodings(tiny_llama, pairs_file, tmp_path):
-    """KTO's KL rows (prompt i + completion of row i-1) equal encoding that prompt and completion directly."""
+    """KTO's KL rows (prompt i + completion of the next row of the step) equal encoding that prompt and completion directly."""
     from tuneforge.data.chat import encode_prompt_response
     from tuneforge.tasks.dpo import PreferenceTask
 
     cfg = from_dict(cfg_for("dpo", tiny_llama, pairs_file, tmp_path, preference={"loss_type": "kto"}))
     task = PreferenceTask(cfg, load_model=False)
     rows = [task.splits["train"][0], task.splits["train"][1]]
-    batch = task.collate([2, 3])  # unpaired rows 2, 3 = pair 1's chosen and rejected
+    batch = task._batch(task.mismatched([2, 3]))  # unpaired rows 2, 3 = pair 1's chosen and rejected
     train_rows = [r for e in rows for r in ((e, e.chosen), (e, e.rejected))]
     expected = encode_prompt_response(
         task.tokenizer, train_rows[3][0].messages, train_rows[2][1], 48
     )  # prompt 3, completion 2
     n = len(expected.input_ids)
-    assert batch["kl_input_ids"][1, :n].tolist() == expected.input_ids
-    assert batch["kl_labels"][1, :n].tolist() == expected.labels
+    assert batch["input_ids"][1, :n].tolist() == expected.input_ids
+    assert batch["labels"][1, :n].tolist() == expected.labels
 
 
 def test_unpaired_rows_need_kto(tiny_llama, tmp_path):
@@ -276,7 +277,7 @@ def test_unpaired_rows_need_kto(tiny_llama, tmp_path):
         from_dict(cfg_for("dpo", tiny_llama, str(path), tmp_path, preference={"loss_type": "kto"})),
         load_model=False,
     )
-    assert task.primary_metric == "label_accuracy"
+    assert task.default_metric().name == "label_accuracy"
 
 
 # ---------------------------------------------------------------- GRPO
@@ -342,7 +343,11 @@ def test_grpo_reads_prompt_only_files_and_rejects_bad_rewards(tiny_llama, tmp_pa
     assert task.splits["train"][0].messages == [
         {"role": "user", "content": task.splits["train"][0].messages[0]["content"]}
     ]
-    assert task.counts[0] == 4 and task.collate([0, 1])["prompt_ids"].shape[0] == 2
+    # a step computes group_size sequences of prompt + completion per prompt: lengths count what is computed
+    assert task.counts[0] == 4
+    assert task.lengths[0] == 4 * (len(task.prompt_ids["train"][0]) + task.g.max_new_tokens)
+    with pytest.raises(RuntimeError, match="begin_step"):  # the step samples first
+        task.collate([0, 1])
     with pytest.raises(ConfigError, match="not a built-in reward"):
         GRPOTask(
             from_dict(cfg_for("grpo", tiny_llama, str(path), tmp_path, grpo={"rewards": ["nonsense"]})),

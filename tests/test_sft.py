@@ -125,7 +125,7 @@ def test_every_method_trains_saves_and_loads_back(tiny_llama, chat_file, tmp_pat
     """The task, the method and the loop (as the recipe wires them): the loss falls, exactly the trainable
     weights change, and the saved folder loads back (full folder, or base + PEFT adapter) to the same loss."""
     from tuneforge.methods import prepare
-    from tuneforge.run import load_causal_lm_dir
+    from tuneforge.tasks.lm import load_causal_lm_dir
     from tuneforge.tasks.sft import SFTTask
     from tuneforge.train.loop import fit
     from tuneforge.recipe import make_accelerator

@@ -325,9 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     from tuneforge.serve.cli import add_serve_commands
 
     add_serve_commands(sub)  # chat, generate, export
+    from tuneforge.probes import recompute
     from tuneforge.report.cli import add_report_commands
 
-    add_report_commands(sub)  # report, compare
+    add_report_commands(sub, recompute=recompute)  # report, compare (the probes it may need run models)
     from tuneforge.data.cli import add_data_commands
 
     add_data_commands(sub)  # data audit, data prepare

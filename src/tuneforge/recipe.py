@@ -379,7 +379,7 @@ def train(
 def _train(cfg: RunConfig, run_dir: Path, resuming: bool, accelerator) -> Run:
     from accelerate.utils import set_seed
 
-    from tuneforge.train.loop import fit
+    from tuneforge.train.compile import compile_settings
     from tuneforge.train.runfolder import atomic_write_json
 
     main = accelerator.is_main_process
@@ -439,7 +439,16 @@ def _train(cfg: RunConfig, run_dir: Path, resuming: bool, accelerator) -> Run:
         )
     accelerator.wait_for_everyone()
 
-    # --- train
+    # --- train, finish, evaluate (compiled blocks may still compile there: the settings hold to the end)
+    with compile_settings():
+        return _fit_and_finish(task, prepared, cfg, run_dir, accelerator, resuming, metric, t0, trainable, total, attention, memory)
+
+
+def _fit_and_finish(task, prepared, cfg, run_dir, accelerator, resuming, metric, t0, trainable, total, attention, memory) -> Run:
+    from tuneforge.train.loop import fit
+    from tuneforge.train.runfolder import atomic_write_json
+
+    main = accelerator.is_main_process
     result = fit(task, prepared, cfg, run_dir, accelerator, resume=resuming, metric=metric)
 
     # --- the final model, then the summary; evaluation and report after (a kill in between loses nothing)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneforge.data.progress import track
 from tuneforge.errors import DataError
 
 SUFFIXES = {
@@ -128,9 +129,10 @@ def _decode(raw: bytes) -> tuple[str, dict[int, str]]:
     return b"\n".join(parts).decode("utf-8-sig"), bad
 
 
-def _open_text(p: Path) -> tuple[io.StringIO, dict[int, str]]:
+def _open_text(p: Path) -> tuple[io.StringIO, dict[int, str], int]:
+    """The decoded file, its undecodable lines and its number of lines (for the progress bar)."""
     text, bad = _decode(_decompress(p))
-    return io.StringIO(text, newline=""), bad
+    return io.StringIO(text, newline=""), bad, text.count("\n") + 1
 
 
 def read_table(path: str | Path, strict: bool = True, skip_lines: int = 0) -> Table:
@@ -166,9 +168,9 @@ def read_table(path: str | Path, strict: bool = True, skip_lines: int = 0) -> Ta
 
 def _read_jsonl(p: Path) -> Table:
     rows, lines, bad = [], [], []
-    fh, undecodable = _open_text(p)
+    fh, undecodable, total = _open_text(p)
     with fh:
-        for n, line in enumerate(fh, start=1):
+        for n, line in enumerate(track(fh, f"reading {p.name}", total, every=5000), start=1):
             s = line.strip()
             if not s:
                 continue
@@ -191,7 +193,7 @@ def _read_jsonl(p: Path) -> Table:
 
 
 def _read_json(p: Path) -> Table:
-    fh, undecodable = _open_text(p)
+    fh, undecodable, _ = _open_text(p)
     with fh:
         text = fh.read()
     if undecodable:
@@ -224,11 +226,11 @@ def _read_csv(p: Path, delimiter: str, skip_lines: int) -> Table:
     """Rows of a CSV/TSV file; a record whose fields are all empty is kept (as empty fields) so that it is
     reported, not skipped; blank lines are not records."""
     rows, lines, bad = [], [], []
-    fh, undecodable = _open_text(p)
+    fh, undecodable, total = _open_text(p)
     old_limit = csv.field_size_limit(CSV_FIELD_LIMIT)
     try:
         with fh:
-            reader = csv.reader(fh, delimiter=delimiter)
+            reader = csv.reader(track(fh, f"reading {p.name}", total, every=5000), delimiter=delimiter)
             header = _csv_header(p, reader)
             if header is None:
                 return Table(str(p), [], [], [])

@@ -173,4 +173,13 @@ def load_causal_lm(name: str, dtype: str = "float32", dropout: float | None = No
     config = AutoConfig.from_pretrained(path)
     if dropout is not None:
         set_dropout(config, dropout)
-    return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=_dtype(dtype))
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=_dtype(dtype))
+    except ValueError as e:
+        if "Unrecognized configuration class" not in str(e):
+            raise
+        raise ModelError(
+            f"{name}: a '{config.model_type}' model is an encoder, not a causal (decoder) language model, so it "
+            f"cannot generate text for tasks sft, dpo or grpo. Use a chat model (e.g. model.name=smollm2-135m-instruct; "
+            f"`tuneforge models`), or train this encoder with task: classification or reward."
+        ) from None

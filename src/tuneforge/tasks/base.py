@@ -31,7 +31,7 @@ import torch
 
 from tuneforge.data.bundled import DATASETS, load_bundled
 from tuneforge.data.formats import Example
-from tuneforge.data.split import split, subsample
+from tuneforge.data.split import split_grouped, subsample
 from tuneforge.errors import ConfigError, DataError
 
 EVAL_SCHEMA_VERSION = 1
@@ -112,7 +112,8 @@ class Task:
         cls.metric(cfg.training.metric)
         if cfg.method.name not in cls.methods:
             raise ConfigError(
-                f"method '{cfg.method.name}' cannot train task '{cls.name}': use one of {', '.join(cls.methods)}."
+                f"method '{cfg.method.name}' cannot train task '{cls.name}' (a {cls.kind.replace('_', ' ')}): use one "
+                f"of {', '.join(cls.methods)}."
             )
         for section in OPTIONAL_SECTIONS:
             if section in cls.sections:
@@ -225,11 +226,12 @@ def load_splits(d, seed: int, read: Reader, key=None) -> tuple[dict[str, list[Ex
     if test is None and alias in DATASETS and "test" in load_bundled(alias) and ":" not in d.train:
         test = read(f"{alias}:test")[0]
         user_split = True
+    # tuneforge's own split keeps each group of exact and near duplicates on one side: it never leaks
     if test is None:
-        train, test = split(train, d.test_fraction, seed + 1, key=key)
+        train, test = split_grouped(train, d.test_fraction, seed + 1, key=key, threshold=d.near_dup_threshold)
     validation = read(d.validation)[0] if d.validation else None
     if validation is None:
-        train, validation = split(train, d.validation_fraction, seed, key=key)
+        train, validation = split_grouped(train, d.validation_fraction, seed, key=key, threshold=d.near_dup_threshold)
     splits = {
         "train": subsample(train, d.limit, seed),
         "validation": subsample(validation, d.eval_limit, seed),

@@ -29,7 +29,7 @@ from tuneforge.errors import ConfigError, DataError
 from tuneforge.tasks.base import Metric, load_splits
 from tuneforge.tasks.lm import LMTask, prompt_text
 from tuneforge.tasks.pairs import Running, is_paired, pad, pairwise_accuracy, read_examples, unpair
-from tuneforge.train.losses import dpo_loss, kto_kl, kto_loss, orpo_loss, token_logps
+from tuneforge.train.losses import dpo_loss, kto_kl_from_step, kto_loss, orpo_loss, token_logps
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -64,7 +64,7 @@ class PreferenceTask(LMTask):
         p = cfg.preference
         if p.center_rewards is not None:
             raise ConfigError(
-                "preference.center_rewards is an option of task 'reward' (a reward model): remove it, or set task: reward."
+                "preference.center_rewards is a weight for task 'reward' only: remove it or set task: reward."
             )
         if p.loss_type == "kto" and cfg.training.batch_size < 2:
             raise ConfigError(
@@ -196,13 +196,13 @@ class PreferenceTask(LMTask):
         return out
 
     @torch.no_grad()
-    def begin_step(self, model, indices: list[int], reduce) -> None:
+    def begin_step(self, model, micro: list[list[int]], reduce) -> None:
         """KTO: the KL reference point of this optimizer step, from mismatched pairs of ALL its rows on all
         processes (``reduce`` sums over processes): mean(policy - reference) log-prob, clamped at 0."""
         if self.loss_type != "kto":
             return None
         device = next(model.parameters()).device
-        pairs = self.mismatched(indices)
+        pairs = self.mismatched([i for idx in micro for i in idx])
         totals = torch.zeros(2, device=device)  # (sum of policy - reference, rows)
         bs = max(1, self.cfg.training.batch_size)
         for start in range(0, len(pairs), bs):
@@ -213,7 +213,7 @@ class PreferenceTask(LMTask):
                 ref = self.logps(ref_model, *args)[0].float()
             totals += torch.stack([(policy - ref).sum(), torch.tensor(float(len(policy)), device=device)])
         totals = reduce(totals)
-        self._step_kl = kto_kl(totals[0:1] / totals[1].clamp(min=1), torch.zeros(1, device=device))
+        self._step_kl = kto_kl_from_step(totals[0], 0.0, totals[1])
         return None
 
     # ---- model side
@@ -329,7 +329,7 @@ class PreferenceTask(LMTask):
             return self.beta * policy / counts.clamp(min=1)
         return self.beta * (policy - ref)
 
-    def metrics(
+    def pair_metrics(
         self, enc: dict, policy: torch.Tensor, counts: torch.Tensor, ref: torch.Tensor | None
     ) -> dict[str, float]:
         rewards = self.scores(policy, counts, ref)
@@ -373,7 +373,7 @@ class PreferenceTask(LMTask):
             return {}
         policy, counts = self.split_logps(model, enc["rows"])
         ref = None if self.loss_type == "orpo" else self.split_reference(model, split)
-        return self.metrics(enc, policy, counts, ref)
+        return self.pair_metrics(enc, policy, counts, ref)
 
     def full_evaluation(self, model, split: str = "test", baseline: bool = True) -> dict:
         """Preference accuracy of the tuned model on held-out pairs beside the base model, and sample answers.
@@ -387,19 +387,16 @@ class PreferenceTask(LMTask):
             policy, counts = self.split_logps(model, enc["rows"])
             ref = self.split_reference(model, split)  # the base model's log-probs
             no_ref = self.loss_type == "orpo"
-            out["tuned"] = self.metrics(enc, policy, counts, None if no_ref else ref)
-            out["per_example"] = {
-                "paired": enc["paired"],
-                "tuned": self.scores(policy, counts, None if no_ref else ref).tolist(),
-                "desirable": enc.get("desirable"),
-            }
+            out["tuned"] = self.pair_metrics(enc, policy, counts, None if no_ref else ref)
+            out["per_example"] = self.per_example(enc, self.scores(policy, counts, None if no_ref else ref))
             if baseline:
                 # ORPO's implicit reward is the model's own likelihood, which the base model has too; for the others
                 # the base model is the reference, so its implicit reward is 0 for every answer (accuracy 0.5)
-                out["baseline"] = self.metrics(enc, ref, counts, None if no_ref else ref)
+                out["baseline"] = self.pair_metrics(enc, ref, counts, None if no_ref else ref)
                 out["baseline"].pop("loss", None)
                 out["baseline"]["n"] = len(enc["examples"])
-                out["per_example"]["base"] = self.scores(ref, counts, None if no_ref else ref).tolist()
+                base = self.scores(ref, counts, None if no_ref else ref)
+                out["per_example"]["baseline"] = self.per_example(enc, base)["tuned"]
         out["tuned"]["n"] = len(enc["examples"])
         examples = enc["examples"][: self.cfg.sft.samples]
         tuned, base = self.sample_answers(model, [e.messages for e in examples], baseline)
@@ -410,6 +407,14 @@ class PreferenceTask(LMTask):
             ]
         out["seconds"] = round(time.perf_counter() - t0, 2)
         return self.stamp(out)
+
+    @staticmethod
+    def per_example(enc: dict, rewards: torch.Tensor) -> dict:
+        """Every held-out row's implicit reward, as the report's intervals read them."""
+        if enc["paired"]:
+            chosen, rejected = rewards.chunk(2)
+            return {"tuned": {"chosen": chosen.tolist(), "rejected": rejected.tolist()}}
+        return {"desirable": list(enc["desirable"]), "tuned": {"reward": rewards.tolist()}}
 
     @staticmethod
     def format_eval(result: dict) -> list[str]:

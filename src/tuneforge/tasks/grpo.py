@@ -310,7 +310,7 @@ class GRPOTask(LMTask):
         refs = [e.chosen[-1]["content"] if e.chosen else None for e in examples]
         out["tuned"] = {**self.reward_metrics(examples, tuned), "n": len(examples)}
         t_scores = self.score(prompts, tuned, refs)[0]
-        out["per_example"] = {"tuned": t_scores.tolist()}
+        out["per_example"] = {"tuned": {"reward": t_scores.tolist()}}
         base: list[str | None] = [None] * len(examples)
         b_scores = None
         if baseline:
@@ -318,7 +318,7 @@ class GRPOTask(LMTask):
                 _, base = self.answers(ref_model, split)
             out["baseline"] = {**self.reward_metrics(examples, base), "n": len(examples)}
             b_scores = self.score(prompts, base, refs)[0]
-            out["per_example"]["base"] = b_scores.tolist()
+            out["per_example"]["baseline"] = {"reward": b_scores.tolist()}
         out["samples"] = [
             {
                 "prompt": prompts[k],

@@ -163,7 +163,7 @@ class RewardTask(Task):
             chosen[idx], rejected[idx] = r.chunk(2)
         return chosen, rejected
 
-    def metrics(self, chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
+    def pair_metrics(self, chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
         loss = bradley_terry_loss(
             chosen, rejected, center_coefficient=self.cfg.preference.center_rewards
         ).mean()
@@ -179,7 +179,7 @@ class RewardTask(Task):
         enc = self.encoded.get(split)
         if not enc or not enc["chosen"]:
             return {}
-        return self.metrics(*self.scores(model, enc))
+        return self.pair_metrics(*self.scores(model, enc))
 
     def full_evaluation(self, model, split: str = "test", baseline: bool = True) -> dict:
         """Pairwise accuracy of the reward on held-out pairs, beside "the longer answer wins" and chance."""
@@ -188,9 +188,8 @@ class RewardTask(Task):
         out = {
             "split": split,
             "task": "reward",
-            "tuned": {**self.metrics(chosen, rejected), "n": len(examples)},
+            "tuned": {**self.pair_metrics(chosen, rejected), "n": len(examples)},
         }
-        c_len = r_len = []
         if baseline:
             c_len = torch.tensor([float(sum(len(m["content"]) for m in e.chosen)) for e in examples])
             r_len = torch.tensor([float(sum(len(m["content"]) for m in e.rejected)) for e in examples])
@@ -210,12 +209,11 @@ class RewardTask(Task):
             }
             for e, c, r in list(zip(examples, chosen, rejected))[:5]
         ]
-        # per-pair scores (the report's intervals): tuned rewards of every chosen and rejected answer
-        out["pairs"] = {
-            "chosen": [round(float(c), 5) for c in chosen],
-            "rejected": [round(float(r), 5) for r in rejected],
-            "longer_chosen": [float(a > b) + 0.5 * float(a == b) for a, b in zip(c_len, r_len)] if baseline else None,
-        }
+        # per-pair scores (the report's intervals): the reward of every chosen and rejected answer; the baseline
+        # "scores" an answer by its length
+        out["per_example"] = {"tuned": {"chosen": chosen.tolist(), "rejected": rejected.tolist()}}
+        if baseline:
+            out["per_example"]["baseline"] = {"chosen": c_len.tolist(), "rejected": r_len.tolist()}
         return self.stamp(out)
 
     def save_model(self, model, out: Path, notes: dict | None = None) -> None:

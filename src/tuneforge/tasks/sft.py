@@ -92,6 +92,7 @@ class SFTTask(LMTask):
         self.rows = [pack([train[i] for i in p]) for p in self.packs] if self.packs else train
         self.lengths = [len(r.input_ids) for r in self.rows]
         self.counts = [loss_count(r) for r in self.rows]
+        self.chunked_loss = s.fast_loss  # the memory estimate: one chunk of logits at a time
 
     # ---- data
     def read_file(self, spec: str) -> list[Example]:

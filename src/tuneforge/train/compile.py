@@ -29,7 +29,6 @@ EAGER_ATTENTION_MAX_TOKENS = 1024
 # speed-first choice it recomputes the cheap elementwise values (norms, activations, casts): measured on
 # SmolLM2-135M LoRA, 36% less activation memory at the same step time (0.5: 48% less, 9% slower).
 ACTIVATION_MEMORY_BUDGET = 0.7
-SAMPLING_TASKS = ("grpo",)  # decode token by token during training: every new cache length would recompile
 
 
 def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -58,10 +57,18 @@ def can_compile(device: torch.device) -> tuple[bool, str]:
 
 
 def should_compile(
-    setting: str | bool, model: torch.nn.Module, steps: int, device: torch.device, task: str = ""
+    setting: str | bool,
+    model: torch.nn.Module,
+    steps: int,
+    device: torch.device,
+    samples_during_training: bool = False,
 ) -> bool:
-    """training.compile: true, false, or auto (compile when the run is long and the model big enough)."""
-    if setting in (False, "false") or (setting == "auto" and task in SAMPLING_TASKS):
+    """training.compile: true, false, or auto (compile when the run is long and the model big enough).
+
+    auto never compiles a task that samples during training (GRPO): decoding token by token meets a new
+    cache length at every token, and each would recompile.
+    """
+    if setting in (False, "false") or (setting == "auto" and samples_during_training):
         return False
     ok, why = can_compile(device)
     if setting in (True, "true"):

@@ -103,6 +103,15 @@ def fit(task, prepared, cfg, run_dir: Path, accelerator, resume: bool = False, m
     )
 
 
+def _count_padding(window: dict, batch: dict) -> None:
+    """Add a micro-batch's positions and real tokens to the log window: the logs report the share of computed
+    positions that were padding."""
+    ids, mask = batch.get("input_ids"), batch.get("attention_mask")
+    if ids is not None and mask is not None and mask.shape == ids.shape:
+        window["padded"] += ids.numel()
+        window["real"] += int(mask.sum())
+
+
 class _Loop:
     """The state of one ``fit``: the step in ``run``, the rest in small helpers."""
 
@@ -150,7 +159,7 @@ class _Loop:
                     sync = nullcontext() if k == len(micro) - 1 else acc.no_sync(self.model)
                     with sync:
                         batch = task.collate(idx)
-                        self._count_padding(batch)
+                        _count_padding(self.window, batch)
                         batch = {key: v.to(acc.device) for key, v in batch.items()}
                         with acc.autocast():
                             loss_sum, _ = task.loss(self.model, batch)
@@ -203,14 +212,6 @@ class _Loop:
     @staticmethod
     def _new_window() -> dict[str, float]:
         return {"loss": 0.0, "items": 0, "examples": 0, "tokens": 0, "real": 0, "padded": 0, "t0": time.perf_counter()}
-
-    def _count_padding(self, batch: dict) -> None:
-        """Positions and real tokens of a micro-batch: the logs report the share of computed positions that
-        were padding."""
-        ids, mask = batch.get("input_ids"), batch.get("attention_mask")
-        if ids is not None and mask is not None and mask.shape == ids.shape:
-            self.window["padded"] += ids.numel()
-            self.window["real"] += int(mask.sum())
 
     def _log_train(self, step: int, grad_norm: float | None) -> None:
         """One train line: loss and padding summed over processes, task metrics averaged over processes."""

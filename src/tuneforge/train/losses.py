@@ -144,7 +144,7 @@ def kto_kl_from_step(
     n = float(count)
     if n < 1:
         raise ValueError("kto_kl_from_step: the step has no mismatched pairs (KTO needs batch_size >= 2)")
-    return ((policy_kl_sum - ref_kl_sum).float() / n).detach().clamp(min=0)
+    return (torch.as_tensor(policy_kl_sum - ref_kl_sum, dtype=torch.float32) / n).detach().clamp(min=0)
 
 
 def kto_loss(

@@ -19,10 +19,10 @@ SHOWN_ROWS = 5  # example rows shown per error finding
 def _rows(f: Finding, n: int) -> list[str]:
     """Up to ``n`` example lines of a finding (its examples, else its locations), and how many more."""
     shown = [example_line(x) for x in f.examples[:n]] or [loc(w) for w in f.where[:n]]
-    covered = sum(max(1, len(x.get("rows", [])) or 2) for x in f.examples[:n]) if f.examples else len(shown)
-    out = [f"    {s}" for s in shown]
+    covered = sum(len(x.get("rows", [])) or 1 for x in f.examples[:n]) if f.examples else len(shown)
+    out = [f"           {s}" for s in shown]
     if f.count > covered:
-        out.append(f"    ... and {f.count - covered:,} more rows (all in audit.json)")
+        out.append(f"           ... and {f.count - covered:,} more rows (all in audit.json)")
     return out
 
 
@@ -34,11 +34,14 @@ def preflight_decision(
     train_spec: str = "TRAIN",
     other_specs: Sequence[str] = (),
     user_split: bool = True,
+    quiet: bool = False,
 ) -> list[str]:
-    """The lines to print about ``report`` before training; raises ``DataError`` when training must not go on.
+    """The lines to print about ``report`` before training (after its headline, which the caller prints);
+    raises ``DataError`` when training must not go on.
 
-    Lines: the headline; each error finding with up to 5 example rows (``file:line``) and its fix; each
-    warning in full (what, where, fix); info findings in one line each.
+    Lines: each error finding with up to 5 example rows (``file:line``) and its fix; each warning in full
+    (what, where, fix); info findings in one line each. ``quiet`` (processes other than the main one):
+    no lines, the same decision.
 
     Raises when there are error findings (leakage aside) and not ``allow_errors``, and when training rows
     duplicate validation/test rows, ``user_split`` is true (the user gave those files, or the dataset ships
@@ -47,7 +50,7 @@ def preflight_decision(
     any overlap left is reported as a warning only. ``train_spec``/``other_specs`` (files or alias:split)
     fill in the commands the message suggests.
     """
-    lines = [f"data audit: {report.headline()}"]
+    lines: list[str] = []
     leaks = [f for f in report.findings if f.code == "leakage"]
     errors = [f for f in report.errors if f.code != "leakage"]
     for f in errors + (leaks if user_split else []):
@@ -81,8 +84,8 @@ def preflight_decision(
             f"train anyway."
         )
     if stop:
-        raise DataError("\n".join(lines + stop))
-    return lines
+        raise DataError("\n".join([f"data audit: {report.headline()}", *lines, *stop]))
+    return [] if quiet else lines
 
 
 def preflight(
@@ -111,6 +114,7 @@ def preflight(
         other_specs=other_specs, user_split=user_split,
     )  # fmt: skip
     if console is not None:
+        console.print(f"data audit: {report.headline()}", markup=False, highlight=False)
         for line in lines:
             console.print(line, markup=False, highlight=False)
     return report

@@ -89,7 +89,12 @@ def write(report: AuditReport, out_dir: str | Path) -> tuple[Path, Path]:
         raise DataError(
             f"{out}: exists and is not a folder; give a folder for audit.json and audit.html (--out)."
         )
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(
+            f"{out}: cannot create the folder for audit.json and audit.html ({e}); give another --out."
+        ) from None
     jpath, hpath = out / "audit.json", out / "audit.html"
     jpath.write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     hpath.write_text(to_html(report), encoding="utf-8")
