@@ -25,6 +25,7 @@ demo: setup
 	$(BIN)/tuneforge demo
 
 test: setup
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -x --durations=15
 
 test-fast: setup

@@ -130,7 +130,7 @@ def test_a_classifier_trained_on_a_gendered_word_flips_and_the_control_does_not(
             str(data),
             tmp_path,
             output={"name": f"run-{dependent}"},
-            training={"max_steps": 30, "eval_every": 30, "save_every": 1000, "lr": 3e-3},
+            training={"max_steps": 60, "eval_every": 60, "save_every": 1000, "lr": 2e-3},
         )
         run = tuneforge.train(cfg)
         bias = json.loads((run.path / "bias.json").read_text())

@@ -375,7 +375,7 @@ def test_run_lock_refuses_a_second_writer_until_the_first_dies(tmp_path):
 
 
 def test_new_run_dirs_are_unique_within_one_second(tmp_path, monkeypatch):
-    import tuneforge.train.runfolder as runfolder
+    from tuneforge.train import runfolder
 
     monkeypatch.setattr(runfolder.time, "strftime", lambda fmt: "20250101-120000")
     made = [new_run_dir(tmp_path / "runs", "sft-tiny-lora") for _ in range(3)]
