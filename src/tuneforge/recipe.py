@@ -101,7 +101,9 @@ def resume_folder(cfg: RunConfig) -> Path:
     if cfg.output.name:
         path = root / cfg.output.name
         if not (path / "config.yaml").exists():
-            raise ConfigError(f"--resume: {path} is not a run folder (no config.yaml). Start it without --resume.")
+            raise ConfigError(
+                f"--resume: {path} is not a run folder (no config.yaml). Start it without --resume."
+            )
         return path
     runs = sorted(p for p in root.glob(_prefix(cfg) + "-*") if (p / "checkpoints").is_dir())
     if not runs:
@@ -368,12 +370,35 @@ def train(
         if accelerator.num_processes > 1:
             broadcast_object_list(chosen)
         run_dir = Path(chosen[0])
-    if main:
-        from tuneforge.train.runfolder import RunLock
+    from tuneforge.train.runfolder import RunLock
 
-        with RunLock(run_dir):
-            return _train(cfg, run_dir, resuming, accelerator)
-    return _train(cfg, run_dir, resuming, accelerator)
+    try:
+        if main:
+            with RunLock(run_dir):
+                return _train(cfg, run_dir, resuming, accelerator)
+        return _train(cfg, run_dir, resuming, accelerator)
+    except (
+        KeyboardInterrupt
+    ):  # a second Ctrl-C (the first one stops at the end of the step): say what is saved
+        raise TuneforgeError(interrupted_message(run_dir)) from None
+
+
+def interrupted_message(run_dir: Path) -> str:
+    """What an interrupted run left, exactly: nothing, a checkpoint, or a trained model awaiting its evaluation."""
+    from tuneforge.train.checkpoint import find_resumable
+
+    if (run_dir / "model").exists() and _read_json(run_dir / "run.json").get("final_step") is not None:
+        return (
+            f"interrupted while evaluating: the final model is saved in {run_dir / 'model'}. "
+            f"`tuneforge train --resume {run_dir}` finishes the evaluation and the report."
+        )
+    try:
+        found = find_resumable(run_dir)
+    except TuneforgeError:
+        found = None
+    if found is None:
+        return f"interrupted before the first checkpoint: nothing was saved in {run_dir} to resume from."
+    return f"interrupted: the last checkpoint is {found.path.name}. Continue with: tuneforge train --resume {run_dir}"
 
 
 def _train(cfg: RunConfig, run_dir: Path, resuming: bool, accelerator) -> Run:
@@ -407,7 +432,11 @@ def _train(cfg: RunConfig, run_dir: Path, resuming: bool, accelerator) -> Run:
         prepared = prepare(task.model, cfg.method, cfg.training, head=task.has_head())
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if accelerator.mixed_precision == "bf16" and cfg.method.name in PEFT_METHODS and cfg.training.bf16_frozen_base:
+    if (
+        accelerator.mixed_precision == "bf16"
+        and cfg.method.name in PEFT_METHODS
+        and cfg.training.bf16_frozen_base
+    ):
         frozen_to_bf16(prepared.model)
     trainable, total = count_parameters(prepared.model)
     memory = preflight_memory(cfg, task, prepared.model, accelerator, main)
@@ -424,7 +453,8 @@ def _train(cfg: RunConfig, run_dir: Path, resuming: bool, accelerator) -> Run:
         )
         cfg.save(run_dir / "config.yaml")  # resolved: auto values as this machine resolved them
         atomic_write_json(
-            run_dir / "data.json", {**task.data_summary(), "labels": getattr(task, "labels", None), "audit": audit}
+            run_dir / "data.json",
+            {**task.data_summary(), "labels": getattr(task, "labels", None), "audit": audit},
         )
         start = _read_json(run_dir / "run.json") if resuming else {}
         atomic_write_json(
@@ -441,10 +471,25 @@ def _train(cfg: RunConfig, run_dir: Path, resuming: bool, accelerator) -> Run:
 
     # --- train, finish, evaluate (compiled blocks may still compile there: the settings hold to the end)
     with compile_settings():
-        return _fit_and_finish(task, prepared, cfg, run_dir, accelerator, resuming, metric, t0, trainable, total, attention, memory)
+        return _fit_and_finish(
+            task,
+            prepared,
+            cfg,
+            run_dir,
+            accelerator,
+            resuming,
+            metric,
+            t0,
+            trainable,
+            total,
+            attention,
+            memory,
+        )
 
 
-def _fit_and_finish(task, prepared, cfg, run_dir, accelerator, resuming, metric, t0, trainable, total, attention, memory) -> Run:
+def _fit_and_finish(
+    task, prepared, cfg, run_dir, accelerator, resuming, metric, t0, trainable, total, attention, memory
+) -> Run:
     from tuneforge.train.loop import fit
     from tuneforge.train.runfolder import atomic_write_json
 

@@ -164,7 +164,12 @@ class Run:
                 f"score: {len(prompts)} prompts for {len(responses)} responses; give one prompt, or one per response."
             )
         return score_responses(
-            self.load_model(), self.load_tokenizer(), self.config.data.max_length, prompts, responses, batch_size
+            self.load_model(),
+            self.load_tokenizer(),
+            self.config.data.max_length,
+            prompts,
+            responses,
+            batch_size,
         )
 
     @torch.no_grad()
@@ -189,7 +194,10 @@ class Run:
             return_tensors="pt",
         )
         probs = (
-            model(**{k: enc[k].to(device) for k in ("input_ids", "attention_mask")}).logits.float().softmax(-1).cpu()
+            model(**{k: enc[k].to(device) for k in ("input_ids", "attention_mask")})
+            .logits.float()
+            .softmax(-1)
+            .cpu()
         )
         out = []
         for row in probs:
@@ -210,7 +218,9 @@ class Run:
         out_name = "eval.json"
         if data is not None:
             test = task.read_file(data)
-            task = cls(cfg, splits={"train": task.splits["train"], "validation": [], "test": test}, load_model=False)
+            task = cls(
+                cfg, splits={"train": task.splits["train"], "validation": [], "test": test}, load_model=False
+            )
             out_name = f"eval-{Path(data).stem}.json"
         result = task.full_evaluation(self.load_model(), "test", baseline=cfg.eval.baseline)
         result["model"] = str(self.model_dir)
@@ -225,5 +235,12 @@ class Run:
 
 def _has_vocabulary(model_dir: Path) -> bool:
     """A tokenizer folder with its vocabulary (fast tokenizer file, or a slow tokenizer's vocabulary)."""
-    names = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+    names = (
+        "tokenizer.json",
+        "vocab.txt",
+        "vocab.json",
+        "tokenizer.model",
+        "spiece.model",
+        "sentencepiece.bpe.model",
+    )
     return any((model_dir / n).exists() for n in names)

@@ -19,7 +19,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True)
+# messages to a terminal wrap at its width; to a log file or pipe each stays on one line (grep finds it)
+console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 # tables and results a user may pipe (`tuneforge models | grep ...`): wide when not a terminal, so nothing is cut
 stdout = Console(width=None if sys.stdout.isatty() else 1000)
 

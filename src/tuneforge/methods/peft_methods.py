@@ -10,6 +10,7 @@ from torch import nn
 
 from tuneforge.methods.common import Prepared, find_layers, head_module_names, param_groups
 
+
 def linear_targets(model: nn.Module, exclude: list[str]) -> list[str]:
     """Leaf names of every nn.Linear inside the transformer blocks (the 'all-linear' default)."""
     prefix, _ = find_layers(model)

@@ -102,6 +102,85 @@ def _gguf_to_folder(gguf: Path) -> Path:
     return target
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def model_folder_fault(folder: Path, adapter: bool) -> str | None:
+    """What is wrong with a saved model folder, found without loading it, or None: a missing config or weights
+    file, a JSON file that does not parse, a safetensors file that is shorter or longer than its header says.
+
+    ``adapter``: the folder holds a PEFT adapter (``adapter_config.json``) rather than a whole model.
+    """
+    config = "adapter_config.json" if adapter else "config.json"
+    if not (folder / config).is_file():
+        return f"{config} is missing"
+    weights = ADAPTER_WEIGHT_FILES if adapter else WEIGHT_FILES
+    if not any((folder / w).is_file() for w in weights):
+        return f"the weights file ({weights[0]}) is missing"
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_bytes())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            return f"{path.name} is damaged (not valid JSON: {str(e).splitlines()[0]})"
+    for path in sorted(folder.glob("*.safetensors")):
+        fault = safetensors_fault(path)
+        if fault:
+            return f"{path.name} is damaged ({fault})"
+    return None
+
+
+def safetensors_fault(path: Path) -> str | None:
+    """A safetensors file checked against its own header: 8 bytes of header length, the JSON header, then the
+    tensors, whose byte ranges must end exactly at the end of the file. None when it is whole."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"{size} bytes, shorter than a safetensors header"
+        n = int.from_bytes(head, "little")
+        if 8 + n > size:
+            return f"truncated: {size} bytes, but the header alone needs {8 + n}"
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return "its header is not valid JSON"
+    if not isinstance(header, dict):
+        return "its header is not a JSON object"
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
+    expected = 8 + n + max(ends, default=0)
+    if expected != size:
+        return f"{'truncated' if size < expected else 'extra bytes'}: {size} bytes where its header says {expected}"
+    return None
+
+
+def is_causal_lm(name: str) -> bool:
+    """Whether transformers can load ``name`` as a causal (decoder) language model, from its config alone."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    path = resolve_model(name)
+    if not (path / "config.json").exists():  # an adapter folder: its base decides
+        return True
+    return AutoConfig.from_pretrained(path).model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+
+def require_causal_lm(name: str) -> None:
+    """Refuse an encoder (or any model without a causal-LM head) for a task that generates text, before its
+    tokenizer is set up (an encoder's missing chat template would otherwise be reported first)."""
+    if not is_causal_lm(name):
+        raise ModelError(_encoder_message(name))
+
+
+def _encoder_message(name: str, model_type: str | None = None) -> str:
+    kind = f"a '{model_type}' model" if model_type else "this model"
+    return (
+        f"{name}: {kind} is an encoder, not a causal (decoder) language model, so it cannot generate text "
+        f"for tasks sft, dpo or grpo. Use a chat model (e.g. model.name=smollm2-135m-instruct; `tuneforge models`), "
+        f"or train this encoder with task: classification or reward."
+    )
+
+
 def load_tokenizer(name: str, chat_template: str | None = None):
     """The model's tokenizer, with a pad token (the EOS token when the model has none)."""
     from transformers import AutoTokenizer
@@ -178,8 +257,4 @@ def load_causal_lm(name: str, dtype: str = "float32", dropout: float | None = No
     except ValueError as e:
         if "Unrecognized configuration class" not in str(e):
             raise
-        raise ModelError(
-            f"{name}: a '{config.model_type}' model is an encoder, not a causal (decoder) language model, so it "
-            f"cannot generate text for tasks sft, dpo or grpo. Use a chat model (e.g. model.name=smollm2-135m-instruct; "
-            f"`tuneforge models`), or train this encoder with task: classification or reward."
-        ) from None
+        raise ModelError(_encoder_message(name, config.model_type)) from None

@@ -192,7 +192,9 @@ class Task:
     @staticmethod
     def format_eval(result: dict) -> list[str]:
         """Lines that summarise this task's eval.json for the terminal."""
-        return [f"{k}: {v}" for k, v in (result.get("tuned") or {}).items() if not isinstance(v, (dict, list))]
+        return [
+            f"{k}: {v}" for k, v in (result.get("tuned") or {}).items() if not isinstance(v, (dict, list))
+        ]
 
 
 def _changed_keys(cfg, section: str) -> list[str]:
@@ -202,9 +204,7 @@ def _changed_keys(cfg, section: str) -> list[str]:
     current = getattr(cfg, section)
     default = type(current)()
     return [
-        f.name
-        for f in dataclasses.fields(current)
-        if getattr(current, f.name) != getattr(default, f.name)
+        f.name for f in dataclasses.fields(current) if getattr(current, f.name) != getattr(default, f.name)
     ]
 
 
@@ -231,7 +231,9 @@ def load_splits(d, seed: int, read: Reader, key=None) -> tuple[dict[str, list[Ex
         train, test = split_grouped(train, d.test_fraction, seed + 1, key=key, threshold=d.near_dup_threshold)
     validation = read(d.validation)[0] if d.validation else None
     if validation is None:
-        train, validation = split_grouped(train, d.validation_fraction, seed, key=key, threshold=d.near_dup_threshold)
+        train, validation = split_grouped(
+            train, d.validation_fraction, seed, key=key, threshold=d.near_dup_threshold
+        )
     splits = {
         "train": subsample(train, d.limit, seed),
         "validation": subsample(validation, d.eval_limit, seed),

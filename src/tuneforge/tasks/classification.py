@@ -194,7 +194,9 @@ class ClassificationTask(Task):
         return self.stamp(out)
 
     def save_model(self, model, out: Path, notes: dict | None = None) -> None:
-        save_model_folder(model, self.tokenizer, out, labels=self.labels, notes=notes)  # labels.json beside an adapter
+        save_model_folder(
+            model, self.tokenizer, out, labels=self.labels, notes=notes
+        )  # labels.json beside an adapter
 
     @classmethod
     def load_model(cls, model_dir: Path, cfg=None):
@@ -204,7 +206,9 @@ class ClassificationTask(Task):
     def format_eval(result: dict) -> list[str]:
         tuned, base = result["tuned"], result.get("baseline")
         lines = [f"{result['split']} split: {result.get('data', '')}"]
-        lines.append(f"  tuned model: accuracy {tuned['accuracy']:.4f}, macro-F1 {tuned['macro_f1']:.4f} ({tuned['n']} examples)")
+        lines.append(
+            f"  tuned model: accuracy {tuned['accuracy']:.4f}, macro-F1 {tuned['macro_f1']:.4f} ({tuned['n']} examples)"
+        )
         if base:
             lines.append(
                 f"  baseline (always '{base['predicts']}'): accuracy {base['accuracy']:.4f}, macro-F1 {base['macro_f1']:.4f}"
@@ -213,7 +217,8 @@ class ClassificationTask(Task):
         if 0 < len(per) <= 25:
             lines.append("  per class (tuned): label precision recall F1 support")
             lines += [
-                f"    {k}\t{v['precision']:.3f}\t{v['recall']:.3f}\t{v['f1']:.3f}\t{v['support']}" for k, v in per.items()
+                f"    {k}\t{v['precision']:.3f}\t{v['recall']:.3f}\t{v['f1']:.3f}\t{v['support']}"
+                for k, v in per.items()
             ]
         return lines
 

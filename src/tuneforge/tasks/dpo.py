@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import torch
 
@@ -49,7 +48,9 @@ class PreferenceTask(LMTask):
     kind = "policy"
     result = "preference"
     metrics = (
-        Metric("preference_accuracy", True, "share of held-out pairs whose implicit reward ranks chosen first"),
+        Metric(
+            "preference_accuracy", True, "share of held-out pairs whose implicit reward ranks chosen first"
+        ),
         Metric("label_accuracy", True, "KTO rows: share whose implicit reward has the label's sign"),
         Metric("loss", False, "the preference loss on held-out pairs"),
         Metric("margin", True, "mean implicit reward of chosen minus rejected"),
@@ -110,7 +111,9 @@ class PreferenceTask(LMTask):
         )
         self.paired_eval = paired_eval
         self.running = Running()
-        self._ref_cache: dict[str, torch.Tensor] = {}  # split -> reference log-probs of its rows (NaN: not yet)
+        self._ref_cache: dict[
+            str, torch.Tensor
+        ] = {}  # split -> reference log-probs of its rows (NaN: not yet)
         self._step_kl: torch.Tensor | None = None  # KTO: the KL reference point of the current optimizer step
 
     def default_metric(self) -> Metric:
@@ -402,7 +405,12 @@ class PreferenceTask(LMTask):
         tuned, base = self.sample_answers(model, [e.messages for e in examples], baseline)
         if examples:
             out["samples"] = [
-                {"prompt": prompt_text(e.messages), "reference": e.chosen[-1]["content"], "base": b, "tuned": a}
+                {
+                    "prompt": prompt_text(e.messages),
+                    "reference": e.chosen[-1]["content"],
+                    "base": b,
+                    "tuned": a,
+                }
                 for e, a, b in zip(examples, tuned, base)
             ]
         out["seconds"] = round(time.perf_counter() - t0, 2)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import torch
 
@@ -146,7 +145,9 @@ class GRPOTask(LMTask):
         )  # (B, P), left-padded
         prompt_ids = prompt_ids.repeat_interleave(g.group_size, 0).to(device)  # (N, P), N = B * G
         prompt_mask = prompt_mask.repeat_interleave(g.group_size, 0).to(device)
-        out = raw.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=self.sampling_config())
+        out = raw.generate(
+            input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=self.sampling_config()
+        )
         completion = out[:, prompt_ids.shape[1] :]  # (N, C)
         mask, stopped = self.completion_mask(completion)  # (N, C), (N,)
         texts = [

@@ -217,7 +217,9 @@ class RewardTask(Task):
         return self.stamp(out)
 
     def save_model(self, model, out: Path, notes: dict | None = None) -> None:
-        save_model_folder(model, self.tokenizer, out, labels=["reward"], notes=notes)  # rebuilds the one-output head
+        save_model_folder(
+            model, self.tokenizer, out, labels=["reward"], notes=notes
+        )  # rebuilds the one-output head
 
     @classmethod
     def load_model(cls, model_dir: Path, cfg=None):

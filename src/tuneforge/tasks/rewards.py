@@ -90,9 +90,13 @@ class RewardModel:
             raise ConfigError(f"grpo.rewards: {path} is a folder but not a tuneforge run (no config.yaml).")
         cfg = load_config(folder / "config.yaml")
         if cfg.task != RewardTask.name:
-            raise ConfigError(f"grpo.rewards: {path} is a '{cfg.task}' run, not a reward model (task: reward).")
+            raise ConfigError(
+                f"grpo.rewards: {path} is a '{cfg.task}' run, not a reward model (task: reward)."
+            )
         if not (folder / "model").is_dir():
-            raise ConfigError(f"grpo.rewards: {path} has no final model yet (model/): finish or resume that run.")
+            raise ConfigError(
+                f"grpo.rewards: {path} has no final model yet (model/): finish or resume that run."
+            )
         self.max_length = cfg.data.max_length
         self.model = RewardTask.load_model(folder / "model", cfg).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(folder / "model")

@@ -8,11 +8,9 @@ each training row, so the loop's step mean is a mean over tokens and accumulatio
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-from pathlib import Path
 
 import torch
 

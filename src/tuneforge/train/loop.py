@@ -75,7 +75,9 @@ def fit(task, prepared, cfg, run_dir: Path, accelerator, resume: bool = False, m
     )
     total = sampler.total_steps(t.epochs, t.max_steps)
     optimizer = build_optimizer(prepared.param_groups, t.lr)
-    scheduler = build_scheduler(optimizer, t.scheduler, warmup_steps(total, t.warmup_ratio, t.warmup_steps), total)
+    scheduler = build_scheduler(
+        optimizer, t.scheduler, warmup_steps(total, t.warmup_ratio, t.warmup_steps), total
+    )
     with compile_settings():
         compiled = 0
         if should_compile(t.compile, prepared.model, total, accelerator.device, task.samples_during_training):
@@ -86,7 +88,9 @@ def fit(task, prepared, cfg, run_dir: Path, accelerator, resume: bool = False, m
                     f"compiled run of a model spends longer in its first steps; kernels are cached for later runs)"
                 )
         model, optimizer = accelerator.prepare(prepared.model, optimizer)
-        loop = _Loop(task, prepared, cfg, run_dir, accelerator, model, optimizer, scheduler, sampler, total, metric)
+        loop = _Loop(
+            task, prepared, cfg, run_dir, accelerator, model, optimizer, scheduler, sampler, total, metric
+        )
         if resume:
             loop.restore()
         loop.run()
@@ -115,9 +119,16 @@ def _count_padding(window: dict, batch: dict) -> None:
 class _Loop:
     """The state of one ``fit``: the step in ``run``, the rest in small helpers."""
 
-    def __init__(self, task, prepared, cfg, run_dir, accelerator, model, optimizer, scheduler, sampler, total, metric):
+    def __init__(
+        self, task, prepared, cfg, run_dir, accelerator, model, optimizer, scheduler, sampler, total, metric
+    ):
         self.task, self.prepared, self.cfg, self.t = task, prepared, cfg, cfg.training
-        self.run_dir, self.acc, self.model, self.raw = Path(run_dir), accelerator, model, accelerator.unwrap_model(model)
+        self.run_dir, self.acc, self.model, self.raw = (
+            Path(run_dir),
+            accelerator,
+            model,
+            accelerator.unwrap_model(model),
+        )
         self.optimizer, self.scheduler, self.sampler, self.total, self.metric = (
             optimizer,
             scheduler,
@@ -142,7 +153,7 @@ class _Loop:
         step = self.state["step"]
         start = time.perf_counter() - self.state["seconds"]
         with progress_bar(self.total, self.main, initial=step) as bar, GracefulStop() as stop:
-            while step < self.total:
+            while step < self.total and not self.stopped_early:  # (a resumed early stop stays stopped)
                 epoch, in_epoch = self.sampler.position(step)
                 if self.prepared.on_step is not None:
                     self.prepared.on_step(step, epoch)
@@ -211,13 +222,23 @@ class _Loop:
 
     @staticmethod
     def _new_window() -> dict[str, float]:
-        return {"loss": 0.0, "items": 0, "examples": 0, "tokens": 0, "real": 0, "padded": 0, "t0": time.perf_counter()}
+        return {
+            "loss": 0.0,
+            "items": 0,
+            "examples": 0,
+            "tokens": 0,
+            "real": 0,
+            "padded": 0,
+            "t0": time.perf_counter(),
+        }
 
     def _log_train(self, step: int, grad_norm: float | None) -> None:
         """One train line: loss and padding summed over processes, task metrics averaged over processes."""
         w = self.window
         dt = max(1e-9, time.perf_counter() - w["t0"])
-        loss, real, padded = self._sum(torch.tensor([w["loss"], w["real"], w["padded"]], dtype=torch.float64)).tolist()
+        loss, real, padded = self._sum(
+            torch.tensor([w["loss"], w["real"], w["padded"]], dtype=torch.float64)
+        ).tolist()
         task_metrics = self.task.pop_train_metrics()
         if self.acc.num_processes > 1:
             from accelerate.utils import gather_object
@@ -271,7 +292,12 @@ class _Loop:
         improved = self.stopper.update(metrics[self.metric.name], step)
         if self.main:
             self.log.append(
-                {"step": step, "epoch": round(step / self.sampler.steps_per_epoch, 4), "split": "validation", **metrics}
+                {
+                    "step": step,
+                    "epoch": round(step / self.sampler.steps_per_epoch, 4),
+                    "split": "validation",
+                    **metrics,
+                }
             )
             bar.note(
                 f"step {step}: validation "
@@ -335,6 +361,7 @@ class _Loop:
         found = find_resumable(self.run_dir)
         if found is None:
             if self.main:
+                self.log.truncate_after(0)
                 console.print(f"no checkpoint in {self.run_dir} yet: starting from step 0", highlight=False)
             return
         for warning in found.warnings:
@@ -349,7 +376,10 @@ class _Loop:
             world_size=self.acc.num_processes,
         )
         self.stopper.load_state_dict(self.state.pop("early_stopping", {}))
+        self.stopped_early = self.stopper.should_stop  # it stopped early before: finish, do not train on
         if self.main:
             self.log.truncate_after(self.state["step"])
-            console.print(f"resumed from step {self.state['step']} of {self.total} ({found.path.name})", highlight=False)
+            console.print(
+                f"resumed from step {self.state['step']} of {self.total} ({found.path.name})", highlight=False
+            )
         self.acc.wait_for_everyone()

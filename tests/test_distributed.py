@@ -1,0 +1,284 @@
+"""Several processes behave like one process with the same global batch (issue 13 fault 4, fault 5).
+
+Each 2-process run goes through the real command line (``tuneforge train CFG --nproc 2``: the launcher, torchrun,
+gloo on the CPU) and is compared with ONE in-process run of the same global batch (``batch_size`` B and
+``grad_accum`` 2 against B and 1 on each of two processes): the step sampler gives each process its share of the
+same global step, so the final weights and the logged train losses and metrics must agree (DDP sums gradients
+in another order: a tolerance of 1e-4).
+
+A small ``sitecustomize`` (put on the children's PYTHONPATH, active only inside torchrun's children) records what
+a run folder cannot show: each rank's final trainable weights (the ranks must agree), how often each rank ran
+validation (once, on the main process) and the step each rank stopped at; and, when asked, it delivers a SIGTERM
+to rank 1 alone at a given step (the stop must be shared, saved, and resumable exactly).
+
+GRPO samples its completions: two processes draw them from two RNG streams where one process draws the same
+micro-batches one after the other from one stream, so the completions, and with them the weights, cannot be
+equal. Its test checks what must still hold: it trains, every rank holds the same weights, the logged figures
+are over the whole global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import sentiment_rows
+from safetensors.torch import load_file
+
+TIMEOUT = 300  # seconds for one 2-process launch; a hang fails the test instead of blocking the suite
+TOL = 1e-4
+
+# Imported by every Python process that has its folder on PYTHONPATH; acts only in torchrun's children.
+HOOK = '''
+import os
+
+if os.environ.get("TUNEFORGE_TEST_DUMP") and "RANK" in os.environ:
+    import json
+    import signal
+
+    import torch
+
+    from tuneforge.train import loop  # (the package's `train` attribute is the function)
+
+    _rank, _out = int(os.environ["RANK"]), os.environ["TUNEFORGE_TEST_DUMP"]
+    _stop_at = int(os.environ.get("TUNEFORGE_TEST_SIGTERM_RANK1_AT", "0"))
+    _fit = loop.fit
+
+    def fit(task, *args, **kwargs):
+        calls = {"evaluate": 0}
+        evaluate = task.evaluate
+
+        def counting(*a, **k):
+            calls["evaluate"] += 1
+            return evaluate(*a, **k)
+
+        task.evaluate = counting
+        try:
+            result = _fit(task, *args, **kwargs)
+        finally:
+            task.evaluate = evaluate
+        raw = getattr(result.model, "module", result.model)
+        weights = {n: p.detach().cpu() for n, p in raw.named_parameters() if p.requires_grad}
+        torch.save(weights, f"{_out}/rank{_rank}.pt")
+        with open(f"{_out}/rank{_rank}.json", "w") as f:
+            json.dump({"evaluate_calls": calls["evaluate"], "steps": result.steps,
+                       "stopped_early": result.stopped_early}, f)
+        return result
+
+    loop.fit = fit
+
+    if _stop_at:
+        _shared = loop._Loop._shared_signal
+
+        def shared_signal(self, stop):
+            if _rank == 1 and self.state["step"] == _stop_at:
+                os.kill(os.getpid(), signal.SIGTERM)  # only this process gets it
+            return _shared(self, stop)
+
+        loop._Loop._shared_signal = shared_signal
+'''
+
+
+def launch(cfg: dict, tmp_path: Path, *extra: str, sigterm_rank1_at: int = 0, name: str = "ddp"):
+    """``tuneforge train CFG --nproc 2 [extra]`` in a subprocess; returns (completed process, dump folder)."""
+    hook_dir, dump = tmp_path / "hook", tmp_path / f"dump-{name}"
+    hook_dir.mkdir(exist_ok=True)
+    (hook_dir / "sitecustomize.py").write_text(HOOK)
+    dump.mkdir()
+    cfg_path = tmp_path / f"{name}.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TUNEFORGE_THREADS")}
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(hook_dir), *filter(None, [env.get("PYTHONPATH")])]),
+        TUNEFORGE_TEST_DUMP=str(dump),
+        TUNEFORGE_TEST_SIGTERM_RANK1_AT=str(sigterm_rank1_at),
+    )
+    cmd = [sys.executable, "-m", "tuneforge.cli", "train", str(cfg_path), "--nproc", "2", *extra]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=TIMEOUT)
+    return out, dump
+
+
+def show(out: subprocess.CompletedProcess) -> str:
+    return f"exit {out.returncode}\n--- stdout\n{out.stdout[-3000:]}\n--- stderr\n{out.stderr[-5000:]}"
+
+
+def one_process(cfg: dict, out_dir: Path):
+    """The same run on one process with twice the accumulation (the same global batch)."""
+    from tuneforge.recipe import train
+
+    cfg = json.loads(json.dumps(cfg))
+    cfg["training"]["grad_accum"] = 2 * cfg["training"].get("grad_accum", 1)
+    cfg["output"]["dir"] = str(out_dir)
+    return train(cfg)
+
+
+def model_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The final model folder's saved tensors (a whole model, or an adapter)."""
+    files = sorted((run_dir / "model").glob("*.safetensors"))
+    assert files, f"no weights in {run_dir / 'model'}"
+    return {f"{f.name}:{k}": v for f in files for k, v in load_file(f).items()}
+
+
+def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def log_lines(run_dir: Path, split: str) -> list[dict]:
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return [m for m in lines if m["split"] == split]
+
+
+# figures that depend on time or on how a step was cut into micro-batches, not on what was learned
+NOT_COMPARED = {"seconds", "examples_per_s", "tokens_per_s", "padding", "lr", "epoch", "split", "step"}
+
+
+def assert_same_logs(a: Path, b: Path, split: str = "train") -> None:
+    """The logged figures of two runs agree step by step (loss, grad norm, the task's training metrics)."""
+    la, lb = log_lines(a, split), log_lines(b, split)
+    assert [m["step"] for m in la] == [m["step"] for m in lb] and la
+    for x, y in zip(la, lb):
+        assert x.keys() == y.keys(), (x, y)
+        for k in x.keys() - NOT_COMPARED:
+            if isinstance(x[k], float) and isinstance(y[k], float):
+                assert math.isclose(x[k], y[k], rel_tol=TOL, abs_tol=TOL), (split, x["step"], k, x[k], y[k])
+            elif not isinstance(x[k], (list, dict)):
+                assert x[k] == y[k], (split, x["step"], k, x[k], y[k])
+
+
+def assert_ranks_agree(dump: Path, run_dir: Path) -> dict:
+    """Both ranks hold the same final weights, ran validation only on rank 0 and stopped at the same step."""
+    r0, r1 = torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")
+    assert r0 and max_diff(r0, r1) == 0.0
+    s0, s1 = (json.loads((dump / f"rank{r}.json").read_text()) for r in (0, 1))
+    evaluations = len(log_lines(run_dir, "validation"))
+    assert s0["evaluate_calls"] == evaluations and s1["evaluate_calls"] == 0, (s0, s1, evaluations)
+    assert (s0["steps"], s0["stopped_early"]) == (s1["steps"], s1["stopped_early"])
+    return s0
+
+
+def assert_threads_line(out: subprocess.CompletedProcess) -> None:
+    """--nproc 2 gives each process its share of the cores, and each says so."""
+    from tuneforge.threads import available_cores
+
+    share = max(1, available_cores() // 2)
+    for rank in (0, 1):
+        assert f"rank {rank} of 2: {share} threads" in out.stdout + out.stderr, show(out)
+
+
+def common(task: str, model: str, train: str, validation: str, test: str, out: Path, **sections) -> dict:
+    """A small deterministic run: fp32, no dropout, no compile, no token cap, no length grouping, no probes."""
+    cfg = {
+        "task": task,
+        "model": {"name": model, "dropout": 0.0},
+        "data": {"train": train, "validation": validation, "test": test, "max_length": 48, "audit": False},
+        "method": {"name": "lora", "r": 4, "alpha": 8, "lora_dropout": 0.0},
+        "training": {
+            "batch_size": 4,
+            "grad_accum": 1,
+            "lr": 1e-2,
+            "log_every": 1,
+            "warmup_steps": 0,
+            "precision": "fp32",
+            "compile": False,
+            "group_by_length": False,
+            "max_batch_tokens": None,
+            "device": "cpu",
+            "seed": 7,
+        },
+        "eval": {"batch_size": 16, "report": False, "baseline": False, "bias": False, "forgetting": False},
+        "output": {"dir": str(out), "name": "run", "overwrite": True},
+    }
+    for section, values in sections.items():
+        cfg.setdefault(section, {}).update(values)
+    return cfg
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+# ---------------------------------------------------------------- data
+WORDS = ["apple", "river", "cloud", "stone", "lamp", "violin", "garden", "pencil", "window", "tiger"]
+GOOD = ["Yes, gladly.", "Sure, here it is.", "Of course.", "Happy to help."]
+BAD = ["No.", "Go away.", "Ask someone else.", "Not interested."]
+
+
+def chat_rows(n: int, start: int = 0) -> list[dict]:
+    rows = []
+    for i in range(start, start + n):
+        w = WORDS[i % len(WORDS)]
+        reply = " ".join([w] * (1 + i % 4)) + "!"  # answers of different lengths: the micro-batches differ
+        rows.append({"messages": [{"role": "user", "content": f"Say {w} {i}."}, {"role": "assistant", "content": reply}]})
+    return rows
+
+
+def pair_rows(n: int, start: int = 0) -> list[dict]:
+    return [
+        {
+            "prompt": f"Can you tell me about {WORDS[i % len(WORDS)]}? ({i})",
+            "chosen": GOOD[i % len(GOOD)],
+            "rejected": BAD[(i * 3) % len(BAD)],
+        }
+        for i in range(start, start + n)
+    ]
+
+
+def files(tmp_path: Path, rows_fn, n_train: int) -> tuple[str, str, str]:
+    """Train, validation and test files. ``n_train`` = 45 with a global batch of 8 leaves a last step of 5
+    examples, split 3 + 2 between the processes: uneven shares must still log the one-process figures."""
+    return (
+        write_jsonl(tmp_path / "train.jsonl", rows_fn(n_train)),
+        write_jsonl(tmp_path / "validation.jsonl", rows_fn(8, start=1000)),
+        write_jsonl(tmp_path / "test.jsonl", rows_fn(8, start=2000)),
+    )
+
+
+def classification_rows(n: int, start: int = 0) -> list[dict]:
+    return sentiment_rows(n, seed=start)
+
+
+# ---------------------------------------------------------------- 1. two processes == one with double accumulation
+def check_two_equal_one(cfg: dict, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run ``cfg`` on two processes and on one with double accumulation; assert weights and logs agree."""
+    out, dump = launch(cfg, tmp_path)
+    assert out.returncode == 0, show(out)
+    ddp_dir = Path(cfg["output"]["dir"]) / "run"
+    one = one_process(cfg, tmp_path / "one")
+    summary = json.loads((ddp_dir / "run.json").read_text())
+    assert summary["processes"] == 2 and summary["finished"]
+    assert summary["steps"] == one.summary()["steps"] and summary["examples_seen"] == one.summary()["examples_seen"]
+    assert max_diff(model_tensors(ddp_dir), model_tensors(one.path)) < TOL
+    assert_same_logs(ddp_dir, one.path, "train")
+    assert_same_logs(ddp_dir, one.path, "validation")
+    stats = assert_ranks_agree(dump, ddp_dir)
+    return out, stats
+
+
+def test_classification_two_processes_equal_one_and_stop_early_together(tiny_bert, tmp_path):
+    """Full fine-tuning of a classifier; validation every step with patience 2 stops both runs at the same step,
+    and the 2-process run exits 0 (the decision is taken once and shared: no rank waits for another)."""
+    train, validation, test = files(tmp_path, classification_rows, 45)
+    cfg = common(
+        "classification",
+        tiny_bert,
+        train,
+        validation,
+        test,
+        tmp_path / "ddp",
+        method={"name": "full"},
+        training={"epochs": 4, "lr": 3e-3, "eval_every": 1, "early_stopping_patience": 2, "metric": "loss"},
+    )
+    out, stats = check_two_equal_one(cfg, tmp_path)
+    steps_per_epoch = 6  # 45 rows, global batch 8: 5 full steps and one of 5
+    assert stats["stopped_early"] and stats["steps"] < 4 * steps_per_epoch, stats
+    assert_threads_line(out)

@@ -1,0 +1,410 @@
+"""Every task with every method it accepts, from one table of (task x method) rows.
+
+Each row trains a few steps through the real loop (``train.loop.fit``, with the task, ``methods.prepare`` and
+``recipe.make_accelerator`` wired as the recipe wires them) on a tiny random model and tiny synthetic data, and
+checks what every (task, method) pair owes a user:
+
+1. exactly the trainable parameters change (every one of them, and no frozen one);
+2. the saved model loads back (``task.save_model`` -> ``Task.load_model``) to the same validation metrics;
+3. adapters: switched off they are exactly the base model; LoRA/DoRA/IA3 merge into the same outputs;
+4. a run resumed from its mid-run checkpoint ends with the weights of an uninterrupted run;
+5. gradient accumulation (2 x 2) is exactly a larger batch (4 x 1): same weights, losses and gradient norms.
+
+Properties 1-3 run for every row; 4 and 5 (three more trainings each) for the rows in ``DEEP``, which cover
+every task with a full and an adapter method. Adding a task or a method: add it to ``TASK_ROWS`` or
+``METHOD_CONFIG``; the rows follow ``get_task(name).methods``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import sentiment_rows
+
+from tuneforge.config import PEFT_METHODS, from_dict
+from tuneforge.methods import prepare
+from tuneforge.recipe import make_accelerator
+from tuneforge.tasks import TASKS, get_task
+from tuneforge.tasks.pairs import pad
+from tuneforge.train.loop import fit
+
+STEPS = 4  # optimizer steps of a row's run; the resume test checkpoints at STEPS / 2
+SEED = 7
+
+# ---------------------------------------------------------------- the table
+# row id -> (task, data file, extra config sections)
+TASK_ROWS: dict[str, tuple[str, str, dict]] = {
+    "classification": ("classification", "sentiment", {}),
+    "sft": ("sft", "chat", {"sft": {"samples": 0, "max_new_tokens": 3}}),
+    "reward": ("reward", "pairs", {}),
+    "dpo-sigmoid": ("dpo", "pairs", {"preference": {"loss_type": "sigmoid"}, "sft": {"samples": 0}}),
+    "dpo-kto": ("dpo", "pairs", {"preference": {"loss_type": "kto"}, "sft": {"samples": 0}}),
+    "grpo": (
+        "grpo",
+        "pairs",
+        {
+            # kl_beta > 0: the reference model (adapter off, or a frozen copy) is used at every step
+            "grpo": {"group_size": 4, "max_new_tokens": 4, "kl_beta": 0.04, "eval_prompts": 4},
+            "sft": {"samples": 0, "max_new_tokens": 4},
+        },
+    ),
+}
+
+
+def method_config(method: str, head: bool) -> dict:
+    """The method section of a row: small adapters; a classifier's freeze trains its head only."""
+    return {
+        "full": {},
+        "freeze": {} if head else {"freeze_layers": 1},
+        # stage k unfreezes k blocks from the top, one per 2 steps: after STEPS=4 steps the lowest block and
+        # the embeddings are still frozen
+        "unfreeze": {"unfreeze_every": 2},
+        "lora": {"r": 4, "alpha": 8},
+        "dora": {"r": 4, "alpha": 8},
+        "ia3": {},
+        "prefix": {"num_virtual_tokens": 4},
+        "prompt": {"num_virtual_tokens": 4},
+    }[method]
+
+
+ROWS = [
+    pytest.param(row, method, id=f"{row}-{method}")
+    for row, (task, _, _) in TASK_ROWS.items()
+    for method in get_task(task).methods
+]
+# properties 4 and 5 (resume, accumulation): a full and an adapter method of every task
+DEEP = [
+    pytest.param(row, method, id=f"{row}-{method}")
+    for row in TASK_ROWS
+    for method in ("full", "lora")
+]
+
+
+def test_the_table_covers_every_task():
+    assert {task for task, _, _ in TASK_ROWS.values()} == set(TASKS)
+    assert {"sigmoid", "kto"} <= {s.get("preference", {}).get("loss_type") for _, _, s in TASK_ROWS.values()}
+
+
+# ---------------------------------------------------------------- data
+WORDS = ["apple", "river", "cloud", "stone", "lamp", "violin", "garden", "pencil", "window", "tiger"]
+GOOD = ["Yes, gladly.", "Sure, here it is.", "Of course.", "Happy to help."]
+BAD = ["No.", "Go away.", "Ask someone else.", "Not interested."]
+
+
+def _write(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, str]:
+    """Tiny synthetic data files (a few dozen rows) and a GRPO reward function whose values vary."""
+    root = tmp_path_factory.mktemp("task-table-data")
+    rng = random.Random(0)
+    chat = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Say {WORDS[i % len(WORDS)]} {i}."},
+                {"role": "assistant", "content": f"{WORDS[i % len(WORDS)]} {WORDS[i % len(WORDS)]}!"},
+            ]
+        }
+        for i in range(40)
+    ]
+    pairs = [
+        {"prompt": f"Tell me about {rng.choice(WORDS)} {i}.", "chosen": rng.choice(GOOD), "rejected": rng.choice(BAD)}
+        for i in range(40)
+    ]
+    reward = root / "table_rewards.py"
+    # a random policy's completions differ in length, so every group has advantages to learn from
+    reward.write_text("def chars(completions, **kw):\n    return [float(len(c)) for c in completions]\n")
+    return {
+        "sentiment": _write(root / "sentiment.jsonl", sentiment_rows(40)),
+        "chat": _write(root / "chat.jsonl", chat),
+        "pairs": _write(root / "pairs.jsonl", pairs),
+        "reward": f"{reward}:chars",
+    }
+
+
+@pytest.fixture(scope="module")
+def models(tiny_bert, tiny_llama) -> dict[str, str]:
+    return {"classification": tiny_bert, "default": tiny_llama}
+
+
+def make_config(row: str, method: str, models: dict, files: dict, **training):
+    """The run config of a row: fp32, no dropout, nothing split or regrouped, so runs compare exactly."""
+    task, data, sections = TASK_ROWS[row]
+    head = get_task(task).has_head()
+    raw = {
+        "task": task,
+        "model": {"name": models.get(task, models["default"]), "dropout": 0.0},
+        "data": {
+            "train": files[data],
+            "max_length": 32 if head else 64,  # the chat template's default system prompt is ~30 tokens
+            "validation_fraction": 0.15,
+            "test_fraction": 0.1,
+            "audit": False,
+        },
+        "method": {"name": method, **method_config(method, head)},
+        "training": {
+            "max_steps": STEPS,
+            "batch_size": 4,
+            "grad_accum": 1,
+            "lr": 1e-2,
+            "weight_decay": 0.0,  # a weight changes only through its gradient
+            "warmup_steps": 0,
+            "precision": "fp32",
+            "seed": SEED,
+            "eval_every": STEPS,
+            "save_every": STEPS // 2,
+            "keep_checkpoints": 10,
+            "log_every": 1,
+            "group_by_length": False,
+            "max_batch_tokens": None,
+            "compile": "false",
+            **training,
+        },
+        "eval": {"batch_size": 32, "baseline": False, "report": False, "forgetting": False, "bias": False},
+        "output": {"dir": "unused", "name": "run"},
+    }
+    for section, values in copy.deepcopy(sections).items():
+        raw.setdefault(section, {}).update(values)
+    if task == "grpo":
+        raw["grpo"]["rewards"] = [files["reward"]]
+    return from_dict(raw)
+
+
+def build(cfg):
+    """The task with its model, seeded so every build of a row starts from the same weights."""
+    torch.manual_seed(SEED)
+    return get_task(cfg.task)(cfg)
+
+
+def prepared_for(task, cfg):
+    torch.manual_seed(SEED + 1)  # adapter initialisation
+    return prepare(task.model, cfg.method, cfg.training, head=task.has_head())
+
+
+def run(task, prepared, cfg, out: Path, resume: bool = False):
+    out.mkdir(parents=True, exist_ok=True)
+    return fit(task, prepared, cfg, out, make_accelerator(cfg), resume=resume)
+
+
+# ---------------------------------------------------------------- helpers
+def trainable_keys(model) -> set[str]:
+    """State-dict keys of the trainable parameters (tied weights share storage: both keys count)."""
+    ptrs = {p.data_ptr() for p in model.parameters() if p.requires_grad}
+    return {k for k, v in model.state_dict().items() if v.data_ptr() in ptrs}
+
+
+def weights(model, keys: set[str]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k in keys}
+
+
+def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys() and a
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def probe_batch(task) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input ids and attention mask of a few examples (GRPO: held-out prompts, left-padded as it samples)."""
+    if task.name == "grpo":
+        return pad(task.prompt_ids["validation"][:4], task.tokenizer.pad_token_id, left=True)
+    batch = task.collate([0, 1, 2])
+    return batch["input_ids"], batch["attention_mask"]
+
+
+@torch.no_grad()
+def outputs(model, batch) -> torch.Tensor:
+    """Logits of the probe batch in eval mode: (B, C) for classifiers, (B, T, V) for language models (prompt
+    tuning's virtual positions dropped)."""
+    ids, mask = batch
+    was = model.training
+    model.eval()
+    logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    model.train(was)
+    return logits[:, -ids.shape[1] :] if logits.dim() == 3 else logits
+
+
+def metrics_close(a: dict, b: dict, rel: float = 1e-4) -> None:
+    assert a and a.keys() == b.keys()
+    for k in a:
+        assert b[k] == pytest.approx(a[k], rel=rel, abs=1e-5, nan_ok=True), k
+
+
+def train_log(out: Path) -> list[dict]:
+    return [m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if m["split"] == "train"]
+
+
+# ---------------------------------------------------------------- properties 1-3: every row
+@pytest.mark.parametrize("row,method", ROWS)
+def test_trains_saves_loads_disables_merges(row, method, models, files, tmp_path):
+    cfg = make_config(row, method, models, files)
+    task = build(cfg)
+    probe = probe_batch(task)
+    adapter = method in PEFT_METHODS
+    if adapter:  # the base model, before the adapter is added (prepare changes the model in place)
+        base_out, base_metrics = outputs(task.model, probe), task.evaluate(task.model, "validation")
+    prepared = prepared_for(task, cfg)
+    model = prepared.model
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    result = run(task, prepared, cfg, tmp_path / "run")
+    assert result.steps == STEPS
+
+    # 1. every trainable weight changed, and nothing else (unfreeze: what its last stage trains)
+    after = model.state_dict()
+    trainable = trainable_keys(model)
+    frozen = set(after) - trainable
+    changed = {k for k, v in after.items() if not torch.equal(v, before[k])}
+    assert trainable, "nothing trains"
+    assert changed == trainable, (
+        f"trainable but unchanged: {sorted(trainable - changed)[:5]}; frozen but changed: {sorted(changed - trainable)[:5]}"
+    )
+    if method == "full":
+        assert all(p.requires_grad for p in model.parameters())
+    else:
+        assert any(k.endswith("weight") for k in frozen), "the method freezes nothing"
+    if method in ("freeze", "unfreeze"):  # the embeddings and the lowest block stay frozen
+        assert any("embed" in k for k in frozen) and any(".0." in k and "layer" in k for k in frozen)
+
+    # 2. the saved folder loads back to the same validation metrics
+    tuned_metrics = task.evaluate(model, "validation")
+    task.save_model(model, tmp_path / "model")
+    assert (tmp_path / "model" / "adapter_config.json").exists() == adapter
+    loaded = type(task).load_model(tmp_path / "model", cfg)
+    metrics_close(tuned_metrics, task.evaluate(loaded, "validation"))
+    tuned_out = outputs(model, probe)
+    torch.testing.assert_close(outputs(loaded, probe), tuned_out, rtol=1e-4, atol=1e-4)
+
+    if not adapter:
+        return
+    # 3. switched off, the adapter is exactly the base model; trained, it is not
+    assert (tuned_out - base_out).abs().max() > 1e-4, "the adapter did not change the outputs"
+    with model.disable_adapter():
+        torch.testing.assert_close(outputs(model, probe), base_out, rtol=0, atol=1e-6)
+        metrics_close(base_metrics, task.evaluate(model, "validation"), rel=1e-6)
+    torch.testing.assert_close(outputs(model, probe), tuned_out, rtol=0, atol=0)  # and back on afterwards
+    if method in ("lora", "dora", "ia3"):  # merged into the base weights: the same outputs, no adapter left
+        merged = copy.deepcopy(model).merge_and_unload()
+        assert not any(("lora_" in k or "ia3_" in k) for k in merged.state_dict())
+        torch.testing.assert_close(outputs(merged, probe), tuned_out, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- property 4: resume equals uninterrupted
+class Crash(RuntimeError):
+    pass
+
+
+def crash_at_step(task, step: int) -> None:
+    """Make ``task`` die when the loop starts optimizer step ``step`` (1-based), as a killed process would."""
+    real, calls = task.begin_step, {"n": 0}
+
+    def begin_step(model, micro, reduce):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise Crash(f"simulated crash in step {step}")
+        return real(model, micro, reduce)
+
+    task.begin_step = begin_step
+
+
+@pytest.mark.parametrize("row,method", DEEP)
+def test_resume_equals_uninterrupted(row, method, models, files, tmp_path):
+    cfg = make_config(row, method, models, files)
+    task = build(cfg)
+    prepared = prepared_for(task, cfg)
+    run(task, prepared, cfg, tmp_path / "a")
+    keys = trainable_keys(prepared.model)
+    uninterrupted = weights(prepared.model, keys)
+
+    # the same run, killed in the step after its mid-run checkpoint
+    task = build(cfg)
+    crash_at_step(task, STEPS // 2 + 1)
+    prepared = prepared_for(task, cfg)
+    with pytest.raises(Crash):
+        run(task, prepared, cfg, tmp_path / "b")
+    assert (tmp_path / "b" / "checkpoints" / "latest").read_text() == f"step-{STEPS // 2}"
+    at_crash = weights(prepared.model, keys)
+
+    # a fresh process: new task, model and optimizer, resumed in the same folder
+    task = build(cfg)
+    prepared = prepared_for(task, cfg)
+    result = run(task, prepared, cfg, tmp_path / "b", resume=True)
+    assert result.steps == STEPS
+    resumed = weights(prepared.model, keys)
+    assert max_diff(resumed, at_crash) > 1e-4  # it trained on after the checkpoint
+    assert max_diff(resumed, uninterrupted) <= 1e-6
+    log_a, log_b = train_log(tmp_path / "a"), train_log(tmp_path / "b")
+    assert [m["step"] for m in log_b] == list(range(1, STEPS + 1))  # nothing logged twice
+    for a, b in zip(log_a, log_b):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-6, abs=1e-9), a["step"]
+
+
+# ---------------------------------------------------------------- property 5: accumulation equals a larger batch
+def sample_each_prompt_alone(task) -> None:
+    """GRPO samples a step's completions per micro-batch, so two micro-batches draw other random numbers
+    than one: sample each prompt's group alone with its own seed, so both runs train on the same completions
+    and the comparison is of the loss and gradient path (token counts over the whole step)."""
+    real = task._sample
+
+    def sample(raw, indices):
+        rolls = []
+        for i in indices:
+            with torch.random.fork_rng():
+                torch.manual_seed(1000 + i)
+                rolls.append(real(raw, [i]))
+        return merge_rollouts(rolls, task.tokenizer.pad_token_id)
+
+    task._sample = sample
+
+
+def merge_rollouts(rolls: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """One rollout of several prompts: prompts left-padded, completions right-padded to common widths."""
+    widths = [r["completion"].shape[1] for r in rolls]
+    prompts = [r["input_ids"].shape[1] - c for r, c in zip(rolls, widths)]
+    P, C = max(prompts), max(widths)
+
+    def fit_to(x: torch.Tensor, p: int, c: int, fill: int) -> torch.Tensor:  # (G, p + c) -> (G, P + C)
+        left = torch.full((x.shape[0], P - p), fill, dtype=x.dtype)
+        right = torch.full((x.shape[0], C - c), fill, dtype=x.dtype)
+        return torch.cat([left, x, right], 1)
+
+    def fit_completion(x: torch.Tensor, c: int, fill: int) -> torch.Tensor:  # (G, c) -> (G, C)
+        return torch.cat([x, torch.full((x.shape[0], C - c), fill, dtype=x.dtype)], 1)
+
+    return {
+        "input_ids": torch.cat([fit_to(r["input_ids"], p, c, pad_id) for r, p, c in zip(rolls, prompts, widths)]),
+        "attention_mask": torch.cat([fit_to(r["attention_mask"], p, c, 0) for r, p, c in zip(rolls, prompts, widths)]),
+        "completion": torch.cat([fit_completion(r["completion"], c, pad_id) for r, c in zip(rolls, widths)]),
+        "completion_mask": torch.cat([fit_completion(r["completion_mask"], c, 0) for r, c in zip(rolls, widths)]),
+        "advantages": torch.cat([r["advantages"] for r in rolls]),
+        "items": sum(r["items"] for r in rolls),
+    }
+
+
+@pytest.mark.parametrize("row,method", DEEP)
+def test_accumulation_equals_a_larger_batch(row, method, models, files, tmp_path):
+    """2 micro-batches of 2 == 1 batch of 4: the same weights, and the same logged loss and gradient norm per
+    step (the gradient norm catches a wrongly scaled gradient, which Adam's update would hide)."""
+    results = {}
+    for name, batch_size, grad_accum in (("big", 4, 1), ("accumulated", 2, 2)):
+        cfg = make_config(row, method, models, files, batch_size=batch_size, grad_accum=grad_accum, max_steps=2)
+        task = build(cfg)
+        if task.name == "grpo":
+            sample_each_prompt_alone(task)
+        prepared = prepared_for(task, cfg)
+        keys = trainable_keys(prepared.model)
+        start = weights(prepared.model, keys)
+        run(task, prepared, cfg, tmp_path / name)
+        results[name] = (weights(prepared.model, keys), train_log(tmp_path / name))
+    (big, big_log), (acc, acc_log) = results["big"], results["accumulated"]
+    assert max_diff(big, start) > 1e-4  # it trained
+    assert max_diff(big, acc) < 1e-5
+    assert len(big_log) == len(acc_log) == 2
+    for a, b in zip(big_log, acc_log):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), a["step"]
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5), a["step"]
