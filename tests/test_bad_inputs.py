@@ -48,23 +48,30 @@ def _chat_rows(n: int) -> list[dict]:
 
 
 QUICK = {
-    "training": {"max_steps": 2, "batch_size": 8, "lr": 1e-3, "warmup_steps": 0, "eval_every": 2, "threads": 1},
+    "training": {
+        "max_steps": 2,
+        "batch_size": 8,
+        "lr": 1e-3,
+        "warmup_steps": 0,
+        "eval_every": 2,
+        "threads": 1,
+        "precision": "fp32",
+    },
     "eval": {"report": False, "bias": False, "forgetting": False, "baseline": False, "batch_size": 32},
 }
 
 
-def _config(task: str, model: str, data: Path, out: Path, name: str, method: dict, **sections) -> dict:
+def _config(task: str, model: str, data_file: Path, out: Path, name: str, method: dict, **sections: dict) -> dict:
     """A 2-step run config: no audit, report, probes or baseline (this module tests inputs, not training)."""
     cfg = {
         "task": task,
         "model": {"name": model, "dropout": 0.0},
-        "data": {"train": str(data), "max_length": 64 if task == "sft" else 32, "audit": False},
+        "data": {"train": str(data_file), "max_length": 64 if task == "sft" else 32, "audit": False},
         "method": method,
         **json.loads(json.dumps(QUICK)),
         "output": {"dir": str(out), "name": name, "overwrite": True},
+        "sft": {"samples": 0} if task == "sft" else {},
     }
-    if task == "sft":
-        cfg["sft"] = {"samples": 0}
     for key, value in sections.items():
         cfg.setdefault(key, {}).update(value)
     return cfg
@@ -86,7 +93,9 @@ def runs(tiny_bert, tiny_llama, files, tmp_path_factory) -> dict[str, Path]:
     import tuneforge
 
     out = tmp_path_factory.mktemp("bad-inputs-runs")
-    cls = tuneforge.train(_config("classification", tiny_bert, files["classification"], out, "cls", {"name": "full"}))
+    cls = tuneforge.train(
+        _config("classification", tiny_bert, files["classification"], out, "cls", {"name": "full"})
+    )
     lora = {"name": "lora", "r": 4, "alpha": 8}
     sft = tuneforge.train(_config("sft", tiny_llama, files["chat"], out, "sft", lora))
     prefix = {"name": "prefix", "num_virtual_tokens": 4}
@@ -196,7 +205,6 @@ RUN_CASES: list[Case] = [
     # export
     ("export into an existing file", lambda r, t: ["export", r["cls"], _touch(t / "out.bin")], ["out.bin is a file", "give a folder"]),
     ("export --merge of a prefix run", lambda r, t: ["export", r["prefix"], t / "merged", "--merge"], ["PREFIX_TUNING adapter", "no weights to merge", "without --merge"]),
-    ("export --merge of a full run", lambda r, t: ["export", r["cls"], t / "merged", "--merge"], ["--merge folds an adapter", "full", "without --merge"]),
     # config
     ("config a folder", lambda r, t: ["config", t], ["is a folder, not a config file"]),
     ("config with a missing data file", lambda r, t: ["config", _cfg_file(t, {"data": {"train": str(t / "no.jsonl")}})], ["data.train:", "no.jsonl is not a file or a bundled dataset", "tuneforge datasets"]),
@@ -269,8 +277,19 @@ def test_export_overwrite_of_a_folder_holding_the_run_refuses(runs, tmp_path, ca
     assert code == 2 and "a folder that holds the run" in out and (run / "model" / "config.json").exists()
 
 
+def test_export_merge_of_a_full_run_says_there_was_nothing_to_merge(runs, tmp_path, capsys):
+    code, _, out = cli(["export", runs["cls"], tmp_path / "merged", "--merge"], capsys)
+    assert code == 0 and "a full fine-tune has no adapter: --merge had nothing to fold in" in out, out
+    assert (tmp_path / "merged" / "model.safetensors").exists()
+
+
 def test_predict_reads_standard_input(runs, capsys, monkeypatch):
-    code, stdout, out = cli(["predict", runs["cls"], "-"], capsys, stdin="a great film\n\nan awful plot\n", monkeypatch=monkeypatch)
+    code, stdout, out = cli(
+        ["predict", runs["cls"], "-"],
+        capsys,
+        stdin="a great film\n\nan awful plot\n",
+        monkeypatch=monkeypatch,
+    )
     assert code == 0, out
     lines = stdout.splitlines()
     assert [line.split("\t")[2] for line in lines] == ["a great film", "an awful plot"]
@@ -297,7 +316,9 @@ TRAIN_CASES: list[Case] = [
 
 
 @pytest.mark.parametrize("case,make,words", TRAIN_CASES, ids=[c[0] for c in TRAIN_CASES])
-def test_bad_train_input_is_a_clear_error(runs, tiny_bert, tiny_llama, files, tmp_path, capsys, case, make, words):
+def test_bad_train_input_is_a_clear_error(
+    runs, tiny_bert, tiny_llama, files, tmp_path, capsys, case, make, words
+):
     argv = make(runs, tmp_path, {"bert": tiny_bert, "llama": tiny_llama}, files)
     code, _, out = cli(argv, capsys)
     assert code not in (0, None), out
@@ -313,7 +334,12 @@ def test_options_before_and_after_overrides(tiny_bert, files, tmp_path, capsys, 
 
     calls = []
     monkeypatch.setattr(tuneforge.recipe, "train", lambda config, overrides, resume: calls.append((config, overrides, resume)) or _NoRun())  # fmt: skip
-    cfg = str(_cfg_file(tmp_path, _config("classification", tiny_bert, files["classification"], tmp_path, "x", {"name": "full"})))
+    cfg = str(
+        _cfg_file(
+            tmp_path,
+            _config("classification", tiny_bert, files["classification"], tmp_path, "x", {"name": "full"}),
+        )
+    )
     monkeypatch.chdir(tmp_path)
     main(["train", cfg, "--resume", "training.lr=1e-4"])
     main(["train", cfg, "training.lr=1e-4", "--nproc", "1"])
@@ -332,15 +358,18 @@ class _NoRun:
     path = Path("/nonexistent-run")
 
 
-def test_resume_with_an_override_trains_on(tiny_bert, files, tmp_path, capsys):
-    """The real thing once: `train CFG --resume training.max_steps=3` continues the run to step 3."""
-    cfg = _cfg_file(tmp_path, _config("classification", tiny_bert, files["classification"], tmp_path, "r", {"name": "full"}, training={"save_every": 1}))  # fmt: skip
-    code, _, out = cli(["train", cfg], capsys)
+def test_resume_with_an_override_end_to_end(tiny_bert, files, tmp_path, capsys, monkeypatch):
+    """The real thing once: `train CFG --resume training.max_steps=3` resumes the run named in CFG (here finished,
+    so nothing to do) instead of looking for a run folder called "training.max_steps=3"."""
+    cfg = _config("classification", tiny_bert, files["classification"], tmp_path, "r", {"name": "full"})
+    path = _cfg_file(tmp_path, cfg)
+    monkeypatch.chdir(tmp_path)
+    code, _, out = cli(["train", path], capsys)
     assert code == 0, out
-    code, _, out = cli(["train", cfg, "--resume", "training.max_steps=3"], capsys)
+    code, _, out = cli(["train", path, "--resume", "training.max_steps=3"], capsys)
     assert code == 0 and "Traceback" not in out, out
-    assert json.loads((tmp_path / "r" / "run.json").read_text())["steps"] == 3
-    assert not Path("training.max_steps=3").exists()
+    assert "already finished" in out and "nothing to do" in out, out
+    assert not (tmp_path / "training.max_steps=3").exists()
 
 
 # --- subprocess cases: pipes and processes ---------------------------------------------------------------
@@ -363,7 +392,9 @@ def test_reference_into_a_closed_pipe_is_quiet():
     )
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.splitlines()) == 1
-    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr and "Exception" not in proc.stderr
+    assert (
+        "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr and "Exception" not in proc.stderr
+    )
 
 
 @pytest.mark.parametrize("verb", ["models", "datasets"])
@@ -385,7 +416,9 @@ def test_tables_stay_whole_when_piped(verb):
 def test_ddp_start_that_fails_on_rank_0_is_one_clear_line(tiny_bert, files, tmp_path):
     """`--nproc 2` with output.dir a file: one clear line from the process, none of torchrun's traceback."""
     (tmp_path / "taken").write_text("a file")
-    cfg = _config("classification", tiny_bert, files["classification"], tmp_path / "taken", "ddp", {"name": "full"})
+    cfg = _config(
+        "classification", tiny_bert, files["classification"], tmp_path / "taken", "ddp", {"name": "full"}
+    )
     proc = subprocess.run(
         [*CLI, "train", str(_cfg_file(tmp_path, cfg)), "--nproc", "2"],
         capture_output=True,

@@ -318,3 +318,34 @@ def test_a_run_loads_its_model_on_the_device_it_trained_on(reference_run, monkey
     run = Run(ref.path)
     monkeypatch.setattr(Run, "device", property(lambda self: torch.device("meta")))
     assert {p.device.type for p in run.load_model().parameters()} == {"meta"}
+
+
+def test_error_findings_stop_training_with_their_rows(tiny_llama, tmp_path):
+    """DPO pairs whose chosen equals rejected cannot teach a preference: shown with their rows, then refused
+    (data.allow_audit_errors=true trains anyway)."""
+    from test_preference import cfg_for, pair_rows
+
+    rows = pair_rows(60)
+    for r in rows[:3]:
+        r["rejected"] = r["chosen"]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = cfg_for("dpo", tiny_llama, str(data), tmp_path, data={"audit": True}, training={"max_steps": 2})
+    with pytest.raises(TuneforgeError, match="(?s)cannot train correctly.*allow_audit_errors") as refused:
+        tuneforge.train(cfg)
+    assert f"{data}:1" in str(refused.value) and f"{data}:3" in str(refused.value)  # the rows, by file and line
+    cfg["data"]["allow_audit_errors"] = True
+    cfg["output"]["name"] = "anyway"
+    assert tuneforge.train(cfg).summary()["finished"]
+
+
+def test_the_shipped_dpo_config_passes_its_own_preflight():
+    """tuneforge's own split keeps duplicates on one side, so the shipped config needs no allow_leakage."""
+    from tuneforge.config import load_config
+    from tuneforge.recipe import preflight_audit
+    from tuneforge.tasks.dpo import PreferenceTask
+
+    cfg = load_config(Path(__file__).parent.parent / "configs" / "dpo-smollm2-lora.yaml")
+    assert not cfg.data.allow_leakage and not cfg.data.allow_audit_errors
+    audit = preflight_audit(cfg, PreferenceTask(cfg, load_model=False), main=False)
+    assert audit is not None

@@ -57,7 +57,13 @@ def _launch(nproc: int, argv: list[str]) -> int:
         # torchrun reports a failed process with its own traceback: the process already said what went wrong
         if not hiding and ("torch.distributed.elastic" in text or "ChildFailedError" in text):
             hiding = True
-            text = text[: min(i for i in (text.find("torch.distributed.elastic"), text.find("ChildFailedError")) if i >= 0)]
+            text = text[
+                : min(
+                    i
+                    for i in (text.find("torch.distributed.elastic"), text.find("ChildFailedError"))
+                    if i >= 0
+                )
+            ]
             text = text[: text.rfind("\n") + 1]
         if text and not hiding:
             sys.stderr.write(text)
@@ -81,7 +87,10 @@ def cmd_train(args) -> None:
         config, overrides = None, [config, *overrides]
     resume = args.resume or False
     if isinstance(resume, str) and "=" in resume and not os.path.exists(resume):
-        resume, overrides = True, [*overrides, resume]  # `train CFG --resume a.b=1`: an override, not a folder
+        resume, overrides = (
+            True,
+            [*overrides, resume],
+        )  # `train CFG --resume a.b=1`: an override, not a folder
     if args.nproc < 1:
         raise TuneforgeError(f"--nproc must be at least 1, got {args.nproc}.")
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -151,12 +160,15 @@ def cmd_score(args) -> None:
 
 def cmd_predict(args) -> None:
     from tuneforge.run import Run
+    from tuneforge.serve.cli import input_lines
 
     texts = list(args.texts)
     if texts == ["-"]:
         texts = text_lines("-", "text")
+        if not texts:
+            raise TuneforgeError("predict -: standard input held no text; give one text per line.")
     if args.file:
-        texts += text_lines(args.file, "text")
+        texts += input_lines(args.file, "text")
     if not texts:
         raise TuneforgeError(
             'predict: give texts (tuneforge predict RUN_DIR "some text"), --file FILE, or - to read standard input.'
@@ -292,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify texts with a run's final model")
     p.add_argument("run_dir")
-    p.add_argument("texts", nargs="*", help="texts to classify (- reads them from standard input, one per line)")
+    p.add_argument(
+        "texts", nargs="*", help="texts to classify (- reads them from standard input, one per line)"
+    )
     p.add_argument("--file", help="a text file, one input per line (- for standard input)")
     p.add_argument(
         "--json", action="store_true", help="print one JSON object per text, with every label's probability"

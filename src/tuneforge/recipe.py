@@ -531,6 +531,9 @@ def _fit_and_finish(
     accelerator.wait_for_everyone()
     run = Run(run_dir)
     if main:
+        console.print(
+            f"evaluating the final model (step {final_step}) on the test split ...", highlight=False
+        )
         run.evaluate(task=task)
         from tuneforge.probes import finish_run
 

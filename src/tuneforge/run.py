@@ -11,6 +11,7 @@ Layout of a run folder::
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ class Run:
         self.config = load_config(self.path / "config.yaml")
         self._model = None
         self._tokenizer = None
+        self._checked = False  # model/ files checked (check_model_files)
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -66,37 +68,65 @@ class Run:
     def load_model(self):
         """The final model as transformers (or PEFT, for adapters) loads it from ``model/``, on the run's device."""
         if self._model is None:
+            from safetensors import SafetensorError
+
             from tuneforge.utils import quiet_libraries
 
             quiet_libraries()
-            model_dir = self.model_dir
+            model_dir = self.check_model_files()
             try:
                 model = self.task_class.load_model(model_dir, self.config)
-            except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+            except (OSError, ValueError, KeyError, json.JSONDecodeError, SafetensorError) as e:
                 raise TuneforgeError(
-                    f"{model_dir}: the saved model cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0]}). "
-                    f"A file is missing or damaged; resume the run (`tuneforge train --resume {self.path}`) if it "
-                    f"has checkpoints, or train it again."
+                    f"{model_dir}: the saved model cannot be loaded ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}). A file is missing or damaged; {self._repair()}"
                 ) from None
             self._model = model.to(self.device).eval()
         return self._model
+
+    def check_model_files(self) -> Path:
+        """``model/``, once its files are checked without loading them: a missing config or weights file, a JSON
+        file that does not parse or a truncated safetensors file is named, with the fix."""
+        from tuneforge.config import PEFT_METHODS
+        from tuneforge.models.load import model_folder_fault
+
+        model_dir = self.model_dir
+        if not self._checked:
+            adapter = self.config.method.name in PEFT_METHODS or (model_dir / "adapter_config.json").exists()
+            fault = model_folder_fault(model_dir, adapter)
+            if fault:
+                what = f"the {self.config.method.name} adapter" if adapter else "the model"
+                raise TuneforgeError(f"{model_dir}: {fault}, so {what} cannot be loaded. {self._repair()}")
+            self._checked = True
+        return model_dir
+
+    def _repair(self) -> str:
+        """How to get a sound ``model/`` back: finish the run again, or (a finished run) restore or retrain it."""
+        if not self.summary().get("finished"):
+            return f"Finish the run again with `tuneforge train --resume {self.path}`."
+        return (
+            f"Restore {self.path / 'model'} from a copy (e.g. one `tuneforge export` wrote), or train the run again "
+            f"(`tuneforge train {self.path / 'config.yaml'} output.name=NEW_NAME`)."
+        )
 
     def load_tokenizer(self):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            try:
-                self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-            except (OSError, ValueError) as e:
+            model_dir = self.check_model_files()
+            if not _has_vocabulary(model_dir):
                 raise TuneforgeError(
-                    f"{self.model_dir}: the tokenizer cannot be loaded ({type(e).__name__}: "
-                    f"{str(e).splitlines()[0]}); a tokenizer file is missing or damaged."
-                ) from None
-            if not _has_vocabulary(self.model_dir):
-                raise TuneforgeError(
-                    f"{self.model_dir}: no tokenizer.json (nor a vocabulary file): every word would become an "
-                    f"unknown token. Copy the tokenizer files of {self.config.model.name} into {self.model_dir}."
+                    f"{model_dir}: no tokenizer.json (nor a vocabulary file): every word would become an "
+                    f"unknown token. Copy the tokenizer files of {self.config.model.name} into {model_dir}."
                 )
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(model_dir)
+            except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+                raise TuneforgeError(
+                    f"{model_dir}: the tokenizer cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                    f"a tokenizer file is missing or damaged. Copy the tokenizer files of {self.config.model.name} "
+                    f"into {model_dir}."
+                ) from None
         return self._tokenizer
 
     def _need(self, *kinds: str, verb: str) -> None:
@@ -121,14 +151,18 @@ class Run:
         self._need("language_model", "policy", verb="generate")
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], dict)):
             prompts = [prompts]
+        empty = [i for i, p in enumerate(prompts) if isinstance(p, str) and not p.strip()]
+        if empty:
+            raise TuneforgeError(
+                f"generate: prompt {empty[0] + 1} of {len(prompts)} is empty; give the prompt text."
+            )
         s = self.config.sft
         kw = dict(
-            max_new_tokens=max_new_tokens or s.max_new_tokens,
+            max_new_tokens=s.max_new_tokens if max_new_tokens is None else max_new_tokens,
             system_prompt=s.system_prompt,
             temperature=s.temperature if temperature is None else temperature,
         )
-        if kw["max_new_tokens"] < 1 or kw["temperature"] < 0:
-            raise TuneforgeError("generate: max_new_tokens must be at least 1 and temperature at least 0.")
+        check_generation(kw["max_new_tokens"], kw["temperature"])
         model, tok = self.load_model(), self.load_tokenizer()
         if not base:
             return generate(model, tok, prompts, **kw)
@@ -231,6 +265,20 @@ class Run:
                 "".join(json.dumps(s) + "\n" for s in result["samples"])
             )
         return result
+
+
+def check_generation(max_new_tokens: int, temperature: float, flags: bool = False) -> None:
+    """Generation settings a model can use: at least one new token, a temperature of 0 (greedy) or more.
+    ``flags``: name the command-line options (--max-new-tokens, --temperature) rather than the arguments."""
+    name = ("--max-new-tokens", "--temperature") if flags else ("max_new_tokens", "temperature")
+    if max_new_tokens < 1:
+        raise TuneforgeError(
+            f"{name[0]} must be at least 1, got {max_new_tokens} (the longest answer, in tokens; e.g. 256)."
+        )
+    if not math.isfinite(temperature) or temperature < 0:
+        raise TuneforgeError(
+            f"{name[1]} must be 0 (greedy) or more, got {temperature} (e.g. 0.7 samples; 0 is deterministic)."
+        )
 
 
 def _has_vocabulary(model_dir: Path) -> bool:

@@ -103,10 +103,47 @@ class _Bar:
             self.progress.console.print(text)
 
 
+_SHOWING = [0]  # bars on screen now (rich shows one live display at a time)
+
+
+def _bars_enabled() -> bool:
+    return not os.environ.get("TUNEFORGE_NO_PROGRESS") and os.environ.get("RANK", "0") == "0"
+
+
+def tracked(items, description: str, total: int | None = None, unit: str = "batches"):
+    """Iterate over ``items`` with a rich bar (count, elapsed, ETA) for long work outside the training bar:
+    evaluation, sample answers, probes. Plain iteration when another bar is showing (validation inside
+    training), on other processes than the first, or with TUNEFORGE_NO_PROGRESS."""
+    if _SHOWING[0] or not _bars_enabled():
+        yield from items
+        return
+    total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    _SHOWING[0] += 1
+    try:
+        with progress:
+            task_id = progress.add_task(description, total=total)
+            for item in items:
+                yield item
+                progress.advance(task_id)
+    finally:
+        _SHOWING[0] -= 1
+
+
 @contextmanager
 def progress_bar(total: int, enabled: bool = True, initial: int = 0, description: str = "train"):
     """A rich progress bar with step count, loss, elapsed time and ETA (only on the main process)."""
-    if not enabled or os.environ.get("TUNEFORGE_NO_PROGRESS"):
+    if not enabled or not _bars_enabled() or _SHOWING[0]:
         yield _Bar(None, None, total)
         return
     progress = Progress(
@@ -121,6 +158,10 @@ def progress_bar(total: int, enabled: bool = True, initial: int = 0, description
         console=console,
         transient=False,
     )
-    with progress:
-        task_id = progress.add_task(description, total=total, completed=initial, loss="-", rate="")
-        yield _Bar(progress, task_id, total)
+    _SHOWING[0] += 1
+    try:
+        with progress:
+            task_id = progress.add_task(description, total=total, completed=initial, loss="-", rate="")
+            yield _Bar(progress, task_id, total)
+    finally:
+        _SHOWING[0] -= 1

@@ -24,6 +24,7 @@ from tuneforge.data.packing import pad_batch
 from tuneforge.errors import DataError
 from tuneforge.eval.bootstrap import perplexity_ci, perplexity_ratio_ci
 from tuneforge.train.lm_loss import token_nll
+from tuneforge.utils import tracked
 
 REFERENCE_FILE = Path(__file__).resolve().parent.parent / "resources" / "reference_english.txt"
 
@@ -104,7 +105,7 @@ def example_nll(
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(flat)), key=lambda i: len(flat[i][1].input_ids))
-    for start in range(0, len(order), batch_size):
+    for start in tracked(range(0, len(order), batch_size), "log-likelihoods"):
         idx = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in pad_batch([flat[i][1] for i in idx], pad).items()}
         logits = model(

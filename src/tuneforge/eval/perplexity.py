@@ -10,6 +10,7 @@ import torch
 from tuneforge.data.chat import EncodedChat, encode_text
 from tuneforge.data.packing import pad_batch
 from tuneforge.train.lm_loss import lm_loss
+from tuneforge.utils import tracked
 
 
 @torch.no_grad()
@@ -34,7 +35,7 @@ def nll(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     total, count = 0.0, 0
-    for start in range(0, len(order), batch_size):
+    for start in tracked(range(0, len(order), batch_size), "perplexity"):
         batch = pad_batch([encoded[i] for i in order[start : start + batch_size]], pad)
         loss, n = lm_loss(model, {k: v.to(device) for k, v in batch.items()})
         total += float(loss)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from tuneforge.data.chat import end_of_turn, render_prompt
+from tuneforge.utils import tracked
 
 
 def stop_ids(tokenizer) -> list[int]:
@@ -61,7 +62,7 @@ def generate(
     tokenizer.padding_side = "left"  # generation continues from the last position of every row
     answers: list[str] = []
     try:
-        for start in range(0, len(texts), batch_size):
+        for start in tracked(range(0, len(texts), batch_size), "generate"):
             enc = tokenizer(
                 texts[start : start + batch_size], add_special_tokens=False, padding=True, return_tensors="pt"
             )

@@ -102,7 +102,12 @@ def _gguf_to_folder(gguf: Path) -> Path:
     return target
 
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
@@ -154,28 +159,36 @@ def safetensors_fault(path: Path) -> str | None:
     return None
 
 
-def is_causal_lm(name: str) -> bool:
-    """Whether transformers can load ``name`` as a causal (decoder) language model, from its config alone."""
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+def is_encoder(config) -> bool:
+    """An encoder (BERT, RoBERTa, ...) by its transformers config: transformers would give it a causal-LM head
+    (``BertLMHeadModel``) without complaint, but it was pre-trained to fill in masked words, not to continue text."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
 
-    path = resolve_model(name)
-    if not (path / "config.json").exists():  # an adapter folder: its base decides
+    model_type = getattr(config, "model_type", None)
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return True
-    return AutoConfig.from_pretrained(path).model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    return model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
 
 
 def require_causal_lm(name: str) -> None:
     """Refuse an encoder (or any model without a causal-LM head) for a task that generates text, before its
     tokenizer is set up (an encoder's missing chat template would otherwise be reported first)."""
-    if not is_causal_lm(name):
-        raise ModelError(_encoder_message(name))
+    from transformers import AutoConfig
+
+    path = resolve_model(name)
+    if not (path / "config.json").exists():  # an adapter folder: its base model is checked when it loads
+        return
+    config = AutoConfig.from_pretrained(path)
+    if is_encoder(config):
+        raise ModelError(_encoder_message(name, config.model_type))
 
 
-def _encoder_message(name: str, model_type: str | None = None) -> str:
-    kind = f"a '{model_type}' model" if model_type else "this model"
+def _encoder_message(name: str, model_type: str | None) -> str:
     return (
-        f"{name}: {kind} is an encoder, not a causal (decoder) language model, so it cannot generate text "
+        f"{name}: a '{model_type}' model is an encoder, not a causal (decoder) language model, so it cannot generate text "
         f"for tasks sft, dpo or grpo. Use a chat model (e.g. model.name=smollm2-135m-instruct; `tuneforge models`), "
         f"or train this encoder with task: classification or reward."
     )
@@ -246,15 +259,13 @@ def load_classifier(
 
 
 def load_causal_lm(name: str, dtype: str = "float32", dropout: float | None = None):
+    """A causal language model (refusing an encoder, which transformers would load with an untrained LM head)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = resolve_model(name)
     config = AutoConfig.from_pretrained(path)
+    if is_encoder(config):
+        raise ModelError(_encoder_message(name, config.model_type))
     if dropout is not None:
         set_dropout(config, dropout)
-    try:
-        return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=_dtype(dtype))
-    except ValueError as e:
-        if "Unrecognized configuration class" not in str(e):
-            raise
-        raise ModelError(_encoder_message(name, config.model_type)) from None
+    return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=_dtype(dtype))

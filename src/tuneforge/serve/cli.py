@@ -3,9 +3,39 @@
 from __future__ import annotations
 
 import json
+import stat
+from pathlib import Path
 
 from tuneforge.errors import TuneforgeError
 from tuneforge.utils import console, text_lines
+
+
+def input_lines(path: str, what: str) -> list[str]:
+    """Non-empty lines of ``--file PATH`` (- for standard input). A named pipe, socket or device is refused,
+    not read: a pipe with no writer would wait forever."""
+    if path != "-":
+        try:
+            mode = Path(path).stat().st_mode
+        except OSError:
+            mode = None
+        if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+            raise TuneforgeError(
+                f"--file {path}: not a regular file (a named pipe, socket or device); save the {what}s to a file, "
+                f"or pipe them to standard input with --file -."
+            )
+    return text_lines(path, what)
+
+
+def _check_flags(args) -> None:
+    """--max-new-tokens and --temperature, checked before a model is loaded."""
+    from tuneforge.run import check_generation
+
+    if args.max_new_tokens is not None or args.temperature is not None:
+        check_generation(
+            1 if args.max_new_tokens is None else args.max_new_tokens,
+            0.0 if args.temperature is None else args.temperature,
+            flags=True,
+        )
 
 
 def _run(run_dir: str):
@@ -26,6 +56,7 @@ def cmd_chat(args) -> None:
     from tuneforge.serve.chat import chat
     from tuneforge.tasks.lm import reference_model
 
+    _check_flags(args)
     run = _run(args.run_dir)
     s = run.config.sft
     model, tok = run.load_model(), run.load_tokenizer()
@@ -43,10 +74,11 @@ def cmd_chat(args) -> None:
 
 
 def cmd_generate(args) -> None:
+    _check_flags(args)
     run = _run(args.run_dir)
     prompts = list(args.prompt or [])
     if args.file:
-        prompts += text_lines(args.file, "prompt")
+        prompts += input_lines(args.file, "prompt")
     if not prompts:
         raise TuneforgeError(
             'generate: give --prompt "..." (repeatable) or --file FILE with one prompt per line.'
@@ -67,14 +99,17 @@ def cmd_generate(args) -> None:
 
 
 def cmd_export(args) -> None:
+    from tuneforge.run import Run
     from tuneforge.serve.export import export
 
     out = export(args.run_dir, args.out, merge=args.merge, overwrite=args.overwrite)
-    kind = (
-        "merged transformers folder"
-        if args.merge
-        else "model folder (as trained: full model or PEFT adapter)"
-    )
+    adapter = Run(args.run_dir).is_adapter
+    if args.merge and adapter:
+        kind = "merged transformers folder"
+    elif args.merge:
+        kind = "model folder (a full fine-tune has no adapter: --merge had nothing to fold in)"
+    else:
+        kind = "PEFT adapter folder" if adapter else "model folder (a standalone transformers model)"
     console.print(f"exported the {kind} to [bold]{out}[/bold]")
 
 
