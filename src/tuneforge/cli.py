@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,42 +42,50 @@ def print_eval(result: dict) -> None:
     console.print("\n".join(get_task(result["task"]).format_eval(result)), highlight=False, markup=False)
 
 
+# torchrun's own log lines (glog format, from torch/distributed/elastic or run.py): a child's failure is reported
+# by the child; torchrun's "Sending process ... SIGTERM", "failed (exitcode ...)" and its traceback add nothing
+_TORCHRUN_LOG = re.compile(r"^[WEI]\d{4} [\d:.]+ \d+ torch/distributed/(elastic|run\.py)")
+_TORCHRUN_FAILED = re.compile(r"failed \(exitcode: -?\d+\)")
+
+
 def _launch(nproc: int, argv: list[str]) -> int:
     """Run ``tuneforge ARGV`` on ``nproc`` local processes through torchrun (rendezvous, DDP), each with its
-    share of the cores. A failure ends in one clear line, not torchrun's own traceback."""
+    share of the cores. A failure ends in the failing process's own message (one line for a user's mistake),
+    not torchrun's log lines and traceback."""
     from tuneforge.threads import launcher_env
 
     torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
     cmd = [torchrun, "--standalone", f"--nproc_per_node={nproc}", "-m", "tuneforge.cli", *argv]
     env = {**os.environ, **launcher_env(nproc), "TUNEFORGE_LAUNCHED": "1"}
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
-    hiding = False
     assert proc.stderr is not None
-    while chunk := os.read(proc.stderr.fileno(), 65536):
-        text = chunk.decode("utf-8", "replace")
-        # torchrun reports a failed process with its own traceback: the process already said what went wrong
-        if not hiding and ("torch.distributed.elastic" in text or "ChildFailedError" in text):
-            hiding = True
-            text = text[
-                : min(
-                    i
-                    for i in (text.find("torch.distributed.elastic"), text.find("ChildFailedError"))
-                    if i >= 0
-                )
-            ]
-            text = text[: text.rfind("\n") + 1]
-        if text and not hiding:
-            sys.stderr.write(text)
-            sys.stderr.flush()
+    hiding = explained = False
+    for raw in proc.stderr:  # line by line, as the processes write them
+        line = raw.decode("utf-8", "replace")
+        if _TORCHRUN_FAILED.search(line) and _TORCHRUN_LOG.match(line):
+            hiding = True  # what follows is torchrun's traceback and failure summary
+        if hiding or _TORCHRUN_LOG.match(line):
+            continue
+        explained = explained or line.startswith("error:")
+        sys.stderr.write(line)
+        sys.stderr.flush()
     code = proc.wait()
-    if code and not hiding:
-        console.print(f"[bold red]error:[/bold red] a training process failed (exit code {code}); see above.")
-    elif code:
+    if code and not explained:
         console.print(
-            f"[bold red]error:[/bold red] {nproc}-process training stopped: a process failed (its message is above).",
+            f"[bold red]error:[/bold red] {nproc}-process training stopped: a process failed (exit code {code}); "
+            f"its output is above. Run with --nproc 1 to see the failure on its own.",
             highlight=False,
         )
     return 2 if code else 0
+
+
+def _peer_failed(e: BaseException) -> bool:
+    """In a process of ``tuneforge train --nproc N``: a collective broke because another process ended first
+    (that process prints the reason; this one only adds a traceback of the broken connection)."""
+    if os.environ.get("TUNEFORGE_LAUNCHED") != "1" or not isinstance(e, RuntimeError):
+        return False
+    text = str(e)
+    return any(s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
 
 
 def cmd_train(args) -> None:
@@ -378,6 +387,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         console.print("interrupted before training started: nothing was saved.")
         sys.exit(130)
+    except Exception as e:
+        if args.verbose or not _peer_failed(e):
+            raise
+        sys.exit(1)
 
 
 def _escape(text: str) -> str:
