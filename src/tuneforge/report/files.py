@@ -10,7 +10,7 @@ import json
 import logging
 from pathlib import Path
 
-from tuneforge.config import RunConfig, load_config
+from tuneforge.config import load_config
 from tuneforge.errors import ConfigError, TuneforgeError
 
 log = logging.getLogger(__name__)
@@ -120,17 +120,15 @@ def read_metrics(path: Path) -> list[dict]:
     return rows
 
 
-def result_type(ev: dict, config: RunConfig) -> str:
+def result_type(ev: dict, path: Path) -> str:
     """The type of an eval.json: its ``result`` field (classification, language_model, preference,
-    reward_model, policy_reward)."""
-    if "result" in ev:
-        return str(ev["result"])
-    # TODO(lead): eval.json files written before schema_version 1 carry no "result": infer it from their shape.
-    # Remove this fallback (and its task names) once every eval.json in use is stamped by tasks/base.py.
-    if "predictions" in ev:
-        return "classification"
-    old = {"sft": "language_model", "dpo": "preference", "reward": "reward_model", "grpo": "policy_reward"}
-    return old.get(ev.get("task") or config.task, "unknown")
+    reward_model, policy_reward), which every eval.json since schema_version 1 carries."""
+    if "result" not in ev:
+        raise TuneforgeError(
+            f"{path}: written by an older tuneforge (no schema_version/result field), so its shape is unknown. "
+            f"{fix_for(path)}."
+        )
+    return str(ev["result"])
 
 
 class RunFiles:
@@ -155,7 +153,7 @@ class RunFiles:
     @property
     def result(self) -> str | None:
         """The eval.json result type, None without an eval.json."""
-        return None if self.eval is None else result_type(self.eval, self.config)
+        return None if self.eval is None else result_type(self.eval, self.path / "eval.json")
 
     @property
     def kind(self) -> str | None:
