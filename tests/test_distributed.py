@@ -24,7 +24,6 @@ import math
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -37,7 +36,7 @@ TIMEOUT = 300  # seconds for one 2-process launch; a hang fails the test instead
 TOL = 1e-4
 
 # Imported by every Python process that has its folder on PYTHONPATH; acts only in torchrun's children.
-HOOK = '''
+HOOK = """
 import os
 
 if os.environ.get("TUNEFORGE_TEST_DUMP") and "RANK" in os.environ:
@@ -84,7 +83,7 @@ if os.environ.get("TUNEFORGE_TEST_DUMP") and "RANK" in os.environ:
             return _shared(self, stop)
 
         loop._Loop._shared_signal = shared_signal
-'''
+"""
 
 
 def launch(cfg: dict, tmp_path: Path, *extra: str, sigterm_rank1_at: int = 0, name: str = "ddp"):
@@ -95,7 +94,11 @@ def launch(cfg: dict, tmp_path: Path, *extra: str, sigterm_rank1_at: int = 0, na
     dump.mkdir()
     cfg_path = tmp_path / f"{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TUNEFORGE_THREADS")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TUNEFORGE_THREADS")
+    }
     env.update(
         PYTHONPATH=os.pathsep.join([str(hook_dir), *filter(None, [env.get("PYTHONPATH")])]),
         TUNEFORGE_TEST_DUMP=str(dump),
@@ -125,6 +128,20 @@ def model_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
     files = sorted((run_dir / "model").glob("*.safetensors"))
     assert files, f"no weights in {run_dir / 'model'}"
     return {f"{f.name}:{k}": v for f in files for k, v in load_file(f).items()}
+
+
+def last_checkpoint(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The trained weights of the run's newest checkpoint (saved at the last step)."""
+    root = run_dir / "checkpoints"
+    return load_file(root / (root / "latest").read_text().strip() / "weights.safetensors")
+
+
+def assert_weights_moved(run_dir: Path) -> None:
+    """The two kept checkpoints differ: training changed the weights (so agreeing weights mean something)."""
+    steps = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert len(steps) >= 2, steps
+    a, b = (load_file(p / "weights.safetensors") for p in steps[-2:])
+    assert max_diff(a, b) > 10 * TOL
 
 
 def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -174,11 +191,11 @@ def assert_threads_line(out: subprocess.CompletedProcess) -> None:
         assert f"rank {rank} of 2: {share} threads" in out.stdout + out.stderr, show(out)
 
 
-def common(task: str, model: str, train: str, validation: str, test: str, out: Path, **sections) -> dict:
+def common(task: str, model_name: str, train: str, validation: str, test: str, out: Path, **sections) -> dict:
     """A small deterministic run: fp32, no dropout, no compile, no token cap, no length grouping, no probes."""
     cfg = {
         "task": task,
-        "model": {"name": model, "dropout": 0.0},
+        "model": {"name": model_name, "dropout": 0.0},
         "data": {"train": train, "validation": validation, "test": test, "max_length": 48, "audit": False},
         "method": {"name": "lora", "r": 4, "alpha": 8, "lora_dropout": 0.0},
         "training": {
@@ -218,7 +235,14 @@ def chat_rows(n: int, start: int = 0) -> list[dict]:
     for i in range(start, start + n):
         w = WORDS[i % len(WORDS)]
         reply = " ".join([w] * (1 + i % 4)) + "!"  # answers of different lengths: the micro-batches differ
-        rows.append({"messages": [{"role": "user", "content": f"Say {w} {i}."}, {"role": "assistant", "content": reply}]})
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Say {w} {i}."},
+                    {"role": "assistant", "content": reply},
+                ]
+            }
+        )
     return rows
 
 
@@ -256,11 +280,16 @@ def check_two_equal_one(cfg: dict, tmp_path: Path) -> tuple[subprocess.Completed
     one = one_process(cfg, tmp_path / "one")
     summary = json.loads((ddp_dir / "run.json").read_text())
     assert summary["processes"] == 2 and summary["finished"]
-    assert summary["steps"] == one.summary()["steps"] and summary["examples_seen"] == one.summary()["examples_seen"]
-    assert max_diff(model_tensors(ddp_dir), model_tensors(one.path)) < TOL
+    assert (
+        summary["steps"] == one.summary()["steps"]
+        and summary["examples_seen"] == one.summary()["examples_seen"]
+    )
+    assert max_diff(model_tensors(ddp_dir), model_tensors(one.path)) < TOL  # the final (best) model
+    assert max_diff(last_checkpoint(ddp_dir), last_checkpoint(one.path)) < TOL  # the last step's weights
     assert_same_logs(ddp_dir, one.path, "train")
     assert_same_logs(ddp_dir, one.path, "validation")
     stats = assert_ranks_agree(dump, ddp_dir)
+    assert_weights_moved(ddp_dir)
     return out, stats
 
 
@@ -276,18 +305,133 @@ def test_classification_two_processes_equal_one_and_stop_early_together(tiny_ber
         test,
         tmp_path / "ddp",
         method={"name": "full"},
-        # a constant, high learning rate: validation loss falls for some 20 steps, then rises clearly
+        # validation accuracy stays at chance for the first dozen steps: patience 3 stops the run in epoch 2
         training={
             "epochs": 8,
             "lr": 6e-3,
             "scheduler": "constant",
             "warmup_steps": 3,
             "eval_every": 3,
-            "early_stopping_patience": 2,
-            "metric": "loss",
+            "early_stopping_patience": 3,
+            "metric": "accuracy",
         },
     )
     out, stats = check_two_equal_one(cfg, tmp_path)
-    steps_per_epoch = 6  # 45 rows, global batch 8: 5 full steps and one of 5
-    assert stats["stopped_early"] and 3 * steps_per_epoch < stats["steps"] < 8 * steps_per_epoch, stats
+    steps_per_epoch = 6  # 45 rows, global batch 8: 5 full steps and one of 5 (split 3 + 2)
+    assert stats["stopped_early"] and steps_per_epoch < stats["steps"] < 8 * steps_per_epoch, stats
     assert_threads_line(out)
+
+
+@pytest.mark.parametrize(
+    "task, rows_fn, sections",
+    [
+        ("sft", chat_rows, {"sft": {"samples": 1, "max_new_tokens": 2}}),
+        ("reward", pair_rows, {}),
+        ("dpo", pair_rows, {"sft": {"samples": 1, "max_new_tokens": 2}}),
+    ],
+)
+def test_language_model_tasks_two_processes_equal_one(task, rows_fn, sections, tiny_llama, tmp_path):
+    """LoRA on the tiny Llama, one epoch (6 steps, the last one split 3 + 2 between the processes): the same
+    adapter, the same logged losses and training metrics (rewards, margins, accuracies) as one process."""
+    train, validation, test = files(tmp_path, rows_fn, 45)
+    cfg = common(
+        task, tiny_llama, train, validation, test, tmp_path / "ddp", training={"eval_every": 3}, **sections
+    )
+    check_two_equal_one(cfg, tmp_path)
+
+
+def test_grpo_two_processes_train_in_step(tiny_llama, tmp_path):
+    """GRPO cannot equal one process exactly (each process samples from its own RNG stream; see the module
+    docstring). What must hold: the run trains and exits 0, every rank holds the same weights, validation runs
+    once, the step counts cover the whole global batch and the logged figures are sane."""
+    train, validation, test = files(tmp_path, pair_rows, 45)
+    cfg = common(
+        "grpo",
+        tiny_llama,
+        train,
+        validation,
+        test,
+        tmp_path / "ddp",
+        training={"eval_every": 3},
+        sft={"samples": 1, "max_new_tokens": 2},
+        grpo={
+            "rewards": ["regex:^[A-Z]"],
+            "group_size": 4,
+            "max_new_tokens": 3,
+            "kl_beta": 0.04,
+            "eval_prompts": 2,
+        },
+    )
+    out, dump = launch(cfg, tmp_path)
+    assert out.returncode == 0, show(out)
+    run_dir = tmp_path / "ddp" / "run"
+    summary = json.loads((run_dir / "run.json").read_text())
+    assert (summary["processes"], summary["steps"], summary["examples_seen"]) == (2, 6, 45)
+    stats = assert_ranks_agree(dump, run_dir)
+    assert stats["steps"] == 6 and stats["evaluate_calls"] == 2
+    log = log_lines(run_dir, "train")
+    assert [m["step"] for m in log] == [1, 2, 3, 4, 5, 6]
+    for m in log:
+        assert math.isfinite(m["loss"]) and 0 <= m["reward"] <= 1 and 0 <= m["kl"] < 100, m
+        assert 1 <= m["completion_tokens"] <= 3, m
+    assert_weights_moved(run_dir)
+
+
+# ---------------------------------------------------------------- 3. resume: every rank's RNG state comes back
+def test_resume_after_a_stop_equals_an_uninterrupted_run_with_dropout(tiny_bert, tmp_path):
+    """Dropout on. A SIGTERM to rank 1 alone at step 3: both ranks stop at that step, save one checkpoint with
+    each rank's RNG state (they differ: the ranks drew different amounts of randomness) and exit with the
+    resume command; ``--resume`` then finishes with exactly the weights of an uninterrupted run."""
+    train, validation, test = files(tmp_path, classification_rows, 45)
+
+    def cfg_for(name: str) -> dict:
+        return common(
+            "classification",
+            tiny_bert,
+            train,
+            validation,
+            test,
+            tmp_path / name,
+            model={"dropout": 0.1},
+            method={"name": "full"},
+            training={"max_steps": 8, "lr": 3e-3, "eval_every": 4, "save_every": 2},
+        )
+
+    out, _ = launch(cfg_for("whole"), tmp_path, name="whole")
+    assert out.returncode == 0, show(out)
+
+    out, _ = launch(cfg_for("stopped"), tmp_path, name="stopped", sigterm_rank1_at=3)
+    run_dir = tmp_path / "stopped" / "run"
+    assert out.returncode != 0, show(out)
+    said = out.stdout + out.stderr
+    assert "stopped by SIGTERM at step 3 of 8; checkpoint step-3 is saved" in said, show(out)
+    assert "stopped by  " not in said and "Traceback" not in said, show(out)  # every rank names the signal
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-3"
+    rng = [torch.load(run_dir / "checkpoints" / "step-3" / f"rng-{r}.pt", weights_only=True) for r in (0, 1)]
+    assert not torch.equal(rng[0]["torch"], rng[1]["torch"])  # restoring rank 0's state on both would show
+
+    out, dump = launch(cfg_for("stopped"), tmp_path, "--resume", str(run_dir), name="resumed")
+    assert out.returncode == 0, show(out)
+    assert "resumed from step 3 of 8" in out.stdout + out.stderr, show(out)
+    whole = tmp_path / "whole" / "run"
+    assert max_diff(model_tensors(whole), model_tensors(run_dir)) < 1e-6
+    assert_same_logs(whole, run_dir, "train")  # one line per step, none repeated after the resume
+    assert_same_logs(whole, run_dir, "validation")
+    r0, r1 = torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")
+    assert max_diff(r0, r1) == 0.0
+
+
+# ---------------------------------------------------------------- 4. a start that fails on rank 0 only
+def test_a_failure_on_rank_0_prints_one_clear_error(tiny_bert, tmp_path):
+    """output.dir is a file: rank 0 (which alone chooses the run folder) refuses; rank 1, waiting for it, must
+    not hang, and the user reads the cause once, without torchrun's traceback."""
+    train, validation, test = files(tmp_path, classification_rows, 45)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file\n")
+    cfg = common("classification", tiny_bert, train, validation, test, blocker, method={"name": "full"})
+    out, _ = launch(cfg, tmp_path)
+    said = out.stdout + out.stderr
+    assert out.returncode != 0, show(out)
+    assert said.count(f"output.dir: {blocker} is a file") == 1, show(out)
+    for noise in ("ChildFailedError", "torch.distributed.elastic", "Traceback"):
+        assert noise not in said, show(out)

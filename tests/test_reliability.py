@@ -349,3 +349,16 @@ def test_the_shipped_dpo_config_passes_its_own_preflight():
     assert not cfg.data.allow_leakage and not cfg.data.allow_audit_errors
     audit = preflight_audit(cfg, PreferenceTask(cfg, load_model=False), main=False)
     assert audit is not None
+
+
+def test_resume_with_the_same_config_file_accepts_its_auto_values(tiny_bert, sentiment_file, tmp_path, monkeypatch):
+    """`train CFG` then `train CFG --resume`: the saved config has auto values resolved; the same file (auto)
+    is no change."""
+    cfg = plain_cfg(tiny_bert, sentiment_file, tmp_path, precision="auto", threads="auto")
+    _crash_at(monkeypatch, 6, RuntimeError("simulated crash"))
+    with pytest.raises(RuntimeError):
+        tuneforge.train(cfg)
+    monkeypatch.undo()
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["training"]
+    assert saved["precision"] != "auto" and saved["threads"] != "auto" and saved["max_batch_tokens"] != "auto"
+    assert tuneforge.train(cfg, resume=True).summary()["steps"] == 12

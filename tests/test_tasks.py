@@ -33,7 +33,7 @@ from tuneforge.tasks import TASKS, get_task
 from tuneforge.tasks.pairs import pad
 from tuneforge.train.loop import fit
 
-STEPS = 4  # optimizer steps of a row's run; the resume test checkpoints at STEPS / 2
+STEPS = 2  # optimizer steps of a row's run; the resume test checkpoints at STEPS / 2 and dies in the next
 SEED = 7
 
 # ---------------------------------------------------------------- the table
@@ -49,8 +49,8 @@ TASK_ROWS: dict[str, tuple[str, str, dict]] = {
         "pairs",
         {
             # kl_beta > 0: the reference model (adapter off, or a frozen copy) is used at every step
-            "grpo": {"group_size": 4, "max_new_tokens": 4, "kl_beta": 0.04, "eval_prompts": 4},
-            "sft": {"samples": 0, "max_new_tokens": 4},
+            "grpo": {"group_size": 2, "max_new_tokens": 3, "kl_beta": 0.04, "eval_prompts": 4},
+            "sft": {"samples": 0, "max_new_tokens": 3},
         },
     ),
 }
@@ -61,9 +61,8 @@ def method_config(method: str, head: bool) -> dict:
     return {
         "full": {},
         "freeze": {} if head else {"freeze_layers": 1},
-        # stage k unfreezes k blocks from the top, one per 2 steps: after STEPS=4 steps the lowest block and
-        # the embeddings are still frozen
-        "unfreeze": {"unfreeze_every": 2},
+        # stage k (step k) unfreezes k blocks from the top: after STEPS=2 steps the lowest block is still frozen
+        "unfreeze": {"unfreeze_every": 1},
         "lora": {"r": 4, "alpha": 8},
         "dora": {"r": 4, "alpha": 8},
         "ia3": {},
@@ -78,16 +77,22 @@ ROWS = [
     for method in get_task(task).methods
 ]
 # properties 4 and 5 (resume, accumulation): a full and an adapter method of every task
-DEEP = [
-    pytest.param(row, method, id=f"{row}-{method}")
-    for row in TASK_ROWS
-    for method in ("full", "lora")
-]
+DEEP = [pytest.param(row, method, id=f"{row}-{method}") for row in TASK_ROWS for method in ("full", "lora")]
 
 
 def test_the_table_covers_every_task():
     assert {task for task, _, _ in TASK_ROWS.values()} == set(TASKS)
     assert {"sigmoid", "kto"} <= {s.get("preference", {}).get("loss_type") for _, _, s in TASK_ROWS.values()}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models train fastest on one thread (their time goes to the vocabulary projection and to
+    overheads); the process's setting is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- data
@@ -116,7 +121,11 @@ def files(tmp_path_factory) -> dict[str, str]:
         for i in range(40)
     ]
     pairs = [
-        {"prompt": f"Tell me about {rng.choice(WORDS)} {i}.", "chosen": rng.choice(GOOD), "rejected": rng.choice(BAD)}
+        {
+            "prompt": f"Tell me about {rng.choice(WORDS)} {i}.",
+            "chosen": rng.choice(GOOD),
+            "rejected": rng.choice(BAD),
+        }
         for i in range(40)
     ]
     reward = root / "table_rewards.py"
@@ -237,7 +246,9 @@ def metrics_close(a: dict, b: dict, rel: float = 1e-4) -> None:
 
 
 def train_log(out: Path) -> list[dict]:
-    return [m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if m["split"] == "train"]
+    return [
+        m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if m["split"] == "train"
+    ]
 
 
 # ---------------------------------------------------------------- properties 1-3: every row
@@ -268,8 +279,11 @@ def test_trains_saves_loads_disables_merges(row, method, models, files, tmp_path
         assert all(p.requires_grad for p in model.parameters())
     else:
         assert any(k.endswith("weight") for k in frozen), "the method freezes nothing"
-    if method in ("freeze", "unfreeze"):  # the embeddings and the lowest block stay frozen
-        assert any("embed" in k for k in frozen) and any(".0." in k and "layer" in k for k in frozen)
+    if method in ("freeze", "unfreeze"):  # the lowest block stays frozen, and the embeddings...
+        assert any(".0." in k and "layer" in k for k in frozen)
+        # ...except where unfreezing trains a language model's output layer from the start: tied to the
+        # embeddings in the tiny Llama
+        assert any("embed" in k for k in frozen) == (method == "freeze" or task.has_head())
 
     # 2. the saved folder loads back to the same validation metrics
     tuned_metrics = task.evaluate(model, "validation")
@@ -377,10 +391,16 @@ def merge_rollouts(rolls: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         return torch.cat([x, torch.full((x.shape[0], C - c), fill, dtype=x.dtype)], 1)
 
     return {
-        "input_ids": torch.cat([fit_to(r["input_ids"], p, c, pad_id) for r, p, c in zip(rolls, prompts, widths)]),
-        "attention_mask": torch.cat([fit_to(r["attention_mask"], p, c, 0) for r, p, c in zip(rolls, prompts, widths)]),
+        "input_ids": torch.cat(
+            [fit_to(r["input_ids"], p, c, pad_id) for r, p, c in zip(rolls, prompts, widths)]
+        ),
+        "attention_mask": torch.cat(
+            [fit_to(r["attention_mask"], p, c, 0) for r, p, c in zip(rolls, prompts, widths)]
+        ),
         "completion": torch.cat([fit_completion(r["completion"], c, pad_id) for r, c in zip(rolls, widths)]),
-        "completion_mask": torch.cat([fit_completion(r["completion_mask"], c, 0) for r, c in zip(rolls, widths)]),
+        "completion_mask": torch.cat(
+            [fit_completion(r["completion_mask"], c, 0) for r, c in zip(rolls, widths)]
+        ),
         "advantages": torch.cat([r["advantages"] for r in rolls]),
         "items": sum(r["items"] for r in rolls),
     }
@@ -392,7 +412,9 @@ def test_accumulation_equals_a_larger_batch(row, method, models, files, tmp_path
     step (the gradient norm catches a wrongly scaled gradient, which Adam's update would hide)."""
     results = {}
     for name, batch_size, grad_accum in (("big", 4, 1), ("accumulated", 2, 2)):
-        cfg = make_config(row, method, models, files, batch_size=batch_size, grad_accum=grad_accum, max_steps=2)
+        # lr 1e-3: Adam turns float noise in a near-zero gradient (|g| ~ eps) into a step of up to lr; the
+        # equality is checked in units of lr, and exactly through the logged gradient norm below
+        cfg = make_config(row, method, models, files, batch_size=batch_size, grad_accum=grad_accum, lr=1e-3)
         task = build(cfg)
         if task.name == "grpo":
             sample_each_prompt_alone(task)

@@ -382,10 +382,11 @@ def main(argv: list[str] | None = None) -> None:
     except TuneforgeError as e:
         if args.verbose:
             raise
-        console.print(f"[bold red]error:[/bold red] {_escape(str(e))}", highlight=False)
+        if not getattr(e, "quiet", False):  # (an error another process already printed)
+            console.print(f"[bold red]error:[/bold red] {_escape(str(e))}", highlight=False)
         sys.exit(128 + e.signum if getattr(e, "signum", None) else 2)
     except KeyboardInterrupt:
-        console.print("interrupted before training started: nothing was saved.")
+        console.print("interrupted.")
         sys.exit(130)
     except Exception as e:
         if args.verbose or not _peer_failed(e):

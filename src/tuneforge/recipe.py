@@ -361,22 +361,30 @@ def train(
             f"{s.get('final_step')}): nothing to do. Evaluate it again with `tuneforge eval {run_dir}`."
         )
         return Run(run_dir)
+    auto = [k for k in AUTO_KEYS if getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) == "auto"]
     accelerator = make_accelerator(cfg)
     main = accelerator.is_main_process
     if run_dir is None:  # chosen (and a stub removed) by the main process only, then shared
         from accelerate.utils import broadcast_object_list
 
-        chosen = [str(new_run_folder(cfg)) if main else None]
+        chosen: list = [None, None]  # (folder, error): every process stops on the main process's error
+        if main:
+            try:
+                chosen[0] = str(new_run_folder(cfg))
+            except TuneforgeError as e:
+                chosen[1] = str(e)
         if accelerator.num_processes > 1:
             broadcast_object_list(chosen)
+        if chosen[1]:
+            raise (TuneforgeError(chosen[1]) if main else _Quiet(chosen[1]))
         run_dir = Path(chosen[0])
     from tuneforge.train.runfolder import RunLock
 
     try:
         if main:
             with RunLock(run_dir):
-                return _train(cfg, run_dir, resuming, accelerator)
-        return _train(cfg, run_dir, resuming, accelerator)
+                return _train(cfg, run_dir, resuming, accelerator, auto)
+        return _train(cfg, run_dir, resuming, accelerator, auto)
     except (
         KeyboardInterrupt
     ):  # a second Ctrl-C (the first one stops at the end of the step): say what is saved
@@ -401,7 +409,13 @@ def interrupted_message(run_dir: Path) -> str:
     return f"interrupted: the last checkpoint is {found.path.name}. Continue with: tuneforge train --resume {run_dir}"
 
 
-def _train(cfg: RunConfig, run_dir: Path, resuming: bool, accelerator) -> Run:
+class _Quiet(TuneforgeError):
+    """An error another process already reported (the command line prints it once)."""
+
+    quiet = True
+
+
+def _train(cfg: RunConfig, run_dir: Path, resuming: bool, accelerator, auto: list[str]) -> Run:
     from accelerate.utils import set_seed
 
     from tuneforge.train.compile import compile_settings
@@ -409,7 +423,6 @@ def _train(cfg: RunConfig, run_dir: Path, resuming: bool, accelerator) -> Run:
 
     main = accelerator.is_main_process
     t0 = time.perf_counter()
-    auto = [k for k in AUTO_KEYS if getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) == "auto"]
     setup_threads(cfg, main)
 
     # --- setup: data, tokenizer, model (seeded: the new head starts the same on every process and every run)

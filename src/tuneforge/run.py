@@ -37,7 +37,11 @@ class Run:
     @property
     def model_dir(self) -> Path:
         d = self.path / "model"
-        if not d.exists():
+        if not d.is_dir():
+            if self.summary().get("finished"):
+                raise TuneforgeError(
+                    f"{self.path}: model/ is missing although the run finished. {self._repair()}"
+                )
             raise TuneforgeError(
                 f"{self.path}: no final model yet (training did not finish). Resume it with "
                 f"`tuneforge train --resume {self.path}`."
@@ -134,7 +138,7 @@ class Run:
         if cls.kind not in kinds:
             raise TuneforgeError(
                 f"{self.path}: {verb} needs a run whose model is a {' or '.join(k.replace('_', ' ') for k in kinds)}; "
-                f"this is a '{cls.name}' run ({cls.kind.replace('_', ' ')})."
+                f"this run's task is '{cls.name}' (a {cls.kind.replace('_', ' ')})."
             )
 
     def generate(

@@ -27,19 +27,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuneforge.config import DATA_FORMATS
 from tuneforge.data.io import Table
 from tuneforge.errors import DataError
 
-FORMATS = (
-    "classification",
-    "messages",
-    "sharegpt",
-    "alpaca",
-    "prompt_completion",
-    "text",
-    "preference",
-    "kto",
-)
+FORMATS = tuple(f for f in DATA_FORMATS if f != "auto")  # the schema's list is the one list
 
 SHAPES = """Accepted row shapes:
   classification     {"text": "...", "label": "..."}  (set data.text_column / data.label_column)

@@ -54,7 +54,11 @@ def prepare_freeze(model: nn.Module, m, t, head: bool) -> Prepared:
 
 class Unfreezer:
     """ULMFiT gradual unfreezing: the head trains from the start; every ``every`` steps (or each epoch)
-    one more block is unfrozen from the top, and after all blocks the embeddings."""
+    one more block is unfrozen from the top, and after all blocks the embeddings.
+
+    A language model's head is its output layer, found by identity: with tied weights (most small chat
+    models) it is the embedding matrix, which therefore trains from the start too.
+    """
 
     def __init__(self, model: nn.Module, every: str | int, head: bool):
         self.model = model
@@ -62,6 +66,10 @@ class Unfreezer:
         self.n_layers = len(layers)
         self.every = every
         self.head = head
+        output = (
+            model.get_output_embeddings() if not head and hasattr(model, "get_output_embeddings") else None
+        )
+        self.output = {id(p) for p in output.parameters()} if output is not None else set()
         self.unfrozen = -1
 
     def stage(self, step: int, epoch: int) -> int:
@@ -74,7 +82,7 @@ class Unfreezer:
         self.unfrozen = k
         for name, p in self.model.named_parameters():
             i = layer_index(name, self.prefix)
-            if is_head(name) or (not self.head and "lm_head" in name):
+            if is_head(name) or id(p) in self.output or (not self.head and "lm_head" in name):
                 trains = True
             elif i is not None:
                 trains = i >= self.n_layers - k

@@ -25,6 +25,24 @@ def linear_targets(model: nn.Module, exclude: list[str]) -> list[str]:
     return sorted(names)
 
 
+def saved_modules(model: nn.Module, heads: list[str]) -> list[str]:
+    """``modules_to_save``: each head module, or for one without a weight of its own (BERT's pooler: a Linear
+    and an activation) its layers that hold weights. PEFT's IA3 merge reads ``.weight`` off every saved module
+    it unloads, so a container there makes ``merge_and_unload`` (and export) fail."""
+    out = []
+    for name in heads:
+        module = model.get_submodule(name)
+        if hasattr(module, "weight"):
+            out.append(name)
+        else:
+            out += [
+                f"{name}.{sub}"
+                for sub, m in module.named_modules()
+                if sub and next(m.parameters(recurse=False), None) is not None
+            ]
+    return out
+
+
 def peft_config(model: nn.Module, m, head: bool):
     """The PEFT config of method ``m``; ``head``: the model has a new classification head (trained and saved)."""
     import peft
@@ -32,7 +50,7 @@ def peft_config(model: nn.Module, m, head: bool):
     task_type = "SEQ_CLS" if head else "CAUSAL_LM"
     heads = head_module_names(model) if task_type == "SEQ_CLS" else []
     targets = linear_targets(model, heads) if m.target_modules == "all-linear" else m.target_modules
-    save = heads or None
+    save = saved_modules(model, heads) or None
     if m.name in ("lora", "dora"):
         return peft.LoraConfig(
             task_type=task_type,

@@ -24,7 +24,7 @@ def export(run_dir: str | Path, out: str | Path, merge: bool = False, overwrite:
 
     run = Run(run_dir)
     out = Path(out)
-    src = run.model_dir
+    src = run.check_model_files()  # a missing or damaged file is reported, not copied
     here, there = run.path.resolve(), out.resolve()
     if there == here or here in there.parents or there in here.parents:
         raise TuneforgeError(

@@ -204,6 +204,7 @@ class PreferenceTask(LMTask):
         processes (``reduce`` sums over processes): mean(policy - reference) log-prob, clamped at 0."""
         if self.loss_type != "kto":
             return None
+        model = getattr(model, "module", model)  # the inner model: DDP's forward would sync buffers per call
         device = next(model.parameters()).device
         pairs = self.mismatched([i for idx in micro for i in idx])
         totals = torch.zeros(2, device=device)  # (sum of policy - reference, rows)

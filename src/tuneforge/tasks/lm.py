@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tuneforge.models.generate import generate, stop_ids
-from tuneforge.models.load import load_causal_lm, load_tokenizer
+from tuneforge.models.load import load_causal_lm, load_tokenizer, require_causal_lm
 from tuneforge.models.save import save_model_folder
 from tuneforge.models.templates import ensure_template
 from tuneforge.tasks.base import Task
@@ -30,6 +30,7 @@ class LMTask(Task):
     def setup_lm(self, load_model: bool, template: bool = True) -> None:
         """The tokenizer (with a chat template unless the data is raw text) and, when asked, the model."""
         cfg = self.cfg
+        require_causal_lm(cfg.model.name)  # an encoder cannot generate: say so before anything else
         self.tokenizer = load_tokenizer(cfg.model.name, cfg.model.chat_template)
         self.chat = template
         if template:

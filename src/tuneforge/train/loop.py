@@ -13,6 +13,7 @@ logged figures are sums over all processes, and each process's RNG state is save
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -159,6 +160,7 @@ class _Loop:
                     self.prepared.on_step(step, epoch)
                 step_indices = self.sampler.epoch_steps(epoch)[in_epoch]  # the whole step, every process
                 micro = self.sampler.micro_batches(step_indices)  # this process's share
+                self.window["mine"] += sum(len(idx) for idx in micro)
                 self.model.train()
                 local = task.begin_step(self.model, micro, self._sum)  # online tasks sample here
                 n_items = (
@@ -206,8 +208,8 @@ class _Loop:
                     self._checkpoint(step)
                 if signum:
                     raise Interrupted(
-                        f"stopped by {stop.describe()} at step {step} of {self.total}; checkpoint step-{step} is "
-                        f"saved. Continue with: tuneforge train --resume {self.run_dir}",
+                        f"stopped by {signal.Signals(signum).name} at step {step} of {self.total}; checkpoint "
+                        f"step-{step} is saved. Continue with: tuneforge train --resume {self.run_dir}",
                         signum,
                     )
                 if self.stopped_early:
@@ -226,6 +228,7 @@ class _Loop:
             "loss": 0.0,
             "items": 0,
             "examples": 0,
+            "mine": 0,  # the examples this process trained on: the weight of its task metrics
             "tokens": 0,
             "real": 0,
             "padded": 0,
@@ -233,7 +236,9 @@ class _Loop:
         }
 
     def _log_train(self, step: int, grad_norm: float | None) -> None:
-        """One train line: loss and padding summed over processes, task metrics averaged over processes."""
+        """One train line: loss and padding summed over processes; the task's metrics (means over this process's
+        examples) averaged over processes weighted by their examples, so an uneven split of a step (a last
+        step of 5 examples on 2 processes) logs what one process would."""
         w = self.window
         dt = max(1e-9, time.perf_counter() - w["t0"])
         loss, real, padded = self._sum(
@@ -243,10 +248,13 @@ class _Loop:
         if self.acc.num_processes > 1:
             from accelerate.utils import gather_object
 
-            every = gather_object([task_metrics])
-            keys = {k for m in every for k in m}
+            every = gather_object([(task_metrics, w["mine"])])  # [(metrics, examples)] of every process
+            keys = {k for m, _ in every for k in m}
             task_metrics = {
-                k: round(sum(m[k] for m in every if k in m) / sum(k in m for m in every), 6) for k in keys
+                k: round(
+                    sum(m[k] * n for m, n in every if k in m) / max(1, sum(n for m, n in every if k in m)), 6
+                )
+                for k in keys
             }
         if self.main:
             self.log.append(
@@ -313,9 +321,12 @@ class _Loop:
             )
 
     def _shared_signal(self, stop: GracefulStop) -> int:
-        """A stop signal received by any process, agreed by all (so no process waits on another forever)."""
-        flag = torch.tensor([float(stop.requested or 0)])
-        return int(self._sum(flag).item() and (stop.requested or 15))
+        """The stop signal any process received (0: none), agreed by all, so every process saves and stops at
+        the same step and names the same signal, and none waits on another forever."""
+        mine = torch.tensor([float(stop.requested or 0)])
+        if self.acc.num_processes == 1:
+            return int(mine.item())
+        return int(self.acc.gather(mine.to(self.acc.device)).max().item())
 
     def _checkpoint(self, step: int) -> None:
         """Every process's RNG state, then the main process writes the checkpoint."""
