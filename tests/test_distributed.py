@@ -8,13 +8,14 @@ in another order: a tolerance of 1e-4).
 
 A small ``sitecustomize`` (put on the children's PYTHONPATH, active only inside torchrun's children) records what
 a run folder cannot show: each rank's final trainable weights (the ranks must agree), how often each rank ran
-validation (once, on the main process) and the step each rank stopped at; and, when asked, it delivers a SIGTERM
-to rank 1 alone at a given step (the stop must be shared, saved, and resumable exactly).
+validation (once, on the main process), the step each rank stopped at, whether its optimizer went through
+``accelerator.prepare`` and whether backward ran inside autocast; and, when asked, it delivers a SIGTERM to
+rank 1 alone at a given step (the stop must be shared, saved, and resumable exactly).
 
-GRPO samples its completions: two processes draw them from two RNG streams where one process draws the same
-micro-batches one after the other from one stream, so the completions, and with them the weights, cannot be
-equal. Its test checks what must still hold: it trains, every rank holds the same weights, the logged figures
-are over the whole global batch.
+GRPO samples its completions: two processes draw them from two RNG streams (seed + rank) where one process
+draws the same micro-batches one after the other from one stream, so the completions, and with them the
+weights, cannot be equal. Its test checks what must still hold: it trains, every rank holds the same weights,
+the logged figures are over the whole global batch.
 """
 
 from __future__ import annotations
@@ -44,19 +45,20 @@ if os.environ.get("TUNEFORGE_TEST_DUMP") and "RANK" in os.environ:
     import signal
 
     import torch
+    from accelerate import Accelerator
 
     from tuneforge.train import loop  # (the package's `train` attribute is the function)
 
     _rank, _out = int(os.environ["RANK"]), os.environ["TUNEFORGE_TEST_DUMP"]
     _stop_at = int(os.environ.get("TUNEFORGE_TEST_SIGTERM_RANK1_AT", "0"))
-    _fit = loop.fit
+    _seen = {"evaluate_calls": 0, "backward_in_autocast": False, "optimizer": None, "precision": None}
+    _fit, _run, _backward = loop.fit, loop._Loop.run, Accelerator.backward
 
     def fit(task, *args, **kwargs):
-        calls = {"evaluate": 0}
         evaluate = task.evaluate
 
         def counting(*a, **k):
-            calls["evaluate"] += 1
+            _seen["evaluate_calls"] += 1
             return evaluate(*a, **k)
 
         task.evaluate = counting
@@ -67,12 +69,20 @@ if os.environ.get("TUNEFORGE_TEST_DUMP") and "RANK" in os.environ:
         raw = getattr(result.model, "module", result.model)
         weights = {n: p.detach().cpu() for n, p in raw.named_parameters() if p.requires_grad}
         torch.save(weights, f"{_out}/rank{_rank}.pt")
+        _seen.update(steps=result.steps, stopped_early=result.stopped_early)
         with open(f"{_out}/rank{_rank}.json", "w") as f:
-            json.dump({"evaluate_calls": calls["evaluate"], "steps": result.steps,
-                       "stopped_early": result.stopped_early}, f)
+            json.dump(_seen, f)
         return result
 
-    loop.fit = fit
+    def run(self):
+        _seen.update(optimizer=type(self.optimizer).__module__, precision=self.acc.mixed_precision)
+        return _run(self)
+
+    def backward(self, loss, **kwargs):
+        _seen["backward_in_autocast"] |= torch.is_autocast_enabled(self.device.type)
+        return _backward(self, loss, **kwargs)
+
+    loop.fit, loop._Loop.run, Accelerator.backward = fit, run, backward
 
     if _stop_at:
         _shared = loop._Loop._shared_signal
@@ -172,13 +182,16 @@ def assert_same_logs(a: Path, b: Path, split: str = "train") -> None:
 
 
 def assert_ranks_agree(dump: Path, run_dir: Path) -> dict:
-    """Both ranks hold the same final weights, ran validation only on rank 0 and stopped at the same step."""
+    """Both ranks hold the same final weights, ran validation only on rank 0, stopped at the same step, stepped
+    an optimizer prepared by accelerate and ran backward outside autocast."""
     r0, r1 = torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")
     assert r0 and max_diff(r0, r1) == 0.0
     s0, s1 = (json.loads((dump / f"rank{r}.json").read_text()) for r in (0, 1))
     evaluations = len(log_lines(run_dir, "validation"))
     assert s0["evaluate_calls"] == evaluations and s1["evaluate_calls"] == 0, (s0, s1, evaluations)
     assert (s0["steps"], s0["stopped_early"]) == (s1["steps"], s1["stopped_early"])
+    for s in (s0, s1):  # the optimizer went through accelerator.prepare; backward ran outside autocast
+        assert s["optimizer"].startswith("accelerate.") and not s["backward_in_autocast"], s
     return s0
 
 
@@ -294,8 +307,9 @@ def check_two_equal_one(cfg: dict, tmp_path: Path) -> tuple[subprocess.Completed
 
 
 def test_classification_two_processes_equal_one_and_stop_early_together(tiny_bert, tmp_path):
-    """Full fine-tuning of a classifier; validation every step with patience 2 stops both runs at the same step,
-    and the 2-process run exits 0 (the decision is taken once and shared: no rank waits for another)."""
+    """Full fine-tuning of a classifier; validation every 3 steps with patience 3 stops both runs at the same
+    step, and the 2-process run exits 0 (the decision is taken once and shared: no rank waits for another).
+    Each process says how many threads it took: its share of the cores."""
     train, validation, test = files(tmp_path, classification_rows, 45)
     cfg = common(
         "classification",
@@ -342,8 +356,8 @@ def test_language_model_tasks_two_processes_equal_one(task, rows_fn, sections, t
 
 def test_grpo_two_processes_train_in_step(tiny_llama, tmp_path):
     """GRPO cannot equal one process exactly (each process samples from its own RNG stream; see the module
-    docstring). What must hold: the run trains and exits 0, every rank holds the same weights, validation runs
-    once, the step counts cover the whole global batch and the logged figures are sane."""
+    docstring). What must hold, here under bf16 autocast: the run trains and exits 0, every rank holds the same
+    weights, validation runs once, the step counts cover the whole global batch and the logged figures are sane."""
     train, validation, test = files(tmp_path, pair_rows, 45)
     cfg = common(
         "grpo",
@@ -352,7 +366,7 @@ def test_grpo_two_processes_train_in_step(tiny_llama, tmp_path):
         validation,
         test,
         tmp_path / "ddp",
-        training={"eval_every": 3},
+        training={"eval_every": 3, "precision": "bf16"},  # bf16 autocast: backward must run outside it
         sft={"samples": 1, "max_new_tokens": 2},
         grpo={
             "rewards": ["regex:^[A-Z]"],
@@ -368,7 +382,7 @@ def test_grpo_two_processes_train_in_step(tiny_llama, tmp_path):
     summary = json.loads((run_dir / "run.json").read_text())
     assert (summary["processes"], summary["steps"], summary["examples_seen"]) == (2, 6, 45)
     stats = assert_ranks_agree(dump, run_dir)
-    assert stats["steps"] == 6 and stats["evaluate_calls"] == 2
+    assert stats["steps"] == 6 and stats["evaluate_calls"] == 2 and stats["precision"] == "bf16"
     log = log_lines(run_dir, "train")
     assert [m["step"] for m in log] == [1, 2, 3, 4, 5, 6]
     for m in log:
@@ -380,8 +394,8 @@ def test_grpo_two_processes_train_in_step(tiny_llama, tmp_path):
 # ---------------------------------------------------------------- 3. resume: every rank's RNG state comes back
 def test_resume_after_a_stop_equals_an_uninterrupted_run_with_dropout(tiny_bert, tmp_path):
     """Dropout on. A SIGTERM to rank 1 alone at step 3: both ranks stop at that step, save one checkpoint with
-    each rank's RNG state (they differ: the ranks drew different amounts of randomness) and exit with the
-    resume command; ``--resume`` then finishes with exactly the weights of an uninterrupted run."""
+    each rank's RNG state (they differ: each rank draws its own dropout masks) and exit with the resume
+    command; ``--resume`` then finishes with exactly the weights of an uninterrupted run."""
     train, validation, test = files(tmp_path, classification_rows, 45)
 
     def cfg_for(name: str) -> dict:
@@ -433,5 +447,6 @@ def test_a_failure_on_rank_0_prints_one_clear_error(tiny_bert, tmp_path):
     said = out.stdout + out.stderr
     assert out.returncode != 0, show(out)
     assert said.count(f"output.dir: {blocker} is a file") == 1, show(out)
+    assert sum(line.startswith("error:") for line in said.splitlines()) == 1, show(out)
     for noise in ("ChildFailedError", "torch.distributed.elastic", "Traceback"):
         assert noise not in said, show(out)

@@ -89,6 +89,12 @@ def fit(task, prepared, cfg, run_dir: Path, accelerator, resume: bool = False, m
                     f"compiled run of a model spends longer in its first steps; kernels are cached for later runs)"
                 )
         model, optimizer = accelerator.prepare(prepared.model, optimizer)
+        if accelerator.num_processes > 1:
+            # Each process its own random stream (seed + rank), as one process draws fresh dropout masks and
+            # samples for every micro-batch; the weights stay identical (DDP copied rank 0's in prepare).
+            from accelerate.utils import set_seed
+
+            set_seed(t.seed, device_specific=True)
         loop = _Loop(
             task, prepared, cfg, run_dir, accelerator, model, optimizer, scheduler, sampler, total, metric
         )
