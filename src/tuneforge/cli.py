@@ -60,13 +60,18 @@ def _launch(nproc: int, argv: list[str]) -> int:
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     hiding = explained = False
+    said: set[str] = set()
     for raw in proc.stderr:  # line by line, as the processes write them
         line = raw.decode("utf-8", "replace")
         if _TORCHRUN_FAILED.search(line) and _TORCHRUN_LOG.match(line):
             hiding = True  # what follows is torchrun's traceback and failure summary
         if hiding or _TORCHRUN_LOG.match(line):
             continue
-        explained = explained or line.startswith("error:")
+        if line.startswith("error:"):
+            if line in said:  # every process failed the same way: say it once
+                continue
+            said.add(line)
+            explained = True
         sys.stderr.write(line)
         sys.stderr.flush()
     code = proc.wait()
