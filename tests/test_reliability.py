@@ -362,3 +362,41 @@ def test_resume_with_the_same_config_file_accepts_its_auto_values(tiny_bert, sen
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["training"]
     assert saved["precision"] != "auto" and saved["threads"] != "auto" and saved["max_batch_tokens"] != "auto"
     assert tuneforge.train(cfg, resume=True).summary()["steps"] == 12
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A real 128 MB filesystem (tmpfs), for filling up; skipped where mounting is not allowed (not root)."""
+    mount = tmp_path / "smallfs"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_names_the_intact_checkpoint_and_leaves_no_partial_one(
+    tiny_bert, sentiment_file, small_filesystem, monkeypatch
+):
+    cfg = plain_cfg(tiny_bert, sentiment_file, small_filesystem, keep_checkpoints=3)
+    filler = small_filesystem / "filler"
+    real = ClassificationTask.loss
+    calls = {"n": 0}
+
+    def loss(self, model, batch):  # during step 6 something else fills the disk
+        calls["n"] += 1
+        if calls["n"] == 6:
+            free = os.statvfs(small_filesystem).f_bavail * os.statvfs(small_filesystem).f_frsize
+            with open(filler, "wb") as fh:
+                fh.write(b"\0" * max(0, free - 4096))
+        return real(self, model, batch)
+
+    monkeypatch.setattr(ClassificationTask, "loss", loss)
+    with pytest.raises(TuneforgeError, match="no space left on device.*the last checkpoint step-4 is intact"):
+        tuneforge.train(cfg)
+    monkeypatch.undo()
+    checkpoints = small_filesystem / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-4"]  # no partial step-8
+    filler.unlink()  # space again: the run resumes from the intact checkpoint
+    assert tuneforge.train(cfg, resume=small_filesystem / "run").summary()["steps"] == 12

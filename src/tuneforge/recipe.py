@@ -368,15 +368,16 @@ def train(
         from accelerate.utils import broadcast_object_list
 
         chosen: list = [None, None]  # (folder, error): every process stops on the main process's error
+        failure = None
         if main:
             try:
                 chosen[0] = str(new_run_folder(cfg))
             except TuneforgeError as e:
-                chosen[1] = str(e)
+                chosen[1], failure = str(e), e
         if accelerator.num_processes > 1:
             broadcast_object_list(chosen)
         if chosen[1]:
-            raise (TuneforgeError(chosen[1]) if main else _Quiet(chosen[1]))
+            raise failure if failure is not None else _Quiet(chosen[1])
         run_dir = Path(chosen[0])
     from tuneforge.train.runfolder import RunLock
 
