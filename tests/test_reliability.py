@@ -213,7 +213,7 @@ def test_resume_keeps_the_saved_config(tiny_bert, sentiment_file, tmp_path, monk
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     # auto values are saved as this machine resolved them
     assert saved["training"]["precision"] in ("fp32", "bf16")
-    assert isinstance(saved["training"]["threads"], int)
+    assert saved["training"]["threads"] == "auto"  # it follows the other trainings on the machine as it runs
     with pytest.raises(ConfigError, match=r"(?s)training\.lr: 0\.001 -> 0\.5.*only these keys may change"):
         tuneforge.train(None, ["training.lr=0.5"], resume=run_dir)
     # the short list may change: here the number of steps
@@ -360,7 +360,7 @@ def test_resume_with_the_same_config_file_accepts_its_auto_values(tiny_bert, sen
         tuneforge.train(cfg)
     monkeypatch.undo()
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["training"]
-    assert saved["precision"] != "auto" and saved["threads"] != "auto" and saved["max_batch_tokens"] != "auto"
+    assert saved["precision"] != "auto" and saved["max_batch_tokens"] != "auto"
     assert tuneforge.train(cfg, resume=True).summary()["steps"] == 12
 
 

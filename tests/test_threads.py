@@ -186,3 +186,32 @@ def test_busy_machine_warning():
     assert machine_busy_warning(2, busy=0.5, cores=2) is None  # others use less than half
     assert machine_busy_warning(1, busy=1.0, cores=2) is None  # already sharing: one thread on the free core
     assert "training.threads=6" in machine_busy_warning(8, busy=10.0, cores=16)
+
+
+def test_trainings_on_one_machine_share_its_cores(tmp_path, monkeypatch):
+    """training.threads: auto: a second training on the machine halves this one's threads, and when it ends
+    this one takes the cores back; a dead process's registration is not counted."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from tuneforge import threads
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    before = torch.get_num_threads()
+    try:
+        with threads.CoreShare(cores=4, folder=tmp_path, every=0.0) as share:
+            share.rebalance(force=True)
+            assert share.threads == 4 and torch.get_num_threads() == 4
+            other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+            (tmp_path / str(other.pid)).write_text("")  # another training registers
+            assert threads.rebalance() == "threads: 4 -> 2 (another training started on these cores)"
+            assert torch.get_num_threads() == 2
+            other.kill()
+            other.wait()
+            assert threads.rebalance() == "threads: 2 -> 4 (the cores are free again)"
+            assert not (tmp_path / str(other.pid)).exists()  # the dead one's file is cleaned up
+        assert not any(tmp_path.iterdir()) and threads.rebalance() is None  # unregistered on exit
+    finally:
+        torch.set_num_threads(before)

@@ -33,7 +33,8 @@ from tuneforge.utils import console, peak_rss_mb, quiet_libraries
 log = logging.getLogger(__name__)
 
 # config keys whose "auto" is resolved on this machine at the start of a run (saved resolved in config.yaml)
-AUTO_KEYS = ("training.precision", "training.max_batch_tokens", "training.threads")
+AUTO_KEYS = ("training.precision", "training.max_batch_tokens")  # (threads: auto stays auto, it follows the
+# other trainings on the machine while it runs)
 
 
 def as_config(config: RunConfig | dict | str | Path | None, overrides: list[str] | None = None) -> RunConfig:
@@ -192,19 +193,28 @@ def resolve_precision(precision: str, cpu: bool) -> str:
         return "fp32"
 
 
-def setup_threads(cfg: RunConfig, main: bool) -> int:
-    """Give this process its share of the cores (affinity and cgroup quota, divided among local processes)."""
+def setup_threads(cfg: RunConfig, main: bool, share) -> int:
+    """Give this process its share of the cores: ``training.threads: auto`` divides the cores it may use
+    (affinity, cgroup quota) among the trainings on this machine (``share``, a ``threads.CoreShare``, also
+    counts the other ranks of this run); a number is used as given."""
     from tuneforge.threads import apply_threads, machine_busy_warning, threads_for
 
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     n = threads_for(cfg.training.threads, local)
-    apply_threads(n)
-    cfg.training.threads = n
+    if share is not None:
+        share.rebalance(force=True)
+        n = share.threads
+    else:
+        apply_threads(n)
     rank = os.environ.get("RANK")
     if rank is not None:  # every process says which it is, so a multi-process log can be read
         console.print(f"rank {rank} of {os.environ.get('WORLD_SIZE')}: {n} threads", highlight=False)
     elif main:
-        log.info("threads: %d", n)
+        console.print(
+            f"threads: {n}"
+            + (f" of {share.cores} cores ({share.live()} trainings share them)" if share else ""),
+            highlight=False,
+        )
     if main:
         warning = machine_busy_warning(n)
         if warning:
@@ -410,6 +420,12 @@ def interrupted_message(run_dir: Path) -> str:
     return f"interrupted: the last checkpoint is {found.path.name}. Continue with: tuneforge train --resume {run_dir}"
 
 
+def _threads_now() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 class _Quiet(TuneforgeError):
     """An error another process already reported (the command line prints it once)."""
 
@@ -417,14 +433,33 @@ class _Quiet(TuneforgeError):
 
 
 def _train(cfg: RunConfig, run_dir: Path, resuming: bool, accelerator, auto: list[str]) -> Run:
+    main = accelerator.is_main_process
+    t0 = time.perf_counter()
+    with _core_share(cfg) as share:
+        threads = setup_threads(cfg, main, share)
+        return _setup_and_fit(cfg, run_dir, resuming, accelerator, auto, t0, threads)
+
+
+def _core_share(cfg: RunConfig):
+    """A ``CoreShare`` for ``training.threads: auto`` (unless the user exported OMP_NUM_THREADS), else nothing."""
+    from contextlib import nullcontext
+
+    from tuneforge.threads import MARKER, CoreShare
+
+    omp = os.environ.get("OMP_NUM_THREADS")
+    user_set = omp is not None and omp != os.environ.get(MARKER) and "LOCAL_WORLD_SIZE" not in os.environ
+    return CoreShare() if cfg.training.threads == "auto" and not user_set else nullcontext()
+
+
+def _setup_and_fit(
+    cfg: RunConfig, run_dir: Path, resuming: bool, accelerator, auto: list[str], t0, threads
+) -> Run:
     from accelerate.utils import set_seed
 
     from tuneforge.train.compile import compile_settings
     from tuneforge.train.runfolder import atomic_write_json
 
     main = accelerator.is_main_process
-    t0 = time.perf_counter()
-    setup_threads(cfg, main)
 
     # --- setup: data, tokenizer, model (seeded: the new head starts the same on every process and every run)
     set_seed(cfg.training.seed)
@@ -534,7 +569,7 @@ def _fit_and_finish(
             "tokens_seen": result.tokens_seen,
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "processes": accelerator.num_processes,
-            "threads": cfg.training.threads,
+            "threads": _threads_now(),
             "device": str(accelerator.device),
             "precision": cfg.training.precision,
             "attention": attention,

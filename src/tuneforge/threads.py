@@ -282,3 +282,102 @@ def launcher_env(
     cores = available_cores() if cores is None else cores
     n = str(max(1, cores // max(1, nproc)))
     return {**{var: n for var in THREAD_VARS}, MARKER: n}
+
+
+# ---- trainings that share the machine's cores (training.threads: auto)
+
+SHARED_DIR = Path(os.environ.get("TUNEFORGE_SHARE_DIR", "/tmp/tuneforge-trainings"))
+REBALANCE_SECONDS = 2.0  # how often a training looks again at who shares the cores
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+class CoreShare:
+    """Trainings on this machine whose ``training.threads`` is auto share its cores.
+
+    Each training process registers (a file named by its pid in ``SHARED_DIR``, removed when it ends) and
+    takes ``cores // live trainings`` threads, and looks again every ``REBALANCE_SECONDS`` while it trains:
+    two runs started together split the cores, and the one left alone takes them all back. A process that
+    died without cleaning up (kill -9) is not counted (its pid is gone).
+    """
+
+    def __init__(
+        self, cores: int | None = None, folder: Path | None = None, every: float = REBALANCE_SECONDS
+    ):
+        self.cores = available_cores() if cores is None else cores
+        self.folder = folder or SHARED_DIR
+        self.file = self.folder / str(os.getpid())
+        self.every, self._checked, self.threads = every, 0.0, None
+
+    def __enter__(self) -> CoreShare:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if self.folder.stat().st_uid == os.getuid():
+                self.folder.chmod(
+                    0o1777
+                )  # every user's trainings register here (sticky: each removes its own)
+            self.file.write_text(str(os.getpid()))
+        except OSError as e:  # nowhere to register: this run cannot see the others, but trains
+            log.warning(
+                "cannot register in %s (%s): threads will not adapt to other trainings", self.folder, e
+            )
+            self.file = None
+        global _CURRENT
+        _CURRENT = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _CURRENT
+        _CURRENT = None
+        if self.file is not None:
+            self.file.unlink(missing_ok=True)
+
+    def live(self) -> int:
+        """Training processes registered and alive now (this one included)."""
+        count = 0
+        for entry in self.folder.iterdir() if self.folder.is_dir() else []:
+            pid = _positive_int(entry.name)
+            if pid is None:
+                continue
+            if _alive(pid):
+                count += 1
+            else:
+                entry.unlink(missing_ok=True)
+        # the ranks of this run count from the start, even before each has registered
+        local = _positive_int(os.environ.get("LOCAL_WORLD_SIZE")) or 1
+        return max(local, count if self.file is not None else 1)
+
+    def share(self) -> int:
+        return max(1, self.cores // self.live())
+
+    def rebalance(self, force: bool = False) -> str | None:
+        """Apply this training's share of the cores when it changed; returns a line to log, else None."""
+        now = time.monotonic()
+        if not force and now - self._checked < self.every:
+            return None
+        self._checked = now
+        n = self.share()
+        if n == self.threads:
+            return None
+        old, self.threads = self.threads, n
+        apply_threads(n)
+        if old is None:
+            return None
+        why = "another training started on these cores" if n < old else "the cores are free again"
+        return f"threads: {old} -> {n} ({why})"
+
+
+_CURRENT: CoreShare | None = None
+
+
+def rebalance() -> str | None:
+    """Between training steps: follow the cores' share when this process is in a ``CoreShare``."""
+    return _CURRENT.rebalance() if _CURRENT is not None else None

@@ -25,6 +25,7 @@ import torch
 from tuneforge.data.batching import StepSampler
 from tuneforge.errors import TuneforgeError
 from tuneforge.models.save import MODEL_STEP_FILE
+from tuneforge.threads import rebalance
 from tuneforge.train.checkpoint import find_resumable, load_checkpoint, rng_state, save_checkpoint
 from tuneforge.train.compile import compile_blocks, compile_settings, should_compile
 from tuneforge.train.early_stopping import EarlyStopping
@@ -209,6 +210,9 @@ class _Loop:
                     self._log_train(step, grad_norm)
                 if step % self.eval_every == 0 or step == self.total:
                     self._evaluate(step, bar)
+                note = rebalance()  # training.threads: auto follows the other trainings on these cores
+                if note and self.main:
+                    bar.note(note)
                 signum = self._shared_signal(stop)
                 if step % self.save_every == 0 or step == self.total or self.stopped_early or signum:
                     self._checkpoint(step)
