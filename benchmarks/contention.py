@@ -47,6 +47,9 @@ def train_command(name: str, threads: int | str, steps: int, out_dir: str) -> li
         "training.eval_every": 100_000,  # no validation during the run
         "training.save_every": 100_000,
         "training.log_every": 1,
+        # no torch.compile: its kernels are cached per thread count, so the first arm with a new count would
+        # pay the compile inside its timing and the comparison would measure the cache, not the sharing
+        "training.compile": "false",
         "data.eval_limit": 16,  # a short final evaluation
         "data.audit": "false",
         "sft.samples": 0,

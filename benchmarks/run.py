@@ -1,6 +1,6 @@
 """`make bench`: every benchmark in one invocation, one after the other (run nothing else heavy meanwhile).
 
-Writes benchmarks/results/{sft,classification,audit}.{json,md} and refreshes the tables in README.md.
+Writes benchmarks/results/{sft,classification,audit,contention}.{json,md} and refreshes the tables in README.md.
 Select some with BENCH_ONLY=sft,classification.
 """
 
@@ -12,7 +12,12 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SCRIPTS = {"sft": "sft.py", "classification": "classification.py", "audit": "bench_audit.py"}
+SCRIPTS = {
+    "sft": "sft.py",
+    "classification": "classification.py",
+    "audit": "bench_audit.py",
+    "contention": "contention.py",
+}
 
 
 def main() -> None:

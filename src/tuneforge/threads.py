@@ -378,6 +378,7 @@ class CoreShare:
 _CURRENT: CoreShare | None = None
 
 
-def rebalance() -> str | None:
-    """Between training steps: follow the cores' share when this process is in a ``CoreShare``."""
-    return _CURRENT.rebalance() if _CURRENT is not None else None
+def rebalance(force: bool = False) -> str | None:
+    """While training (before the first step, then between micro-batches at most every
+    ``REBALANCE_SECONDS``): follow the cores' share when this process is in a ``CoreShare``."""
+    return _CURRENT.rebalance(force) if _CURRENT is not None else None

@@ -161,6 +161,9 @@ class _Loop:
         step = self.state["step"]
         start = time.perf_counter() - self.state["seconds"]
         with progress_bar(self.total, self.main, initial=step) as bar, GracefulStop() as stop:
+            # training.threads: auto: trainings started together registered while they loaded their models,
+            # so the share is right from the first step (one step with too many threads costs ~30x)
+            rebalance(force=True)
             while step < self.total and not self.stopped_early:  # (a resumed early stop stays stopped)
                 epoch, in_epoch = self.sampler.position(step)
                 if self.prepared.on_step is not None:
@@ -176,6 +179,9 @@ class _Loop:
                     else float(self._sum(torch.tensor([local], dtype=torch.float64)))
                 )
                 for k, idx in enumerate(micro):
+                    note = rebalance()  # training.threads: auto follows the other trainings on these cores
+                    if note and self.main:
+                        bar.note(note)
                     sync = nullcontext() if k == len(micro) - 1 else acc.no_sync(self.model)
                     with sync:
                         batch = task.collate(idx)
@@ -210,9 +216,6 @@ class _Loop:
                     self._log_train(step, grad_norm)
                 if step % self.eval_every == 0 or step == self.total:
                     self._evaluate(step, bar)
-                note = rebalance()  # training.threads: auto follows the other trainings on these cores
-                if note and self.main:
-                    bar.note(note)
                 signum = self._shared_signal(stop)
                 if step % self.save_every == 0 or step == self.total or self.stopped_early or signum:
                     self._checkpoint(step)
