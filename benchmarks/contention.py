@@ -178,7 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         "cores": cores,
         "steps": args.steps,
         "busy_before": busy,
-        "threads": {"alone": f"auto ({cores})", "shared": "auto", "halves": max(1, cores // 2), "naive": cores},
+        "threads": {
+            "alone": f"auto ({cores})",
+            "shared": "auto",
+            "halves": max(1, cores // 2),
+            "naive": cores,
+        },
         "arms": {k: v for k, v in timings.items() if k != "warmup"},
         "shared_ratio": round(max(r["wall_s"] for r in timings["shared"]) / alone, 3),
         "halves_ratio": round(max(r["wall_s"] for r in timings["halves"]) / alone, 3),

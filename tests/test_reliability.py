@@ -63,7 +63,9 @@ def _run_killed(cfg: dict, patch: str, tmp_path: Path) -> subprocess.CompletedPr
         ]
     )
     env = {**os.environ, "TUNEFORGE_NO_PROGRESS": "1"}
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 KILL_POINTS = {
@@ -225,7 +227,10 @@ def test_auto_resume_refuses_an_ambiguous_choice(tmp_path):
     from tuneforge.recipe import resume_folder
 
     cfg = from_dict({"output": {"dir": str(tmp_path)}})
-    for name in ("classification-minilm-l6-full-20261201-100000", "classification-minilm-l6-full-20261201-100001"):
+    for name in (
+        "classification-minilm-l6-full-20261201-100000",
+        "classification-minilm-l6-full-20261201-100001",
+    ):
         (tmp_path / name / "checkpoints").mkdir(parents=True)
     with pytest.raises(ConfigError, match="2 runs .* could be meant.*--resume RUN_DIR"):
         resume_folder(cfg)
@@ -291,7 +296,9 @@ def test_sigterm_saves_a_checkpoint_and_a_second_writer_is_refused(tiny_bert, se
 
 
 def test_unknown_metrics_are_refused_with_the_tasks_list():
-    with pytest.raises(ConfigError, match="'f1' is not a validation metric of task 'classification'.*accuracy"):
+    with pytest.raises(
+        ConfigError, match="'f1' is not a validation metric of task 'classification'.*accuracy"
+    ):
         from_dict({"training": {"metric": "f1"}})
     with pytest.raises(ConfigError, match="task 'sft'.*loss, perplexity"):
         from_dict({"task": "sft", "training": {"metric": "accuracy"}})
@@ -333,7 +340,9 @@ def test_error_findings_stop_training_with_their_rows(tiny_llama, tmp_path):
     cfg = cfg_for("dpo", tiny_llama, str(data), tmp_path, data={"audit": True}, training={"max_steps": 2})
     with pytest.raises(TuneforgeError, match="(?s)cannot train correctly.*allow_audit_errors") as refused:
         tuneforge.train(cfg)
-    assert f"{data}:1" in str(refused.value) and f"{data}:3" in str(refused.value)  # the rows, by file and line
+    assert f"{data}:1" in str(refused.value) and f"{data}:3" in str(
+        refused.value
+    )  # the rows, by file and line
     cfg["data"]["allow_audit_errors"] = True
     cfg["output"]["name"] = "anyway"
     assert tuneforge.train(cfg).summary()["finished"]
@@ -351,7 +360,9 @@ def test_the_shipped_dpo_config_passes_its_own_preflight():
     assert audit is not None
 
 
-def test_resume_with_the_same_config_file_accepts_its_auto_values(tiny_bert, sentiment_file, tmp_path, monkeypatch):
+def test_resume_with_the_same_config_file_accepts_its_auto_values(
+    tiny_bert, sentiment_file, tmp_path, monkeypatch
+):
     """`train CFG` then `train CFG --resume`: the saved config has auto values resolved; the same file (auto)
     is no change."""
     cfg = plain_cfg(tiny_bert, sentiment_file, tmp_path, precision="auto", threads="auto")
@@ -369,7 +380,9 @@ def small_filesystem(tmp_path):
     """A real 128 MB filesystem (tmpfs), for filling up; skipped where mounting is not allowed (not root)."""
     mount = tmp_path / "smallfs"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(mount)], capture_output=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(mount)], capture_output=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
     yield mount

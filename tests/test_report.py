@@ -202,7 +202,9 @@ def test_html_renders_in_headless_chromium(cls_run, tmp_path):
     """Every embedded plot decodes in a real browser (naturalWidth > 0), and a full-page screenshot is taken."""
     if not Path(CHROMIUM).exists():
         if os.environ.get("TUNEFORGE_REQUIRE_BROWSER"):
-            pytest.fail("headless Chromium is required here but not installed (apt-get install chromium-headless-shell)")
+            pytest.fail(
+                "headless Chromium is required here but not installed (apt-get install chromium-headless-shell)"
+            )
         pytest.skip("headless Chromium (Debian package chromium-headless-shell) not installed")
     flags = [
         CHROMIUM,

@@ -12,8 +12,7 @@ import yaml
 from helpers import max_diff, tiny_cfg
 
 import tuneforge
-from tuneforge.tasks.classification import load_sequence_classifier
-from tuneforge.tasks.classification import ClassificationTask
+from tuneforge.tasks.classification import ClassificationTask, load_sequence_classifier
 from tuneforge.train import checkpoint as ckpt
 
 

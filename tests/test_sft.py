@@ -125,10 +125,10 @@ def test_every_method_trains_saves_and_loads_back(tiny_llama, chat_file, tmp_pat
     """The task, the method and the loop (as the recipe wires them): the loss falls, exactly the trainable
     weights change, and the saved folder loads back (full folder, or base + PEFT adapter) to the same loss."""
     from tuneforge.methods import prepare
+    from tuneforge.recipe import make_accelerator
     from tuneforge.tasks.lm import load_causal_lm_dir
     from tuneforge.tasks.sft import SFTTask
     from tuneforge.train.loop import fit
-    from tuneforge.recipe import make_accelerator
 
     cfg = from_dict(sft_config(tiny_llama, chat_file, tmp_path, method, method=extra, training={"lr": lr}))
     torch.manual_seed(0)
@@ -233,9 +233,9 @@ def test_raw_text_continued_pretraining(tiny_llama, tmp_path):
 
 def test_chat_and_generate_commands(tiny_llama, chat_file, tmp_path, capsys):
     from tuneforge.cli import main
+    from tuneforge.recipe import train
     from tuneforge.run import Run
     from tuneforge.serve.chat import chat
-    from tuneforge.recipe import train
 
     run = train(sft_config(tiny_llama, chat_file, tmp_path, "lora", training={"max_steps": 1}))
     capsys.readouterr()
