@@ -106,6 +106,21 @@ class _Bar:
 _SHOWING = [0]  # bars on screen now (rich shows one live display at a time)
 
 
+def new_progress(*middle, transient: bool = True) -> Progress:
+    """tuneforge's progress display: description, bar, count, ``middle`` columns, elapsed time and ETA."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *middle,
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=transient,
+    )
+
+
 def _bars_enabled() -> bool:
     return not os.environ.get("TUNEFORGE_NO_PROGRESS") and os.environ.get("RANK", "0") == "0"
 
@@ -118,17 +133,7 @@ def tracked(items, description: str, total: int | None = None, unit: str = "batc
         yield from items
         return
     total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn(unit),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
+    progress = new_progress(TextColumn(unit))
     _SHOWING[0] += 1
     try:
         with progress:
@@ -146,17 +151,8 @@ def progress_bar(total: int, enabled: bool = True, initial: int = 0, description
     if not enabled or not _bars_enabled() or _SHOWING[0]:
         yield _Bar(None, None, total)
         return
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
+    progress = new_progress(
+        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"), transient=False
     )
     _SHOWING[0] += 1
     try:

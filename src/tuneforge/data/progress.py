@@ -23,30 +23,12 @@ _active: list = []  # the Progress of the outermost open ``phases()`` block, if 
 @contextmanager
 def phases(enabled: bool = True) -> Iterator[None]:
     """Show the bars of the ``track`` calls made inside this block (nested blocks share the outer one)."""
-    from tuneforge.utils import console
+    from tuneforge.utils import console, new_progress
 
     if _active or not enabled or os.environ.get("TUNEFORGE_NO_PROGRESS") or not console.is_terminal:
         yield
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
+    progress = new_progress()
     _active.append(progress)
     try:
         with progress:
