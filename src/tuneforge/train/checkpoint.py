@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tuneforge.errors import TuneforgeError
+from tuneforge.train.runfolder import atomic_write_text, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +47,6 @@ _RNG_FILE = re.compile(r"^rng-(\d+)\.pt$")
 
 
 # --- small file-system helpers -------------------------------------------------------------------------
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a folder, so a rename or a new file inside it survives a power cut."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256_and_fsync(path: Path) -> str:
@@ -80,14 +72,6 @@ def _write_text(path: Path, text: str) -> None:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename; fsync the file and the folder."""
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")  # .tmp-*: removed by the next save if left
-    _write_text(tmp, text)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 # --- state that loads with weights_only=True -------------------------------------------------------------
@@ -286,7 +270,7 @@ def save_checkpoint(
         else:
             os.replace(tmp, final)
         fsync_dir(root)
-        _atomic_write_text(root / "latest", final.name)
+        atomic_write_text(root / "latest", final.name)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, Exception) and _is_disk_full(e):

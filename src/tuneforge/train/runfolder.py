@@ -24,7 +24,8 @@ from tuneforge.errors import TuneforgeError
 log = logging.getLogger(__name__)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a folder, so a rename or a new file inside it survives a power cut."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -33,9 +34,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` via a temporary file and a rename; fsync the file and its folder."""
+    """Replace ``path`` with ``text`` via a temporary file and a rename; fsync the file and its folder.
+
+    The temporary file is ``.tmp-NAME-PID`` beside it (removed on an error; a checkpoint save also removes
+    any ``.tmp-*`` a killed process left in ``checkpoints/``)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     try:
         with open(tmp, "w") as fh:
             fh.write(text)
@@ -45,7 +49,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
