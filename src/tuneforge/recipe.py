@@ -137,17 +137,17 @@ def resolve_resume(
 
     if resume in (False, None, ""):
         return as_config(config, overrides), None, False
+    requested = None
     if resume is True:
-        run_dir = resume_folder(as_config(config, overrides))
+        requested = as_config(config, overrides)
+        run_dir = resume_folder(requested)
     else:
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").exists():
             raise ConfigError(f"--resume {run_dir}: not a run folder (no config.yaml).")
     saved = load_config(run_dir / "config.yaml")
-    if config is None or resume is not True:
+    if config is None or requested is None:  # no config given: the saved one, with the overrides
         requested = as_config(saved.to_dict(), overrides)
-    else:
-        requested = as_config(config, overrides)
     resolved = set(_read_json(run_dir / "run.json").get("resolved_from_auto", []))
     check_resume_changes(saved, requested, resolved_keys=resolved)
     for key in resolved:  # "auto" keeps what this run resolved it to
@@ -433,11 +433,14 @@ class _Quiet(TuneforgeError):
 
 
 def _train(cfg: RunConfig, run_dir: Path, resuming: bool, accelerator, auto: list[str]) -> Run:
-    main = accelerator.is_main_process
+    from tuneforge.train.compile import compile_settings
+
+    # threads shared with the other trainings here; compile settings to the end (the final evaluation may
+    # still compile a block for a new shape)
     t0 = time.perf_counter()
-    with _core_share(cfg) as share:
-        threads = setup_threads(cfg, main, share)
-        return _setup_and_fit(cfg, run_dir, resuming, accelerator, auto, t0, threads)
+    with _core_share(cfg) as share, compile_settings():
+        setup_threads(cfg, accelerator.is_main_process, share)
+        return _run_recipe(cfg, run_dir, resuming, accelerator, auto, t0)
 
 
 def _core_share(cfg: RunConfig):
@@ -451,12 +454,12 @@ def _core_share(cfg: RunConfig):
     return CoreShare() if cfg.training.threads == "auto" and not user_set else nullcontext()
 
 
-def _setup_and_fit(
-    cfg: RunConfig, run_dir: Path, resuming: bool, accelerator, auto: list[str], t0, threads
+def _run_recipe(
+    cfg: RunConfig, run_dir: Path, resuming: bool, accelerator, auto: list[str], t0: float
 ) -> Run:
     from accelerate.utils import set_seed
 
-    from tuneforge.train.compile import compile_settings
+    from tuneforge.train.loop import fit
     from tuneforge.train.runfolder import atomic_write_json
 
     main = accelerator.is_main_process
@@ -506,43 +509,16 @@ def _setup_and_fit(
             {**task.data_summary(), "labels": getattr(task, "labels", None), "audit": audit},
         )
         start = _read_json(run_dir / "run.json") if resuming else {}
+        start = {
+            "started": start.get("started") or datetime.now().isoformat(timespec="seconds"),
+            "resolved_from_auto": sorted(set(start.get("resolved_from_auto", [])) | set(auto)),
+        }
         atomic_write_json(
-            run_dir / "run.json",
-            {
-                "status": "running",
-                "started": start.get("started") or datetime.now().isoformat(timespec="seconds"),
-                "resolved_from_auto": sorted(set(start.get("resolved_from_auto", [])) | set(auto)),
-                "metric": metric.name,
-                "pid": os.getpid(),
-            },
+            run_dir / "run.json", {"status": "running", **start, "metric": metric.name, "pid": os.getpid()}
         )
     accelerator.wait_for_everyone()
 
-    # --- train, finish, evaluate (compiled blocks may still compile there: the settings hold to the end)
-    with compile_settings():
-        return _fit_and_finish(
-            task,
-            prepared,
-            cfg,
-            run_dir,
-            accelerator,
-            resuming,
-            metric,
-            t0,
-            trainable,
-            total,
-            attention,
-            memory,
-        )
-
-
-def _fit_and_finish(
-    task, prepared, cfg, run_dir, accelerator, resuming, metric, t0, trainable, total, attention, memory
-) -> Run:
-    from tuneforge.train.loop import fit
-    from tuneforge.train.runfolder import atomic_write_json
-
-    main = accelerator.is_main_process
+    # --- train
     result = fit(task, prepared, cfg, run_dir, accelerator, resume=resuming, metric=metric)
 
     # --- the final model, then the summary; evaluation and report after (a kill in between loses nothing)
@@ -559,8 +535,7 @@ def _fit_and_finish(
             "best_metric": result.best_metric,
             "metric": metric.name,
             "greater_is_better": metric.greater_is_better,
-            "started": _read_json(run_dir / "run.json").get("started"),
-            "resolved_from_auto": _read_json(run_dir / "run.json").get("resolved_from_auto", []),
+            **start,
             "trainable_parameters": trainable,
             "total_parameters": total,
             "train_seconds": round(result.train_seconds, 2),
