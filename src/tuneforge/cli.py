@@ -174,7 +174,6 @@ def cmd_score(args) -> None:
 
 def cmd_predict(args) -> None:
     from tuneforge.run import Run
-    from tuneforge.serve.cli import input_lines
 
     texts = list(args.texts)
     if texts == ["-"]:
@@ -182,7 +181,7 @@ def cmd_predict(args) -> None:
         if not texts:
             raise TuneforgeError("predict -: standard input held no text; give one text per line.")
     if args.file:
-        texts += input_lines(args.file, "text")
+        texts += text_lines(args.file, "text")
     if not texts:
         raise TuneforgeError(
             'predict: give texts (tuneforge predict RUN_DIR "some text"), --file FILE, or - to read standard input.'

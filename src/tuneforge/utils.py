@@ -70,7 +70,9 @@ def quiet_libraries() -> None:
 
 
 def text_lines(path: str, what: str) -> list[str]:
-    """Non-empty lines of a UTF-8 text file, or of standard input for '-' (prompts or texts, one per line)."""
+    """Non-empty lines of a UTF-8 text file, or of standard input for '-' (prompts or texts, one per line).
+    A named pipe, socket or device is refused, not read: a pipe with no writer would wait forever."""
+    import stat
     from pathlib import Path
 
     from tuneforge.errors import TuneforgeError
@@ -78,6 +80,15 @@ def text_lines(path: str, what: str) -> list[str]:
     if path == "-":
         return [line.rstrip("\n") for line in sys.stdin if line.strip()]
     p = Path(path)
+    try:
+        mode = p.stat().st_mode
+    except OSError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise TuneforgeError(
+            f"--file {path}: not a regular file (a named pipe, socket or device); save the {what}s to a file, "
+            f"or pipe them to standard input with --file -."
+        )
     if not p.is_file():
         state = "is a folder" if p.is_dir() else "not found"
         raise TuneforgeError(

@@ -35,7 +35,6 @@ from typing import Any
 
 from tuneforge.data.audit import (
     CHAT_FORMATS,
-    COLUMN_FLAGS,
     CONTROL,
     INVISIBLE,
     REPLACEMENT,
@@ -46,9 +45,10 @@ from tuneforge.data.audit import (
     joined,
     label_key,
     load_source,
+    resolve_format,
 )
 from tuneforge.data.dedup import NearDuplicates, UnionFind, exact_key, near_duplicates
-from tuneforge.data.formats import FORMATS, Example, detect_format
+from tuneforge.data.formats import Example
 from tuneforge.data.io import Table, write_jsonl
 from tuneforge.data.progress import shows_progress, track
 from tuneforge.errors import DataError
@@ -378,13 +378,7 @@ def prepare(
         )
     check_out_dir(out_dir)
     table, hint = _load_one(spec)
-    if fmt == "auto":
-        try:
-            fmt = hint or detect_format(table, text_column, label_column)
-        except DataError as e:
-            raise DataError(f"{e}\n{COLUMN_FLAGS}") from None
-    if fmt not in FORMATS:
-        raise DataError(f"format '{fmt}' is unknown. Choose one of auto, {', '.join(FORMATS)}.")
+    fmt = resolve_format(fmt, hint, table, text_column, label_column)
 
     r = _read_and_clean(table, fmt, text_column, label_column)
     if fmt == "classification":

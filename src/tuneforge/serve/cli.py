@@ -3,27 +3,9 @@
 from __future__ import annotations
 
 import json
-import stat
-from pathlib import Path
 
 from tuneforge.errors import TuneforgeError
 from tuneforge.utils import console, text_lines
-
-
-def input_lines(path: str, what: str) -> list[str]:
-    """Non-empty lines of ``--file PATH`` (- for standard input). A named pipe, socket or device is refused,
-    not read: a pipe with no writer would wait forever."""
-    if path != "-":
-        try:
-            mode = Path(path).stat().st_mode
-        except OSError:
-            mode = None
-        if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
-            raise TuneforgeError(
-                f"--file {path}: not a regular file (a named pipe, socket or device); save the {what}s to a file, "
-                f"or pipe them to standard input with --file -."
-            )
-    return text_lines(path, what)
 
 
 def _check_flags(args) -> None:
@@ -78,7 +60,7 @@ def cmd_generate(args) -> None:
     run = _run(args.run_dir)
     prompts = list(args.prompt or [])
     if args.file:
-        prompts += input_lines(args.file, "prompt")
+        prompts += text_lines(args.file, "prompt")
     if not prompts:
         raise TuneforgeError(
             'generate: give --prompt "..." (repeatable) or --file FILE with one prompt per line.'

@@ -38,10 +38,6 @@ def check_config(cfg) -> None:
     get_task(cfg.task).check_config(cfg)
 
 
-def task_class(name: str) -> type[Task]:  # the older name
-    return get_task(name)
-
-
 _config.register_task_check(check_config)
 
-__all__ = ["TASKS", "Metric", "Task", "check_config", "get_task", "task_class"]
+__all__ = ["TASKS", "Metric", "Task", "check_config", "get_task"]

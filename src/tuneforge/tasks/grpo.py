@@ -100,7 +100,8 @@ class GRPOTask(LMTask):
         # the token cap, the memory estimate and the token counts see this, not the prompt alone
         g = self.g
         self.lengths = [g.group_size * (len(p) + g.max_new_tokens) for p in self.prompt_ids["train"]]
-        self.counts = [g.group_size] * len(self.lengths)  # replaced by the exact items after each rollout
+        # completions per prompt; the loop takes the step's exact loss items from begin_step instead
+        self.counts = [g.group_size] * len(self.lengths)
         self.running = Running()
         self._rollouts: dict[tuple[int, ...], dict[str, torch.Tensor]] = {}
 

@@ -13,6 +13,7 @@ import json
 from contextlib import contextmanager
 from pathlib import Path
 
+from tuneforge.config import PEFT_METHODS
 from tuneforge.models.generate import generate, stop_ids
 from tuneforge.models.load import load_causal_lm, load_tokenizer, require_causal_lm
 from tuneforge.models.save import save_model_folder
@@ -39,7 +40,7 @@ class LMTask(Task):
         if load_model:
             self.model = load_causal_lm(cfg.model.name, cfg.model.dtype, cfg.model.dropout)
             self.configure_generation(self.model)
-            if self.keeps_frozen_copy and cfg.method.name not in _peft_methods():
+            if self.keeps_frozen_copy and cfg.method.name not in PEFT_METHODS:
                 self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
 
     def configure_generation(self, model) -> None:
@@ -80,12 +81,6 @@ class LMTask(Task):
 
     def save_model(self, model, out: Path, notes: dict | None = None) -> None:
         save_model_folder(model, self.tokenizer, out, generation_config=True, notes=notes)
-
-
-def _peft_methods() -> tuple[str, ...]:
-    from tuneforge.config import PEFT_METHODS
-
-    return PEFT_METHODS
 
 
 @contextmanager

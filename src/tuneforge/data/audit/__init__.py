@@ -32,7 +32,7 @@ near-duplicate group of 3 distinct texts is 2 near-duplicates. ``tuneforge data 
 exactly those rows, so the two commands agree.
 """
 
-from tuneforge.data.audit.core import COLUMN_FLAGS, audit, audit_splits
+from tuneforge.data.audit.core import COLUMN_FLAGS, audit, audit_splits, resolve_format
 from tuneforge.data.audit.labels import label_key
 from tuneforge.data.audit.preflight import preflight, preflight_decision
 from tuneforge.data.audit.render import example_line, render, to_html, write
@@ -65,5 +65,5 @@ __all__ = [
     "SEVERITIES", "AuditReport", "Finding", "Source", "SplitSummary", "activation_memory", "audit",
     "audit_splits", "check_row", "example_label", "example_line", "example_strings", "example_text",
     "finding", "joined", "label_key", "load_source", "loc", "preflight", "preflight_decision", "render",
-    "required_fields", "to_html", "token_lengths", "write",
+    "required_fields", "resolve_format", "to_html", "token_lengths", "write",
 ]  # fmt: skip

@@ -36,6 +36,19 @@ COLUMN_FLAGS = (
 )
 
 
+def resolve_format(fmt: str, hint: str | None, table: Table, text_column: str, label_column: str) -> str:
+    """The row format to audit or prepare: ``fmt``, or for "auto" the bundled dataset's ``hint`` or what the
+    table's columns show; a clear error naming the column flags when nothing fits, or an unknown format."""
+    if fmt == "auto":
+        try:
+            fmt = hint or detect_format(table, text_column, label_column)
+        except DataError as e:
+            raise DataError(f"{e}\n{COLUMN_FLAGS}") from None
+    if fmt not in FORMATS:
+        raise DataError(f"format '{fmt}' is unknown. Choose one of auto, {', '.join(FORMATS)}.")
+    return fmt
+
+
 @shows_progress
 def audit(
     sources: Source | Sequence[Source] | Mapping[str, Source],
@@ -72,13 +85,7 @@ def audit(
     tables = {n: t for n, (_, t, _, _) in zip(names, loaded)}
     specs = {n: spec for n, (_, _, _, spec) in zip(names, loaded)}
     hint, first = loaded[0][2], tables[names[0]]
-    if fmt == "auto":
-        try:
-            fmt = hint or detect_format(first, text_column, label_column)
-        except DataError as e:
-            raise DataError(f"{e}\n{COLUMN_FLAGS}") from None
-    if fmt not in FORMATS:
-        raise DataError(f"format '{fmt}' is unknown. Choose one of auto, {', '.join(FORMATS)}.")
+    fmt = resolve_format(fmt, hint, first, text_column, label_column)
     findings: list[Finding] = []
     splits: dict[str, list[Example]] = {}
     summaries: dict[str, SplitSummary] = {}
