@@ -17,6 +17,9 @@ SCRIPTS = {
     "classification": "classification.py",
     "audit": "bench_audit.py",
     "contention": "contention.py",
+    "serve": "serve.py",
+    "dpo": "dpo.py",
+    "grpo": "grpo.py",
 }
 
 

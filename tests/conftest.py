@@ -95,3 +95,31 @@ def sentiment_file(tmp_path):
     path = tmp_path / "sentiment.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in sentiment_rows(240)))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory):
+    """A 2+2-layer T5 (d_model 64) with MiniLM's tokenizer: [SEP] ends a target, [PAD] starts the decoder."""
+    import torch
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    from tuneforge.models.load import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
+    torch.manual_seed(0)
+    cfg = T5Config(
+        vocab_size=tok.vocab_size,
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.sep_token_id,
+        decoder_start_token_id=tok.pad_token_id,
+    )
+    path = tmp_path_factory.mktemp("tiny-t5")
+    T5ForConditionalGeneration(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)

@@ -42,6 +42,7 @@ SEED = 7
 TASK_ROWS: dict[str, tuple[str, str, dict]] = {
     "classification": ("classification", "sentiment", {}),
     "sft": ("sft", "chat", {"sft": {"samples": 0, "max_new_tokens": 3}}),
+    "seq2seq": ("seq2seq", "source_target", {"seq2seq": {"samples": 0, "max_new_tokens": 3}}),
     "reward": ("reward", "pairs", {}),
     "dpo-sigmoid": ("dpo", "pairs", {"preference": {"loss_type": "sigmoid"}, "sft": {"samples": 0}}),
     "dpo-kto": ("dpo", "pairs", {"preference": {"loss_type": "kto"}, "sft": {"samples": 0}}),
@@ -69,6 +70,8 @@ def method_config(method: str, head: bool) -> dict:
         "ia3": {},
         "prefix": {"num_virtual_tokens": 4},
         "prompt": {"num_virtual_tokens": 4},
+        "houlsby": {"reduction_factor": 8},
+        "pfeiffer": {"reduction_factor": 8},
     }[method]
 
 
@@ -142,14 +145,15 @@ def files(tmp_path_factory) -> dict[str, str]:
     return {
         "sentiment": _write(root / "sentiment.jsonl", sentiment_rows(40)),
         "chat": _write(root / "chat.jsonl", chat),
+        "source_target": _write(root / "source_target.jsonl", [{"source": c["messages"][0]["content"], "target": c["messages"][1]["content"]} for c in chat]),
         "pairs": _write(root / "pairs.jsonl", pairs),
         "reward": f"{reward}:chars",
     }
 
 
 @pytest.fixture(scope="module")
-def models(tiny_bert, tiny_llama) -> dict[str, str]:
-    return {"classification": tiny_bert, "default": tiny_llama}
+def models(tiny_bert, tiny_llama, tiny_t5) -> dict[str, str]:
+    return {"classification": tiny_bert, "seq2seq": tiny_t5, "default": tiny_llama}
 
 
 def make_config(row: str, method: str, models: dict, files: dict, **training):
@@ -242,7 +246,8 @@ def outputs(model, batch) -> torch.Tensor:
     ids, mask = batch
     was = model.training
     model.eval()
-    logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    decoder = {"decoder_input_ids": ids} if getattr(model.config, "is_encoder_decoder", False) else {}  # seq2seq
+    logits = model(input_ids=ids, attention_mask=mask, **decoder).logits.float()
     model.train(was)
     return logits[:, -ids.shape[1] :] if logits.dim() == 3 else logits
 

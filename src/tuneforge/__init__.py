@@ -10,10 +10,12 @@ import tuneforge.tasks  # noqa: F401  (registers the tasks' config rules)
 import tuneforge.train  # noqa: F401  (loaded before ``train`` below, which then stays the function)
 from tuneforge.config import RunConfig, load_config
 from tuneforge.errors import TuneforgeError
+from tuneforge.methods.peft_registry import install as install_peft_methods
 from tuneforge.run import Run
 from tuneforge.utils import bound_kernel_caches
 
 bound_kernel_caches()  # before any matmul runs: oneDNN reads the cache sizes once
+install_peft_methods()  # PeftModel.from_pretrained loads houlsby/pfeiffer adapters (on PEFT's first import)
 
 __version__ = "0.1.0"
 

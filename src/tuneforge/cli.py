@@ -1,8 +1,9 @@
 """The command line: one command per user verb.
 
-tuneforge train CONFIG [key=value ...] [--resume [RUN_DIR]] [--nproc N]
+tuneforge train CONFIG [key=value ...] [--resume [RUN_DIR]] [--nproc N] [--nnodes N --node-rank K --master HOST:PORT]
 tuneforge eval RUN_DIR [--data FILE]
-tuneforge predict RUN_DIR "some text" ...
+tuneforge predict RUN_DIR "some text" ... [--explain]
+tuneforge explain RUN_DIR "some text" | --data FILE [--out FILE] | --prompt "..." --response "..."
 tuneforge chat RUN_DIR | generate RUN_DIR --prompt "..." [--base] | export RUN_DIR OUT [--merge]
 tuneforge score RUN_DIR --prompt "..." --response "..." [--response "..."]
 tuneforge report RUN_DIR | compare RUN_A RUN_B ...
@@ -48,14 +49,15 @@ _TORCHRUN_LOG = re.compile(r"^[WEI]\d{4} [\d:.]+ \d+ torch/distributed/(elastic|
 _TORCHRUN_FAILED = re.compile(r"failed \(exitcode: -?\d+\)")
 
 
-def _launch(nproc: int, argv: list[str]) -> int:
+def _launch(nproc: int, argv: list[str], nodes: list[str] | None = None) -> int:
     """Run ``tuneforge ARGV`` on ``nproc`` local processes through torchrun (rendezvous, DDP), each with its
     share of the cores. A failure ends in the failing process's own message (one line for a user's mistake),
-    not torchrun's log lines and traceback."""
+    not torchrun's log lines and traceback. ``nodes``: torchrun's options for several machines (else one)."""
     from tuneforge.threads import launcher_env
 
     torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-    cmd = [torchrun, "--standalone", f"--nproc_per_node={nproc}", "-m", "tuneforge.cli", *argv]
+    where = nodes or ["--standalone"]
+    cmd = [torchrun, *where, f"--nproc_per_node={nproc}", "-m", "tuneforge.cli", *argv]
     env = {**os.environ, **launcher_env(nproc), "TUNEFORGE_LAUNCHED": "1"}
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
     assert proc.stderr is not None
@@ -93,6 +95,29 @@ def _peer_failed(e: BaseException) -> bool:
     return any(s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
 
 
+def _node_options(args) -> list[str] | None:
+    """torchrun's static rendezvous for ``--nnodes N --node-rank K --master HOST:PORT`` (None: one machine).
+    Every machine runs the same command with its own --node-rank; node 0's processes are ranks 0..P-1."""
+    if args.nnodes < 1:
+        raise TuneforgeError(f"--nnodes must be at least 1, got {args.nnodes}.")
+    if args.nnodes == 1:
+        return None
+    if not args.master or not re.fullmatch(r"[^:\s]+:\d+", args.master):
+        raise TuneforgeError(
+            f"--nnodes {args.nnodes} needs --master HOST:PORT, the address of node 0 that every node can reach "
+            f"(e.g. --master 10.0.0.1:29500); got {args.master!r}."
+        )
+    if not 0 <= args.node_rank < args.nnodes:
+        raise TuneforgeError(f"--node-rank must be 0 to {args.nnodes - 1} (this machine's place), got {args.node_rank}.")
+    host, port = args.master.rsplit(":", 1)
+    return [
+        f"--nnodes={args.nnodes}",
+        f"--node_rank={args.node_rank}",
+        f"--master_addr={host}",
+        f"--master_port={port}",
+    ]
+
+
 def cmd_train(args) -> None:
     from tuneforge.recipe import train
 
@@ -105,13 +130,16 @@ def cmd_train(args) -> None:
             True,
             [*overrides, resume],
         )  # `train CFG --resume a.b=1`: an override, not a folder
+    if getattr(args, "from_run", None):  # --from RUN_DIR: update a previous run's model (docs/continual.md)
+        overrides = [*overrides, f"model.from_run={args.from_run}"]
     if args.nproc < 1:
         raise TuneforgeError(f"--nproc must be at least 1, got {args.nproc}.")
-    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+    nodes = _node_options(args)
+    if (args.nproc > 1 or nodes) and "LOCAL_RANK" not in os.environ:
         argv = ["train", *([config] if config else []), *overrides]
         if resume:
             argv += ["--resume"] + ([resume] if isinstance(resume, str) else [])
-        sys.exit(_launch(args.nproc, argv))
+        sys.exit(_launch(args.nproc, argv, nodes))
     run = train(config, overrides, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:
         if (run.path / "eval.json").exists():
@@ -186,9 +214,15 @@ def cmd_predict(args) -> None:
         raise TuneforgeError(
             'predict: give texts (tuneforge predict RUN_DIR "some text"), --file FILE, or - to read standard input.'
         )
+    if args.explain:  # the label and each word's contribution to it (integrated gradients)
+        from tuneforge.serve.explain_cli import print_explanations
+
+        return print_explanations(Run(args.run_dir).explain(texts), as_json=args.json)
     for text, p in zip(texts, Run(args.run_dir).predict(texts)):
         if args.json:
             print(json.dumps({"text": text, **p}))
+        elif "output" in p:  # a text-to-text run (seq2seq)
+            print(f"{p['output']}\t{text}")
         else:
             print(f"{p['label']}\t{p['score']:.3f}\t{text}")
 
@@ -306,6 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--nproc", type=int, default=1, help="data-parallel processes on this machine (DDP through torchrun)"
     )
+    p.add_argument("--nnodes", type=int, default=1, help="machines taking part (each runs this command)")
+    p.add_argument("--node-rank", type=int, default=0, help="this machine's place among --nnodes (0 is the master)")
+    p.add_argument("--master", metavar="HOST:PORT", help="node 0's address and a free port, reachable by every node")
+    p.add_argument(
+        "--from",
+        dest="from_run",
+        metavar="RUN_DIR",
+        help="start from a previous run's tuned model or adapter (sets model.from_run; see continual.*)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run's final model on its test split or a file")
@@ -323,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="a text file, one input per line (- for standard input)")
     p.add_argument(
         "--json", action="store_true", help="print one JSON object per text, with every label's probability"
+    )
+    p.add_argument(
+        "--explain", action="store_true", help="also show each word's contribution to the label (Captum)"
     )
     p.set_defaults(func=cmd_predict)
 
@@ -352,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tuneforge.serve.cli import add_serve_commands
 
     add_serve_commands(sub)  # chat, generate, export
+    from tuneforge.serve.explain_cli import add_explain_command
+
+    add_explain_command(sub)  # explain (integrated gradients)
     from tuneforge.probes import recompute
     from tuneforge.report.cli import add_report_commands
 
@@ -359,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tuneforge.data.cli import add_data_commands
 
     add_data_commands(sub)  # data audit, data prepare
+    from tuneforge.advise.cli import add_advise_commands
+
+    add_advise_commands(sub)  # assess, plan, sweep, probe
     return parser
 
 

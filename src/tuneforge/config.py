@@ -26,8 +26,8 @@ import yaml
 
 from tuneforge.errors import ConfigError
 
-METHODS = ("full", "freeze", "unfreeze", "lora", "dora", "ia3", "prefix", "prompt")
-PEFT_METHODS = ("lora", "dora", "ia3", "prefix", "prompt")
+METHODS = ("full", "freeze", "unfreeze", "lora", "dora", "ia3", "prefix", "prompt", "qlora", "houlsby", "pfeiffer")
+PEFT_METHODS = ("lora", "dora", "ia3", "prefix", "prompt", "qlora", "houlsby", "pfeiffer")  # qlora: LoRA on a 4-bit base (GPU)
 VIRTUAL_TOKEN_METHODS = ("prefix", "prompt")
 DATA_FORMATS = (
     "auto",
@@ -42,6 +42,7 @@ DATA_FORMATS = (
 )
 PREFERENCE_LOSSES = ("sigmoid", "ipo", "hinge", "orpo", "kto")
 GRPO_LOSS_AGGREGATIONS = ("grpo", "bnpo", "dr_grpo", "dapo")
+ZERO_SHOT_PROMPT = "Text: {text}\nQuestion: which label fits this text best: {labels}?\nAnswer:"
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -69,6 +70,16 @@ class ModelConfig:
         None, "Chat template for models without one: a name (chatml) or a Jinja string."
     )
     trust_remote_code: bool = _f(False, "Allow custom model code from a local folder.")
+    seq2seq_warm_start: bool = _f(
+        False,
+        "task seq2seq: build an encoder-decoder from this encoder (BERT-like, e.g. minilm-l6) for both halves, "
+        "with new cross-attention (Rothe et al. 2020); false loads a T5/BART/Marian model as it is.",
+    )
+    from_run: str | None = _f(
+        None,
+        "A previous run folder to start from: its tuned model (or adapter, see continual.adapter) replaces "
+        "model.name; `tuneforge train CONFIG --from RUN_DIR` sets it. See docs/continual.md.",
+    )
     attn_implementation: str = _f(
         "auto",
         "Attention kernel for training: auto (tuneforge's on CPU for sequences up to 1,024 tokens: eager attention "
@@ -127,6 +138,14 @@ class DataConfig:
         "warnings never stop a run.",
     )
     audit: bool = _f(True, "Run the data audit as a pre-flight step.")
+    counterfactual_augmentation: bool = _f(
+        False,
+        "Add, for each training row that mentions a bias-probe term (gender words, first names, "
+        "nationalities), a copy with the terms swapped and the same label or answer.",
+    )
+    counterfactual_terms: str | None = _f(
+        None, "A JSON/YAML file of extra term groups for counterfactual augmentation (shape of bias_terms.json)."
+    )
     near_dup_threshold: float = _f(
         0.8,
         "Audit: word-set Jaccard similarity from which two examples count as near-duplicates (0-1].",
@@ -138,11 +157,15 @@ class DataConfig:
 @dataclass
 class MethodConfig:
     name: str = _f(
-        "full", "What trains: full, freeze, unfreeze, lora, dora, ia3, prefix, prompt.", choices=METHODS
+        "full",
+        "What trains: full, freeze, unfreeze, lora, dora, ia3, prefix, prompt, qlora (GPU), houlsby, pfeiffer.",
+        choices=METHODS,
     )
-    freeze_layers: int | None = _f(
+    freeze_layers: int | str | None = _f(
         None,
-        "freeze: freeze only the lowest N layers (and embeddings); null freezes the whole base.",
+        "freeze: freeze only the lowest N layers (and embeddings); null freezes the whole base; auto picks N "
+        "with a linear probe per layer before training (`tuneforge probe`; classification).",
+        choices=("auto",),
         ge=0,
     )
     unfreeze_every: str | int = _f(
@@ -168,6 +191,12 @@ class MethodConfig:
     )
     target_modules: str | list[str] = _f("all-linear", "lora/dora/ia3: module names to adapt, or all-linear.")
     num_virtual_tokens: int = _f(20, "prefix/prompt: number of virtual tokens.", ge=1)
+    reduction_factor: int = _f(
+        16, "houlsby/pfeiffer: hidden size / bottleneck size of each adapter.", ge=1, why="16 is usual"
+    )
+    non_linearity: str = _f(
+        "relu", "houlsby/pfeiffer: activation inside the adapter.", choices=("relu", "gelu", "silu", "tanh")
+    )
 
 
 @dataclass
@@ -259,6 +288,21 @@ class TrainingConfig:
         True,
         "Print a pre-flight memory estimate and refuse to start a run that would not fit (false: warn only).",
     )
+    distributed: str = _f(
+        "auto",
+        "Several processes: ddp (each holds the whole model), fsdp (FSDP2: weights, gradients and optimizer "
+        "state sharded over the processes) or auto (ddp when the memory estimate fits one process, else fsdp).",
+        choices=("auto", "ddp", "fsdp"),
+    )
+    gradient_checkpointing: bool = _f(
+        False, "Recompute each block's activations in backward (less memory for long sequences, ~1/3 slower)."
+    )
+    liger: bool = _f(False, "Liger's Triton kernels in the model's blocks (CUDA, `pip install liger-kernel`).")
+    report_to: list[str] = _f(
+        [],
+        "Experiment trackers that also receive the config, metrics and final evaluation: any of tensorboard, "
+        "mlflow, trackio, wandb (metrics.jsonl stays the record; each is an extra: pip install 'tuneforge[mlflow]').",
+    )
 
 
 @dataclass
@@ -301,6 +345,38 @@ class EvalConfig:
         None, "A JSON/YAML file of extra term groups for the bias probe (shape of resources/bias_terms.json)."
     )
     bias_max_examples: int = _f(200, "Probe at most this many held-out inputs per term category.", ge=1)
+    explain: int = _f(
+        10,
+        "Classifiers: explain this many test errors (a random sample) and every bias-probe flip (up to 50) with "
+        "integrated gradients in the report (explanations.json; needs the explain extra); 0 switches it off.",
+        ge=0,
+    )
+    generation_metrics: str | bool = _f(
+        "auto",
+        "Text-producing tasks (sft, seq2seq): answer test prompts with the base and the tuned model and score "
+        "the answers (exact match and per-label F1 for short labels, else ROUGE and chrF): auto (up to "
+        "eval.max_generate prompts), true (every test prompt) or false.",
+        choices=("auto",),
+    )
+    max_generate: int = _f(
+        64, "Test prompts answered for the generation metrics when eval.generation_metrics is auto.", ge=1
+    )
+    baselines: str | list[str] = _f(
+        "auto",
+        "Scores without fine-tuning written to baselines.json and shown in the report (was fine-tuning needed?): "
+        "auto (the task's cheap baselines: zero_shot/k_shot with a causal LM, knn/logreg with an encoder, "
+        "logprob_margin/length/bt_probe for preference pairs), none, or a list of those names.",
+        choices=("auto", "none"),
+    )
+    few_shot_k: int = _f(5, "Labelled examples in the k-shot baselines' prompts (stratified over labels).", ge=1)
+    zero_shot_prompt: str = _f(
+        ZERO_SHOT_PROMPT,
+        "Prompt for the zero-/k-shot classification baselines: {text} is the input, {labels} the label names; "
+        "each label is scored as the continuation ' LABEL'.",
+    )
+    baseline_examples: int = _f(
+        500, "Score the baselines on at most this many held-out examples (a seeded sample).", ge=1
+    )
 
 
 @dataclass
@@ -354,6 +430,11 @@ class PreferenceConfig:
     )
     desirable_weight: float = _f(1.0, "kto: loss weight of desirable (label true) rows.", gt=0)
     undesirable_weight: float = _f(1.0, "kto: loss weight of undesirable (label false) rows.", gt=0)
+    packing: bool = _f(
+        True,
+        "dpo: pack a batch's chosen and rejected sequences into fewer rows when that computes less than padding "
+        "them (each still sees only itself; same loss); false pads every row to the longest.",
+    )
     center_rewards: float | None = _f(
         None,
         "reward: weight of a (r_chosen + r_rejected)^2 penalty that keeps rewards near 0; null: none.",
@@ -405,6 +486,52 @@ class GRPOConfig:
     )
 
 
+@dataclass
+class Seq2SeqConfig:
+    source_column: str = _f("source", "Column with the input text (rows without messages).")
+    target_column: str = _f("target", "Column with the output text the model learns to write.")
+    source_prefix: str = _f("", "Text put before every source, e.g. 'summarize: ' for T5.")
+    max_target_length: int = _f(
+        64, "Maximum target tokens; longer targets are truncated (data.max_length caps the source).", ge=1
+    )
+    max_new_tokens: int = _f(64, "Longest generated output, in tokens.", ge=1)
+    num_beams: int = _f(1, "Beam search width for generation (1: greedy).", ge=1)
+    samples: int = _f(5, "Test sources shown with base and tuned outputs in eval.json and the report.", ge=0)
+
+
+@dataclass
+class ContinualConfig:
+    replay: float = _f(
+        0.0,
+        "With model.from_run: mix this fraction of the previous run's training rows (a seeded sample) into the "
+        "training data, so every epoch revisits the old task.",
+        ge=0,
+        le=1,
+    )
+    l2_to_previous: float = _f(
+        0.0, "With model.from_run: strength of an L2 pull toward the previous weights (L2-SP); 0 is off.", ge=0
+    )
+    ewc: float = _f(
+        0.0,
+        "With model.from_run: strength of elastic weight consolidation (Fisher-weighted pull toward the "
+        "previous weights, Fisher estimated on the previous training data); 0 is off.",
+        ge=0,
+    )
+    ewc_samples: int = _f(200, "Previous training rows used to estimate the EWC Fisher diagonal.", ge=1)
+    adapter: str = _f(
+        "continue",
+        "With model.from_run on an adapter run: continue (train the same adapter on) or merge (fold it into "
+        "the base and train a new adapter on the merged model).",
+        choices=("continue", "merge"),
+    )
+    forgetting_threshold: float = _f(
+        0.05,
+        "Warn when the previous run's test score falls by more than this fraction of its value after the update.",
+        gt=0,
+        why="a fraction: 0.05 = 5%",
+    )
+
+
 SECTIONS = {
     "model": ModelConfig,
     "data": DataConfig,
@@ -415,12 +542,14 @@ SECTIONS = {
     "sft": SFTConfig,
     "preference": PreferenceConfig,
     "grpo": GRPOConfig,
+    "continual": ContinualConfig,
+    "seq2seq": Seq2SeqConfig,
 }
 
 
 @dataclass
 class RunConfig:
-    task: str = _f("classification", "classification, sft, reward, dpo or grpo.")
+    task: str = _f("classification", "classification, sft, seq2seq, reward, dpo or grpo.")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -430,6 +559,8 @@ class RunConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    continual: ContinualConfig = field(default_factory=ContinualConfig)
+    seq2seq: Seq2SeqConfig = field(default_factory=Seq2SeqConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -762,6 +893,15 @@ def freeze_layers_needs_freeze(cfg: RunConfig) -> None:
 
 
 @rule
+def bottleneck_options_need_bottleneck(cfg: RunConfig) -> None:
+    """method.reduction_factor and method.non_linearity are changed only with method houlsby or pfeiffer."""
+    m = cfg.method
+    for key, default in (("reduction_factor", 16), ("non_linearity", "relu")):
+        if getattr(m, key) != default and m.name not in ("houlsby", "pfeiffer"):
+            _fail(f"method.{key}", f"method.{key} is used by houlsby/pfeiffer adapters only: remove it.")
+
+
+@rule
 def layer_lr_decay_needs_full_or_unfreeze(cfg: RunConfig) -> None:
     """method.layer_lr_decay differs from 1.0 only with method full or unfreeze."""
     m = cfg.method
@@ -858,10 +998,65 @@ def forgetting_options_need_forgetting(cfg: RunConfig) -> None:
 
 
 @rule
+def report_to_known_trackers(cfg: RunConfig) -> None:
+    """training.report_to names known trackers, each once (whether it is installed is checked at run start)."""
+    known = ("tensorboard", "mlflow", "trackio", "wandb")
+    for name in cfg.training.report_to:
+        if name not in known:
+            _fail(
+                "training.report_to",
+                f"training.report_to: '{name}' is not a tracker tuneforge reports to.{_suggest(name, known)} "
+                f"Choose among {', '.join(known)} (each is an extra: pip install 'tuneforge[NAME]').",
+            )
+    if len(set(cfg.training.report_to)) < len(cfg.training.report_to):
+        _fail("training.report_to", "training.report_to names a tracker twice: list each once.")
+
+
+@rule
 def bias_terms_need_bias(cfg: RunConfig) -> None:
     """eval.bias_terms is set only when eval.bias is on."""
     if not cfg.eval.bias and cfg.eval.bias_terms is not None:
         _fail("eval.bias", "eval.bias_terms is set but eval.bias is false: remove it or set eval.bias=true.")
+
+
+BASELINES = ("zero_shot", "k_shot", "knn", "logreg", "logprob_margin", "length", "bt_probe")
+
+
+@rule
+def known_baselines(cfg: RunConfig) -> None:
+    """eval.baselines is auto, none, or a list of known baseline names."""
+    b = cfg.eval.baselines
+    unknown = [x for x in b if x not in BASELINES] if isinstance(b, list) else []
+    if unknown:
+        _fail(
+            "eval.baselines",
+            f"eval.baselines: unknown baseline(s) {', '.join(unknown)}; choose auto, none, or a list of "
+            f"{', '.join(BASELINES)}.",
+        )
+
+
+@rule
+def continual_needs_from_run(cfg: RunConfig) -> None:
+    """continual.* options are set only with model.from_run (they guard the previous run's task)."""
+    c, default = cfg.continual, ContinualConfig()
+    changed = [f.name for f in dataclasses.fields(c) if getattr(c, f.name) != getattr(default, f.name)]
+    if changed and not cfg.model.from_run:
+        _fail(
+            f"continual.{changed[0]}",
+            f"{', '.join('continual.' + k for k in changed)} set without model.from_run: they update a previous "
+            f"run. Add --from RUN_DIR (or model.from_run: RUN_DIR), or remove them.",
+        )
+
+
+@rule
+def counterfactual_terms_need_augmentation(cfg: RunConfig) -> None:
+    """data.counterfactual_terms is set only with data.counterfactual_augmentation."""
+    if cfg.data.counterfactual_terms is not None and not cfg.data.counterfactual_augmentation:
+        _fail(
+            "data.counterfactual_terms",
+            "data.counterfactual_terms is set but data.counterfactual_augmentation is false: remove it or set "
+            "data.counterfactual_augmentation=true.",
+        )
 
 
 # ---------------------------------------------------------------- loading
@@ -1028,6 +1223,7 @@ RESUMABLE_KEYS = (
     "training.eval_every",
     "training.save_every",
     "training.log_every",
+    "training.report_to",
     "training.keep_checkpoints",
     "training.early_stopping_patience",
     "eval.report",
@@ -1093,7 +1289,8 @@ def describe() -> str:
     for f in dataclasses.fields(RunConfig):
         if f.name in SECTIONS:
             for sf in dataclasses.fields(SECTIONS[f.name]):
-                lines.append(f"| `{f.name}.{sf.name}` | `{_default(sf)}` | {sf.metadata['help']} |")
+                shown = str(_default(sf)).replace("\n", "\\n")  # one table row per key
+                lines.append(f"| `{f.name}.{sf.name}` | `{shown}` | {sf.metadata['help']} |")
         else:
             lines.append(f"| `{f.name}` | `{f.default}` | {f.metadata['help']} |")
     return "\n".join(lines)

@@ -73,6 +73,7 @@ def wanted_probes(cfg, kind: str, probes: frozenset[str]) -> list[str]:
         "bias.json": cfg.eval.bias and "bias" in probes and (lm or kind == "classifier"),
         "forgetting.json": cfg.eval.forgetting and "forgetting" in probes and lm,
         "lm_eval.json": "lm_eval" in probes and lm,
+        "explanations.json": cfg.eval.explain > 0 and kind == "classifier",
     }
     return [name for name, on in wanted.items() if on]
 
@@ -82,23 +83,59 @@ def run_probes(run, task=None, only_missing: bool = False) -> list[str]:
     returns the names written. ``task`` is the built task (from training), or None to build it from the config."""
     cfg, folder = run.config, run.path
     kind, probes = capabilities(cfg.task)
+    write_continual(run, only_missing)  # model.from_run: the previous task's score before/after (continual.json)
     todo = [n for n in wanted_probes(cfg, kind, probes) if not only_missing or not (folder / n).exists()]
-    if not todo:
+    base = cfg.eval.baselines != "none" and not (only_missing and (folder / "baselines.json").exists())
+    if not todo and not base:
         return []
     if task is None:
         from tuneforge.tasks import get_task
 
         task = get_task(cfg.task)(cfg, load_model=False)
-    written = []
+    written = write_baselines(run, task) if base else []  # eval.baselines: scores without fine-tuning
     if "lengths.json" in todo:
         _write(folder / "lengths.json", split_lengths(task))
         written.append("lengths.json")
     if kind == "classifier":
         if "bias.json" in todo:
             written += _classifier_bias(run, task)
-    elif set(todo) - {"lengths.json"}:
+        if "explanations.json" in todo:
+            written += _classifier_explanations(run, task)
+    elif set(todo) - {"lengths.json", "explanations.json"}:
         written += _lm_probes(run, task, todo, kind)
     return written
+
+
+def write_continual(run, only_missing: bool = False) -> list[str]:
+    """continual.json for an update (model.from_run): the previous run's test set, before and after."""
+    if not run.config.model.from_run or (only_missing and (run.path / "continual.json").exists()):
+        return []
+    from tuneforge.run import Run
+    from tuneforge.tasks import get_task
+    from tuneforge.train.continual import old_task_probe
+
+    previous = Run(run.config.model.from_run)
+    result = old_task_probe(previous, run, get_task(previous.config.task), run.config.eval.bootstrap_samples)
+    _write(run.path / "continual.json", result)
+    console.print(f"[bold]continual:[/bold] {result.get('message') or result.get('error')}", highlight=False)
+    return ["continual.json"]
+
+
+def write_baselines(run, task) -> list[str]:
+    """baselines.json: the base model's scores without fine-tuning on the test split (``eval.baselines``)."""
+    from tuneforge.eval.baselines import for_task, headline_value, title
+
+    try:
+        result = for_task(task, run.config, split="test")
+    except Exception as e:  # a baseline never costs the run its other probes
+        log.debug("baselines failed", exc_info=True)
+        console.print(f"[bold yellow]baselines:[/bold yellow] skipped ({type(e).__name__}: {e})", highlight=False)
+        return []
+    _write(run.path / "baselines.json", result)
+    for b in result["baselines"]:
+        metric, value, low, high = headline_value(b)
+        console.print(f"baseline {title(b)}: {metric} {value:.4f} [{low:.4f}, {high:.4f}]", highlight=False)
+    return ["baselines.json"]
 
 
 def recompute(run_dir: str | Path, only_missing: bool = True) -> list[str]:
@@ -116,7 +153,7 @@ def recompute(run_dir: str | Path, only_missing: bool = True) -> list[str]:
             f"`tuneforge report {folder} --no-probes`."
         )
     if not only_missing:
-        for name in PROBE_FILES:
+        for name in (*PROBE_FILES, "baselines.json"):
             (folder / name).unlink(missing_ok=True)
     return run_probes(Run(folder), only_missing=True)
 
@@ -153,6 +190,36 @@ def _held_out_texts(task) -> list[str]:
     from tuneforge.eval.forgetting import example_text
 
     return [example_text(e) for e in task.splits.get("test") or []]
+
+
+def _classifier_explanations(run, task) -> list[str]:
+    """explanations.json: integrated gradients for a sample of test errors and every bias-probe flip."""
+    from tuneforge.eval.bias import load_terms, make_counterfactuals
+    from tuneforge.eval.explain import INSTALL, captum_available, explain_for_report
+
+    if not captum_available():
+        console.print(f"explanations: skipped (Captum is not installed: {INSTALL})", highlight=False)
+        return []
+    cfg, e, t0 = run.config, run.config.eval, time.perf_counter()
+    texts, predict = _held_out_texts(task), classifier_predict_proba(task, run.load_model())
+    terms = load_terms(e.bias_terms) if e.bias else {}  # the flips explained are the bias probe's
+    cfs = make_counterfactuals(texts, terms, e.bias_max_examples, cfg.training.seed)[0] if terms else []
+    result = explain_for_report(
+        run.load_model(),
+        run.load_tokenizer(),
+        texts,
+        [task.labels.index(x.label) for x in task.splits.get("test") or []],
+        predict(texts) if texts else [],
+        task.labels,
+        cfs,
+        predict([c.text for c in cfs]) if cfs else [],
+        e.explain,
+        cfg.data.max_length,
+        cfg.training.seed,
+    )
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    _write(run.path / "explanations.json", result)
+    return ["explanations.json"]
 
 
 def _classifier_bias(run, task) -> list[str]:

@@ -27,13 +27,12 @@ from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.methods import count_parameters, prepare
 from tuneforge.models.save import MODEL_STEP_FILE, model_step
 from tuneforge.run import Run
-from tuneforge.tasks import get_task
 from tuneforge.utils import console, peak_rss_mb, quiet_libraries
 
 log = logging.getLogger(__name__)
 
 # config keys whose "auto" is resolved on this machine at the start of a run (saved resolved in config.yaml)
-AUTO_KEYS = ("training.precision", "training.max_batch_tokens")  # (threads: auto stays auto, it follows the
+AUTO_KEYS = ("training.precision", "training.max_batch_tokens", "method.freeze_layers", "training.distributed")  # (threads: auto stays auto, it follows the
 # other trainings on the machine while it runs)
 
 
@@ -149,6 +148,10 @@ def resolve_resume(
     if config is None or requested is None:  # no config given: the saved one, with the overrides
         requested = as_config(saved.to_dict(), overrides)
     resolved = set(_read_json(run_dir / "run.json").get("resolved_from_auto", []))
+    if requested.model.from_run:  # compared as resolved (model.name, labels), as the saved config is
+        from tuneforge.continual import resolve_from_run
+
+        requested = resolve_from_run(requested)
     check_resume_changes(saved, requested, resolved_keys=resolved)
     for key in resolved:  # "auto" keeps what this run resolved it to
         section, name = key.split(".")
@@ -298,6 +301,9 @@ def preflight_memory(cfg: RunConfig, task, model, accelerator, main: bool = True
         log.warning("memory estimate skipped: %s", e)
         return None  # max_batch_tokens stays as set; the loop takes its fallback for "auto"
     cfg.training.max_batch_tokens = est.batch_tokens  # "auto" resolved from the measured activations
+    from tuneforge.train.distributed import choose_for_estimate
+
+    est = choose_for_estimate(cfg.training, est, accelerator.num_processes, model)  # training.distributed
     if main:
         console.print(f"[bold]memory estimate:[/bold] {est.line()}")
     if not est.fits:
@@ -461,6 +467,7 @@ def _run_recipe(
 
     from tuneforge.train.loop import fit
     from tuneforge.train.runfolder import atomic_write_json
+    from tuneforge.train.trackers import start_trackers
 
     main = accelerator.is_main_process
 
@@ -470,7 +477,10 @@ def _run_recipe(
         console.print(
             f"[bold]tuneforge[/bold] {cfg.task} · model {cfg.model.name} · method {cfg.method.name} · run {run_dir}"
         )
-    task = get_task(cfg.task)(cfg)
+    from tuneforge.continual import after_prepare, build_task, lineage_record, resolve_from_run
+
+    cfg = resolve_from_run(cfg)  # model.from_run: start from a previous run (docs/continual.md)
+    task, update = build_task(cfg, run_dir, resuming)  # + replayed and counterfactual training rows
     check_positions(cfg, task.model)
     audit = preflight_audit(cfg, task, main)
     if main:
@@ -480,10 +490,23 @@ def _run_recipe(
 
         choose_attention(cfg.model.attn_implementation, task.model, max(task.lengths), accelerator.device)
     attention = getattr(getattr(task.model, "config", None), "_attn_implementation", None)
+    freeze_probe = None
+    if cfg.method.freeze_layers == "auto":  # a linear probe per layer picks the blocks to freeze
+        from tuneforge.eval.depth import auto_freeze_layers
+
+        freeze_probe = auto_freeze_layers(task, cfg)
+        if main:
+            console.print(f"depth probe: freezing the lowest {cfg.method.freeze_layers} blocks", highlight=False)
     try:
         prepared = prepare(task.model, cfg.method, cfg.training, head=task.has_head())
+        from tuneforge.train.distributed import setup_blocks
+
+        for applied in setup_blocks(prepared.model, cfg.training, accelerator.device):  # checkpointing, Liger
+            if main:
+                console.print(f"[bold]{applied}:[/bold] on", highlight=False)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    after_prepare(cfg, update, task, prepared, run_dir, resuming)  # a continued adapter; L2-SP/EWC anchor
     if (
         accelerator.mixed_precision == "bf16"
         and cfg.method.name in PEFT_METHODS
@@ -512,10 +535,13 @@ def _run_recipe(
         start = {
             "started": start.get("started") or datetime.now().isoformat(timespec="seconds"),
             "resolved_from_auto": sorted(set(start.get("resolved_from_auto", [])) | set(auto)),
+            "lineage": start.get("lineage") or lineage_record(cfg, update),  # kept as first recorded
         }
         atomic_write_json(
-            run_dir / "run.json", {"status": "running", **start, "metric": metric.name, "pid": os.getpid()}
+            run_dir / "run.json",
+            {"status": "running", **start, "metric": metric.name, "pid": os.getpid(), "memory_estimate": memory},
         )
+    trackers = start_trackers(cfg, run_dir) if main else None  # training.report_to
     accelerator.wait_for_everyone()
 
     # --- train
@@ -550,6 +576,7 @@ def _run_recipe(
             "attention": attention,
             "compiled_blocks": result.compiled_blocks,
             "memory_estimate": memory,
+            **({"freeze_probe": freeze_probe} if freeze_probe else {}),
         }
         atomic_write_json(run_dir / "run.json", summary)
     accelerator.wait_for_everyone()
@@ -562,6 +589,8 @@ def _run_recipe(
         from tuneforge.probes import finish_run
 
         finish_run(run, task)  # bias/forgetting probes (as eval.* enables them) and report.md/report.html
+        if trackers is not None:
+            trackers.finish()  # the final evaluation to the trackers
         summary["finished"] = True
         atomic_write_json(run_dir / "run.json", summary)
     accelerator.wait_for_everyone()

@@ -160,6 +160,9 @@ class Run:
             raise TuneforgeError(
                 f"generate: prompt {empty[0] + 1} of {len(prompts)} is empty; give the prompt text."
             )
+        own = getattr(self.task_class, "generate_for_run", None)  # e.g. seq2seq: its own model and settings
+        if own is not None:
+            return own(self.load_model(), self.load_tokenizer(), self.config, prompts, max_new_tokens, temperature, base)
         s = self.config.sft
         kw = dict(
             max_new_tokens=s.max_new_tokens if max_new_tokens is None else max_new_tokens,
@@ -212,10 +215,13 @@ class Run:
 
     @torch.no_grad()
     def predict(self, texts: str | list[str], max_length: int | None = None) -> list[dict]:
-        """Classify texts: label, its probability, and every label's probability."""
-        self._need("classifier", verb="predict")
+        """Classify texts: label, its probability, and every label's probability (a seq2seq run: {"output"})."""
         if isinstance(texts, str):
             texts = [texts]
+        own = getattr(self.task_class, "predict_for_run", None)  # e.g. seq2seq: the output text
+        if own is not None:
+            return own(self.load_model(), self.load_tokenizer(), self.config, list(texts))
+        self._need("classifier", verb="predict")
         empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
         if empty:
             raise TuneforgeError(
@@ -248,6 +254,30 @@ class Run:
                 }
             )
         return out
+
+    def explain(self, texts=None, prompts=None, responses=None, labels=None, n_steps: int = 50) -> list[dict]:
+        """Integrated-gradients explanations (``tuneforge.eval.explain``): each word's contribution to a classifier's
+        label for ``texts``, or to a language model's log-probability of ``responses`` to ``prompts``."""
+        from tuneforge.eval import explain as ex
+
+        cls, cfg = self.task_class, self.config
+        if cls.kind == "classifier":
+            texts = [texts] if isinstance(texts, str) else list(texts or [])
+            model, tok = self.load_model(), self.load_tokenizer()
+            return ex.explain_classifier(model, tok, texts, labels, cfg.data.max_length, n_steps)
+        self._need("language_model", "policy", verb="explain")
+        if cls.encoder_decoder:
+            raise TuneforgeError(f"{self.path}: explain does not support encoder-decoder (seq2seq) runs yet.")
+        if not prompts:
+            raise TuneforgeError(
+                f"{self.path}: a language model's explanation is of a response to a prompt: give prompts and "
+                'responses (CLI: tuneforge explain RUN --prompt "..." --response "...").'
+            )
+        one = isinstance(prompts, str) or bool(prompts and isinstance(prompts[0], dict))  # a string or a conversation
+        prompts = [prompts] if one else list(prompts or [])
+        responses = [responses] if isinstance(responses, str) else list(responses or [])
+        model, tok = self.load_model(), self.load_tokenizer()
+        return ex.explain_lm(model, tok, prompts, responses, cfg.sft.system_prompt, cfg.data.max_length, n_steps)
 
     def evaluate(self, data: str | None = None, task=None) -> dict:
         """Test metrics of the final model beside the baseline; writes eval.json (or eval-<file>.json)."""

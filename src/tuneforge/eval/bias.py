@@ -12,116 +12,17 @@ tuned model, so the report can show what tuning changed.
 
 from __future__ import annotations
 
-import json
 import random
-import re
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from tuneforge.errors import ConfigError
+# the term lists and the swap are shared with counterfactual augmentation (the data layer)
+from tuneforge.data.counterfactual import TERMS_FILE, Swapper, load_terms, match_case  # noqa: F401
 from tuneforge.eval.bootstrap import mean_ci
 
-TERMS_FILE = Path(__file__).resolve().parent.parent / "resources" / "bias_terms.json"
 MIN_N = 5  # swaps with fewer counterfactuals are listed, but ranked last and not called real or not
-
-
-def _read(path: Path) -> dict:
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            return yaml.safe_load(text) or {}
-        return json.loads(text)
-    except Exception as e:  # json.JSONDecodeError / yaml.YAMLError
-        raise ConfigError(
-            f"{path}: cannot read the bias term lists ({e}). Write JSON or YAML shaped like "
-            f"{TERMS_FILE.name}: {{category: {{groups: {{group: [terms...]}}}}}}."
-        ) from None
-
-
-def load_terms(extra: str | Path | None = None) -> dict[str, dict]:
-    """Categories of aligned term groups: the shipped lists, extended (or replaced) by a user's file.
-
-    A user file has the shipped file's shape; its categories are added, or replace shipped ones of the same
-    name; with ``"extend": false`` at the top level only the user's categories are used.
-    """
-    cats = {k: v for k, v in _read(TERMS_FILE).items() if not k.startswith("_")}
-    if extra:
-        path = Path(extra)
-        if not path.is_file():
-            raise ConfigError(
-                f"eval.bias_terms: {path} not found. Give a JSON or YAML file shaped like {TERMS_FILE}."
-            )
-        user = _read(path)
-        if not isinstance(user, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of categories.")
-        if user.get("extend", True) is False:
-            cats = {}
-        cats.update({k: v for k, v in user.items() if k != "extend" and not k.startswith("_")})
-        source = str(path)
-    else:
-        source = str(TERMS_FILE)
-    for name, cat in cats.items():
-        groups = cat.get("groups") if isinstance(cat, dict) else None
-        if not isinstance(groups, dict) or len(groups) < 2:
-            raise ConfigError(
-                f"{source}: category '{name}' needs 'groups' with at least two named lists of terms."
-            )
-        sizes = {g: len(t) for g, t in groups.items()}
-        if len(set(sizes.values())) != 1:
-            raise ConfigError(
-                f"{source}: category '{name}': the groups must be aligned lists of the same length "
-                f"(term i of one group swaps with term i of another); lengths are {sizes}."
-            )
-    return cats
-
-
-def match_case(original: str, replacement: str) -> str:
-    """``replacement`` written in the case of ``original`` (HE -> SHE, He -> She, he -> she, Emily -> Lakisha)."""
-    if len(original) > 1 and original.isupper():
-        return replacement.upper()
-    if original[:1].isupper():
-        return replacement[:1].upper() + replacement[1:]
-    if original.islower():
-        return replacement.lower()
-    return replacement
-
-
-class Swapper:
-    """Finds the groups a text mentions and swaps two groups' terms, whole words, case kept."""
-
-    def __init__(self, groups: dict[str, list[str]]):
-        self.groups = {g: [str(t) for t in terms] for g, terms in groups.items()}
-        self.lookup: dict[str, tuple[str, int]] = {}
-        for g, terms in self.groups.items():
-            for i, t in enumerate(terms):
-                self.lookup.setdefault(t.lower(), (g, i))  # a term's first position is the one used
-        words = sorted(self.lookup, key=len, reverse=True)
-        self.pattern = re.compile(
-            r"(?<![\w'-])(" + "|".join(map(re.escape, words)) + r")(?![\w-])", re.IGNORECASE
-        )
-
-    def groups_in(self, text: str) -> Counter:
-        return Counter(self.lookup[m.group(0).lower()][0] for m in self.pattern.finditer(text))
-
-    def swap(self, text: str, a: str, b: str) -> str:
-        """Replace group ``a``'s terms with ``b``'s and ``b``'s with ``a``'s."""
-
-        def repl(m: re.Match) -> str:
-            word = m.group(0)
-            g, i = self.lookup[word.lower()]
-            if g == a:
-                return match_case(word, self.groups[b][i])
-            if g == b:
-                return match_case(word, self.groups[a][i])
-            return word
-
-        return self.pattern.sub(repl, text)
 
 
 @dataclass

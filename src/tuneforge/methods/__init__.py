@@ -4,6 +4,8 @@
     freeze    the base is frozen (or only its lowest N layers); the new head trains
     unfreeze  gradual unfreezing (ULMFiT): the head first, then one more layer from the top at a time
     lora/dora/ia3/prefix/prompt   parameter-efficient adapters through PEFT
+    houlsby/pfeiffer  bottleneck adapters, a PEFT method of ours (methods/bottleneck.py)
+    qlora     LoRA on a base stored in 4-bit NF4 (bitsandbytes, CUDA)
 
 Every method returns a ``Prepared`` (the model to train, the parameter groups for the optimizer and
 an optional per-step hook) and the trainable parameter count is always logged.
@@ -16,6 +18,8 @@ from collections.abc import Callable
 from tuneforge.methods.common import Prepared, count_parameters
 from tuneforge.methods.freeze import prepare_freeze, prepare_full, prepare_unfreeze
 from tuneforge.methods.peft_methods import prepare_peft
+from tuneforge.methods.peft_registry import prepare_bottleneck
+from tuneforge.methods.qlora import prepare_qlora
 
 REGISTRY: dict[str, Callable[..., Prepared]] = {
     "full": prepare_full,
@@ -26,6 +30,9 @@ REGISTRY: dict[str, Callable[..., Prepared]] = {
     "ia3": prepare_peft,
     "prefix": prepare_peft,
     "prompt": prepare_peft,
+    "houlsby": prepare_bottleneck,  # bottleneck adapters, a PEFT method of ours (methods/bottleneck.py)
+    "pfeiffer": prepare_bottleneck,
+    "qlora": prepare_qlora,  # LoRA on a 4-bit NF4 base (CUDA + bitsandbytes)
 }
 
 

@@ -45,7 +45,7 @@ def prepare_freeze(model: nn.Module, m, t, head: bool) -> Prepared:
             elif (
                 i is None
             ):  # embeddings and anything before the blocks are frozen; final norms / lm_head train
-                frozen = "embed" in name or "wte" in name or "wpe" in name
+                frozen = "embed" in name or "wte" in name or "wpe" in name or name.endswith("shared.weight")
             else:
                 frozen = i < m.freeze_layers
             p.requires_grad_(not frozen)

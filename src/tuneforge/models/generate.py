@@ -43,7 +43,6 @@ def as_conversation(prompt: str | Sequence[dict], system_prompt: str | None = No
     return messages
 
 
-@torch.no_grad()
 def generate(
     model,
     tokenizer,
@@ -53,11 +52,37 @@ def generate(
     batch_size: int = 8,
     system_prompt: str | None = None,
 ) -> list[str]:
-    """Answer each prompt (a string or a conversation) with the chat template; returns the answers' text."""
+    """Answer each prompt (a string or a conversation) with the chat template; returns the answers' text.
+
+    Runs on the generation engine (continuous batching, ``batch_size`` answers at once; greedy answers equal
+    ``model.generate``'s); a model the engine cannot run (prompt-learning adapters) uses ``model.generate``.
+    Sampling (temperature > 0, top-p 0.95) draws from torch's global generator, so ``torch.manual_seed``
+    makes it reproducible.
+    """
+    from tuneforge.models.engine import Engine, SamplingParams, supports
+
+    texts = [render_prompt(tokenizer, as_conversation(p, system_prompt)) for p in prompts]
+    if supports(model) is not None:
+        return _generate_hf(model, tokenizer, texts, max_new_tokens, temperature, batch_size)
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    params = SamplingParams(
+        max_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=0.95 if temperature > 0 else 1.0,
+        stop_token_ids=stop_ids(tokenizer),
+    )
+    engine = Engine(model, tokenizer, max_batch=max(1, batch_size))
+    return [c[0].text.strip() for c in engine.generate(ids, params)]
+
+
+@torch.no_grad()
+def _generate_hf(
+    model, tokenizer, texts: list[str], max_new_tokens: int, temperature: float, batch_size: int
+):
+    """``model.generate`` in left-padded batches (for models the engine cannot run)."""
     model.eval()
     device = next(model.parameters()).device
     config = generation_config(tokenizer, max_new_tokens, temperature)
-    texts = [render_prompt(tokenizer, as_conversation(p, system_prompt)) for p in prompts]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues from the last position of every row
     answers: list[str] = []

@@ -122,3 +122,15 @@ def add_report_commands(sub: argparse._SubParsersAction, recompute: Recompute | 
     p.add_argument("--out", default=".", help="folder for the comparison files (default: the current folder)")
     p.add_argument("--name", default="compare", help="file name stem (default: compare)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("lineage", help="print the chain of runs that led to a run's model (parents, data hashes)")
+    p.add_argument("run_dir")
+    p.add_argument("--json", action="store_true", help="print the chain as JSON")
+    p.set_defaults(func=cmd_lineage)
+
+
+def cmd_lineage(args) -> None:
+    from tuneforge.report.lineage import format_lineage, read_lineage
+
+    chain = read_lineage(args.run_dir)
+    print(json.dumps(chain, indent=1) if args.json else format_lineage(chain))

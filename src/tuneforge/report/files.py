@@ -15,7 +15,7 @@ from tuneforge.errors import ConfigError, TuneforgeError
 
 log = logging.getLogger(__name__)
 
-PROBE_FILES = ("lengths.json", "bias.json", "forgetting.json", "lm_eval.json")
+PROBE_FILES = ("lengths.json", "bias.json", "forgetting.json", "lm_eval.json", "explanations.json")
 
 # how to get a good copy of each file back (RUN_DIR is replaced by the run folder)
 FIXES = {

@@ -13,7 +13,7 @@ from typing import TextIO
 import torch
 
 from tuneforge.data.chat import render_prompt
-from tuneforge.models.generate import as_conversation, generation_config
+from tuneforge.models.generate import as_conversation, generation_config, stop_ids
 
 HELP = "Type a message and press Enter. /reset starts over, /exit (or Ctrl-D) quits."
 
@@ -26,10 +26,41 @@ def stream_answer(
     temperature: float = 0.0,
     out: TextIO | None = None,
 ) -> str:
-    """Generate the next assistant turn, writing tokens to ``out`` as they are produced; returns the answer."""
-    from transformers import TextIteratorStreamer
+    """Generate the next assistant turn on the generation engine, writing text to ``out`` as it comes; returns
+    the answer."""
+    from tuneforge.models.engine import Delta, Engine, SamplingParams, supports
 
     out = out or sys.stdout
+    if supports(model) is not None:  # prompt-learning adapters: transformers' generate
+        return _stream_hf(model, tokenizer, messages, max_new_tokens, temperature, out)
+    ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+    params = SamplingParams(
+        max_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=0.95 if temperature > 0 else 1.0,
+        stop_token_ids=stop_ids(tokenizer),
+    )
+
+    def show(event: Delta | BaseException) -> None:
+        if isinstance(event, Delta):
+            out.write(event.text)
+            out.flush()
+
+    engine = Engine(model, tokenizer, max_batch=1)
+    handle = engine.submit(ids, params, on_event=show)
+    while not handle.done:
+        engine.step()
+    answer = handle.result()[0].text
+    out.write("\n")
+    return answer.strip()
+
+
+def _stream_hf(
+    model, tokenizer, messages: list[dict], max_new_tokens: int, temperature: float, out: TextIO
+) -> str:
+    """``stream_answer`` with transformers' generate and TextIteratorStreamer."""
+    from transformers import TextIteratorStreamer
+
     device = next(model.parameters()).device
     enc = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False, return_tensors="pt")
     enc = {k: v.to(device) for k, v in enc.items()}

@@ -40,6 +40,11 @@ def cmd_chat(args) -> None:
 
     _check_flags(args)
     run = _run(args.run_dir)
+    if getattr(run.task_class, "generate_for_run", None) is not None:  # seq2seq: one text in, one text out
+        raise TuneforgeError(
+            f"{args.run_dir}: a '{run.config.task}' run turns one text into another and holds no conversation: "
+            f'use `tuneforge generate {args.run_dir} --prompt "..."` (or `tuneforge predict`).'
+        )
     s = run.config.sft
     model, tok = run.load_model(), run.load_tokenizer()
     kw = dict(
@@ -84,9 +89,22 @@ def cmd_export(args) -> None:
     from tuneforge.run import Run
     from tuneforge.serve.export import export
 
+    if args.out.endswith(".gguf"):
+        from tuneforge.serve.gguf import export_gguf
+
+        out = export_gguf(args.run_dir, args.out, quant=args.quant or "f16", overwrite=args.overwrite)
+        console.print(f"exported a merged {args.quant or 'f16'} GGUF file to [bold]{out}[/bold] (llama.cpp, Ollama)")
+        return
+    if args.quant:
+        raise TuneforgeError("export: --quant applies to GGUF files; give an OUT ending in .gguf.")
     out = export(args.run_dir, args.out, merge=args.merge, overwrite=args.overwrite)
     adapter = Run(args.run_dir).is_adapter
-    if args.merge and adapter:
+    if args.merge and adapter and (out / "base").is_dir():  # houlsby/pfeiffer: see methods/bottleneck.py
+        kind = (
+            "PEFT adapter folder with its base model in base/ "
+            "(a houlsby/pfeiffer adapter is non-linear: it cannot be merged)"
+        )
+    elif args.merge and adapter:
         kind = "merged transformers folder"
     elif args.merge:
         kind = "model folder (a full fine-tune has no adapter: --merge had nothing to fold in)"
@@ -117,7 +135,8 @@ def add_serve_commands(sub) -> None:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser(
-        "export", help="write a run's model as a standalone folder (--merge folds an adapter in)"
+        "export",
+        help="write a run's model as a standalone folder (--merge folds an adapter in) or one .gguf file",
     )
     p.add_argument("run_dir")
     p.add_argument("out")
@@ -125,4 +144,13 @@ def add_serve_commands(sub) -> None:
         "--merge", action="store_true", help="merge the LoRA/DoRA/IA3 adapter into the base weights"
     )
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument(
+        "--quant",
+        choices=["f32", "f16", "q8_0"],
+        default=None,
+        help="with OUT.gguf: the weights' type in the GGUF file (default f16)",
+    )
     p.set_defaults(func=cmd_export)
+    from tuneforge.serve.service_cli import add_service_commands
+
+    add_service_commands(sub)  # serve, worker, keys: the fine-tuning service

@@ -17,6 +17,7 @@ from tuneforge.tasks.base import Metric, Task
 TASKS: dict[str, str] = {
     "classification": "tuneforge.tasks.classification:ClassificationTask",
     "sft": "tuneforge.tasks.sft:SFTTask",
+    "seq2seq": "tuneforge.tasks.seq2seq:Seq2SeqTask",
     "reward": "tuneforge.tasks.reward:RewardTask",
     "dpo": "tuneforge.tasks.dpo:PreferenceTask",
     "grpo": "tuneforge.tasks.grpo:GRPOTask",

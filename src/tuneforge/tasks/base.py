@@ -36,8 +36,8 @@ from tuneforge.errors import ConfigError, DataError
 
 EVAL_SCHEMA_VERSION = 1
 KINDS = ("classifier", "language_model", "reward_model", "policy")
-ALL_METHODS = ("full", "freeze", "unfreeze", "lora", "dora", "ia3", "prefix", "prompt")
-OPTIONAL_SECTIONS = ("sft", "preference", "grpo")  # sections only some tasks read
+ALL_METHODS = ("full", "freeze", "unfreeze", "lora", "dora", "ia3", "prefix", "prompt", "houlsby", "pfeiffer")
+OPTIONAL_SECTIONS = ("sft", "preference", "grpo", "seq2seq")  # sections only some tasks read
 PROBES = ("lengths", "bias", "forgetting", "lm_eval", "samples")
 
 
@@ -62,6 +62,7 @@ class Task:
     sections: ClassVar[tuple[str, ...]] = ()  # optional config sections it reads (of OPTIONAL_SECTIONS)
     methods: ClassVar[tuple[str, ...]] = ALL_METHODS
     samples_during_training: ClassVar[bool] = False  # generates inside the step (online RL): no compile
+    encoder_decoder: ClassVar[bool] = False  # trains an encoder-decoder (reads model.seq2seq_warm_start)
 
     # ---- what the training loop reads (set by __init__)
     lengths: list[int]  # tokens of every training example (for grouping and the token cap)
@@ -110,7 +111,13 @@ class Task:
     def check_config(cls, cfg) -> None:
         """Task rules on a config: the metric, the method, the sections it reads. Subclasses add their own."""
         cls.metric(cfg.training.metric)
-        if cfg.method.name not in cls.methods:
+        if cfg.model.seq2seq_warm_start and not cls.encoder_decoder:
+            raise ConfigError(
+                f"model.seq2seq_warm_start builds an encoder-decoder, which task '{cls.name}' does not train: "
+                "remove it, or use task: seq2seq."
+            )
+        qlora = cfg.method.name == "qlora" and "lora" in cls.methods  # LoRA on a 4-bit base: where LoRA is
+        if cfg.method.name not in cls.methods and not qlora:
             raise ConfigError(
                 f"method '{cfg.method.name}' cannot train task '{cls.name}' (a {cls.kind.replace('_', ' ')}): use one "
                 f"of {', '.join(cls.methods)}."

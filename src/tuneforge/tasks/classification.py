@@ -70,7 +70,7 @@ class ClassificationTask(Task):
         Metric("loss", False, "mean cross-entropy"),
     )
     probes = frozenset({"lengths", "bias"})
-    methods = ("full", "freeze", "unfreeze", "lora", "dora", "ia3")
+    methods = ("full", "freeze", "unfreeze", "lora", "dora", "ia3", "houlsby", "pfeiffer")
     data_format = "classification"
 
     def __init__(self, cfg, splits: dict[str, list[Example]] | None = None, load_model: bool = True):

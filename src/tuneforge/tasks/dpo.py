@@ -22,12 +22,23 @@ import time
 
 import torch
 
+from tuneforge.config import VIRTUAL_TOKEN_METHODS
 from tuneforge.data.chat import EncodedChat, encode_prompt_response
 from tuneforge.data.formats import Example
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.tasks.base import Metric, load_splits
 from tuneforge.tasks.lm import LMTask, prompt_text
-from tuneforge.tasks.pairs import Running, is_paired, pad, pairwise_accuracy, read_examples, unpair
+from tuneforge.tasks.pairs import (
+    Running,
+    attention_share,
+    is_paired,
+    pack_padded,
+    pad,
+    pairwise_accuracy,
+    read_examples,
+    unpair,
+)
+from tuneforge.train.lm_loss import response_logps
 from tuneforge.train.losses import dpo_loss, kto_kl_from_step, kto_loss, orpo_loss, token_logps
 
 log = logging.getLogger(__name__)
@@ -111,6 +122,9 @@ class PreferenceTask(LMTask):
         )
         self.paired_eval = paired_eval
         self.running = Running()
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        self._attention_share: float | None | bool = False  # packing's cost model (pairs.attention_share)
+        self.chunked_loss = cfg.sft.fast_loss  # the memory estimate: one chunk of logits at a time
         self._ref_cache: dict[
             str, torch.Tensor
         ] = {}  # split -> reference log-probs of its rows (NaN: not yet)
@@ -221,14 +235,50 @@ class PreferenceTask(LMTask):
         return None
 
     # ---- model side
-    @staticmethod
+    def packs(self, model) -> bool:
+        """Whether a batch's rows are packed (preference.packing): not with virtual tokens (prefix/prompt
+        tuning would share them between the sequences of a row)."""
+        if not self.cfg.preference.packing or self.cfg.method.name in VIRTUAL_TOKEN_METHODS:
+            return False
+        peft_config = getattr(getattr(model, "module", model), "active_peft_config", None)
+        return not (peft_config is not None and peft_config.is_prompt_learning)
+
     def logps(
+        self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed response log-probs (N,) and response token counts (N,) of right-padded rows (N, T).
+
+        The levers, each switchable and tested against the plain path (``plain_logps``):
+        ``preference.packing`` packs the rows into fewer rows when that computes less than padding them
+        (``pairs.pack_padded``); ``sft.fast_loss`` applies the output layer to the response tokens only, chunk by chunk,
+        never holding the (N, T, V) logits (``train.lm_loss.response_logps``).
+        """
+        fast = self.cfg.sft.fast_loss
+        packed = None
+        if self.packs(model):
+            if self._attention_share is False:  # measured once, from the model's blocks
+                self._attention_share = attention_share(model)
+            packed = pack_padded(input_ids, attention_mask, labels, self.pad_id, self._attention_share)
+        if packed is None and not fast:
+            return self.plain_logps(model, input_ids, attention_mask, labels)
+        if packed is None:
+            rows = torch.arange(len(input_ids), device=input_ids.device)[:, None].expand_as(input_ids)
+            packed = {
+                "input_ids": input_ids,
+                "attention_mask": attention_mask,
+                "labels": labels,
+                "segments": rows.masked_fill(attention_mask == 0, -1),
+            }
+        return response_logps(model, packed, len(input_ids), positions_only=fast)
+
+    @staticmethod
+    def plain_logps(
         model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed response log-probs (N,) and response token counts (N,).
+        """The plain path: padded rows, logits of every position from the earliest response token on.
 
         Only the positions from the earliest response token on get logits (``logits_to_keep``): the system
-        prompt and most of each prompt never reach the vocabulary projection, which saves time and memory.
+        prompt and most of each prompt never reach the vocabulary projection.
         """
         width = input_ids.shape[1]
         first = int((labels != IGNORE).float().argmax(1).min())  # earliest response token in the batch

@@ -24,6 +24,7 @@ from tuneforge.data.bundled import resolve
 from tuneforge.data.chat import render_prompt
 from tuneforge.data.formats import SHAPES, Example, _messages, detect_format, to_examples
 from tuneforge.errors import DataError
+from tuneforge.models.engine import Engine, SamplingParams, supports
 from tuneforge.models.generate import generate, stop_ids
 from tuneforge.tasks.base import Metric, load_splits
 from tuneforge.tasks.lm import LMTask, prompt_text
@@ -146,10 +147,7 @@ class GRPOTask(LMTask):
         )  # (B, P), left-padded
         prompt_ids = prompt_ids.repeat_interleave(g.group_size, 0).to(device)  # (N, P), N = B * G
         prompt_mask = prompt_mask.repeat_interleave(g.group_size, 0).to(device)
-        out = raw.generate(
-            input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=self.sampling_config()
-        )
-        completion = out[:, prompt_ids.shape[1] :]  # (N, C)
+        completion = self.rollout(raw, indices, prompt_ids, prompt_mask)  # (N, C)
         mask, stopped = self.completion_mask(completion)  # (N, C), (N,)
         texts = [
             t.strip()
@@ -190,6 +188,34 @@ class GRPOTask(LMTask):
         return roll
 
     # ---- sampling and scoring
+    def rollout(
+        self, raw, indices: list[int], prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``group_size`` sampled completions of each prompt, (N, C) right-padded with the pad token, on the
+        generation engine (continuous batching; seeds drawn from torch's generator, so runs reproduce);
+        ``model.generate`` for a model the engine cannot run (prefix/prompt tuning)."""
+        g, pad_id = self.g, self.tokenizer.pad_token_id
+        if supports(raw) is not None:
+            out = raw.generate(
+                input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=self.sampling_config()
+            )
+            return out[:, prompt_ids.shape[1] :]
+        params = SamplingParams(
+            max_tokens=g.max_new_tokens,
+            temperature=g.temperature,
+            top_p=g.top_p,
+            stop_token_ids=stop_ids(self.tokenizer),
+            n=g.group_size,
+        )
+        prompts = [self.prompt_ids["train"][i] for i in indices]
+        engine = Engine(raw, max_batch=len(prompts) * g.group_size)  # no tokenizer: rewards decode the tokens
+        rows = [c.token_ids for group in engine.generate(prompts, params) for c in group]
+        width = max(len(r) for r in rows)
+        completion = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            completion[i, : len(r)] = torch.tensor(r)
+        return completion.to(prompt_ids.device)
+
     def sampling_config(self):
         from transformers import GenerationConfig
 

@@ -60,7 +60,7 @@ class RewardTask(Task):
         Metric("margin", True, "mean reward of chosen minus rejected"),
     )
     sections = ("preference",)  # center_rewards
-    methods = ("full", "freeze", "unfreeze", "lora", "dora", "ia3")
+    methods = ("full", "freeze", "unfreeze", "lora", "dora", "ia3", "houlsby", "pfeiffer")
     data_format = "preference"
 
     @classmethod

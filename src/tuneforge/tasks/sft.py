@@ -19,6 +19,7 @@ from tuneforge.data.chat import EncodedChat, check_masks, encode_chat, encode_te
 from tuneforge.data.formats import Example, to_examples
 from tuneforge.data.packing import pack, packed_batch, pad_batch, plan_packs
 from tuneforge.errors import DataError
+from tuneforge.eval import textgen
 from tuneforge.eval.perplexity import nll
 from tuneforge.tasks.base import Metric, load_splits
 from tuneforge.tasks.lm import LMTask
@@ -176,17 +177,30 @@ class SFTTask(LMTask):
                 break
         return out
 
+    def answer_count(self) -> int:
+        """Held-out prompts to answer: the samples shown, or (eval.generation_metrics) those scored too."""
+        e, shown = self.cfg.eval, self.cfg.sft.samples
+        if e.generation_metrics is True:
+            return max(shown, len(self.splits.get("test") or []))
+        return max(shown, e.max_generate) if e.generation_metrics == "auto" else shown
+
+    def answer(self, model, convs: list) -> list[str]:
+        """Answers to held-out conversations, for the samples and the generation metrics. One place to switch
+        the generation path (now ``tuneforge.models.generate``'s batched generate, greedy by default)."""
+        return self.generate(model, convs)
+
     def full_evaluation(self, model, split: str = "test", baseline: bool = True) -> dict:
-        """Perplexity of the tuned (and base) model on validation and test, and sample answers side by side."""
+        """Perplexity of the tuned (and base) model on validation and test; answers of both to held-out prompts,
+        scored against the reference answers (``generation``) and a few shown side by side (``samples``)."""
         t0 = time.perf_counter()
         out: dict = {"split": split, "tuned": {}, "baseline": {} if baseline else None}
         for name in ("validation", "test"):
             m = self.evaluate(model, name)
             if m:
                 out["tuned"][name] = m
-        prompts = self.held_out_prompts(split, self.cfg.sft.samples)
+        prompts = self.held_out_prompts(split, self.answer_count())
         convs = [p for p, _ in prompts]
-        tuned_answers = self.generate(model, convs)
+        tuned_answers = self.answer(model, convs)
         base_answers: list[str | None] = [None] * len(convs)
         if baseline:
             with self.reference(model) as base:  # loaded at most once
@@ -194,14 +208,21 @@ class SFTTask(LMTask):
                     m = self.evaluate(base, name)
                     if m:
                         out["baseline"][name] = m
-                base_answers = self.generate(base, convs)
+                base_answers = self.answer(base, convs)
             for name, m in out["tuned"].items():
                 if name in out["baseline"]:
                     b = out["baseline"][name]["perplexity"]
                     m["perplexity_change"] = round((m["perplexity"] - b) / b, 4)
+        if self.cfg.eval.generation_metrics is not False and prompts:
+            out["generation"] = textgen.generation_metrics(
+                [ref for _, ref in prompts],
+                tuned_answers,
+                [b or "" for b in base_answers] if baseline else None,
+                self.cfg.eval.bootstrap_samples,
+            )
         out["samples"] = [
             {"prompt": conv[-1]["content"], "reference": ref, "base": b, "tuned": a}
-            for (conv, ref), a, b in zip(prompts, tuned_answers, base_answers)
+            for (conv, ref), a, b in list(zip(prompts, tuned_answers, base_answers))[: self.cfg.sft.samples]
         ]
         out["seconds"] = round(time.perf_counter() - t0, 2)
         return self.stamp(out)
@@ -215,6 +236,7 @@ class SFTTask(LMTask):
             change = f" ({100 * m['perplexity_change']:+.1f}%)" if "perplexity_change" in m else ""
             base = f"base {b['perplexity']:.3f} -> " if b else ""
             lines.append(f"{name} perplexity (answer tokens): {base}tuned {m['perplexity']:.3f}{change}")
+        lines += textgen.summary_lines(result.get("generation"))
         for s in result.get("samples", [])[:5]:
             lines.append(f"\nprompt:    {s['prompt']}\nreference: {s['reference']}")
             if s.get("base") is not None:

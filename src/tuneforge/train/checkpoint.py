@@ -8,6 +8,11 @@ A checkpoint is a folder ``checkpoints/step-N``::
     trainer_state.json    step, data position, early stopping, best metric ...
     manifest.json         format version, and every file's size and sha256
 
+Under ``training.distributed: fsdp`` (``save_sharded_checkpoint``) ``weights.safetensors`` is replaced by
+``shards/``: ``torch.distributed.checkpoint``'s folder, where every process writes its own shard of the weights
+and of the optimizer state (``state.pt`` then holds the scheduler); the manifest says ``"sharded": true``.
+A sharded checkpoint resumes on any number of processes.
+
 It is written as ``.tmp-step-N``: every file and the folder are fsync'ed, the folder is renamed into
 place and the parent fsync'ed, and only then does ``checkpoints/latest`` move (also atomically). A crash
 at any moment leaves the previous checkpoint whole. On resume :func:`find_resumable` takes the newest
@@ -42,6 +47,8 @@ log = logging.getLogger(__name__)
 FORMAT = 1  # manifest.json "format": bump when the folder layout changes
 MANIFEST = "manifest.json"
 WEIGHTS, STATE, TRAINER_STATE = "weights.safetensors", "state.pt", "trainer_state.json"
+SHARDS = "shards"  # torch.distributed.checkpoint's folder in a sharded checkpoint
+SHARDS_METADATA = f"{SHARDS}/.metadata"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _RNG_FILE = re.compile(r"^rng-(\d+)\.pt$")
 
@@ -315,7 +322,7 @@ def _read_manifest(path: Path) -> tuple[dict | None, str | None]:
         return None, f"{MANIFEST} is damaged ({type(e).__name__})"
     if manifest.get("format") != FORMAT:
         return None, f"{MANIFEST} has format {manifest.get('format')!r}; this tuneforge reads format {FORMAT}"
-    for name in (WEIGHTS, STATE, TRAINER_STATE):
+    for name in (SHARDS_METADATA if manifest.get("sharded") else WEIGHTS, STATE, TRAINER_STATE):
         if name not in files:
             return None, f"{MANIFEST} does not list {name}"
     if not any(_RNG_FILE.match(n) for n in files):
@@ -484,6 +491,7 @@ def load_checkpoint(
             f"checkpoint {path} is damaged ({problem}); delete it to resume from the previous one, "
             f"or start the run again."
         )
+    _check_kind(path, sharded=False)
     try:
         weights = load_file(path / WEIGHTS)
     except Exception as e:  # noqa: BLE001
@@ -524,4 +532,149 @@ def load_checkpoint(
         raise TuneforgeError(
             f"{file}: not an RNG state ({type(e).__name__}: {e}); {_damaged_fix(file)}"
         ) from None
+    return json.loads((path / TRAINER_STATE).read_text())
+
+
+# --- sharded checkpoints (training.distributed: fsdp) ---------------------------------------------------
+
+
+def _check_kind(path: Path, sharded: bool) -> None:
+    """A sharded checkpoint resumes only a sharded run and a whole one only a DDP run: say which to set."""
+    manifest, _ = _read_manifest(path)
+    if manifest is not None and bool(manifest.get("sharded")) != sharded:
+        written, wanted = ("fsdp", "ddp") if manifest.get("sharded") else ("ddp", "fsdp")
+        raise TuneforgeError(
+            f"checkpoint {path} was written by a training.distributed={written} run and this one shards as "
+            f"{wanted}: resume with training.distributed={written}."
+        )
+
+
+def _agree(failure: str | None) -> str | None:
+    """The first failure any process had (None when none): every process takes the same decision."""
+    import torch.distributed as dist
+
+    every: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, failure)
+    return next((f for f in every if f), None)
+
+
+def save_sharded_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    trainer_state: dict[str, Any],
+    keep: int = 2,
+    rng_states: list[dict[str, Any]] | None = None,
+) -> Path:
+    """Write ``checkpoints/step-<step>`` of an FSDP run: every process writes its shard of the weights and the
+    optimizer state into ``.tmp-step-N/shards`` (``torch.distributed.checkpoint``, fsync'ed), then rank 0
+    writes the rest, checksums every file into the manifest and renames the folder into place, as
+    :func:`save_checkpoint` does. Every process calls it; every process raises the same TuneforgeError when
+    any one failed (a full disk on one node stops them all, none waits forever). The run folder must be on a
+    file system every process sees."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    from tuneforge.train.distributed import sharded_state
+
+    main = dist.get_rank() == 0
+    root = Path(run_dir) / "checkpoints"
+    final, tmp = root / f"step-{step}", root / f".tmp-step-{step}"
+    state = sharded_state(model, optimizer)
+    failure = None
+    if main:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            for stale in root.glob(".tmp-*"):  # unfinished writes of a run killed while saving
+                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+            tmp.mkdir()
+        except OSError as e:
+            failure = str(_disk_full_error(root, step, 0) if _is_disk_full(e) else e)
+    failure = _agree(failure)
+    if failure is None:
+        try:
+            dcp.save(state, checkpoint_id=tmp / SHARDS)  # every process its shard; rank 0 the metadata
+        except Exception as e:  # noqa: BLE001 - DCP raises on every rank when one failed
+            failure = str(_disk_full_error(root, step, 0)) if _is_disk_full(e) else f"{type(e).__name__}: {e}"
+        failure = _agree(failure)
+    if failure is None and main:
+        try:
+            torch.save({"optimizer": None, "scheduler": _scheduler_state(scheduler)}, tmp / STATE)
+            for rank, rng in enumerate(rng_states if rng_states is not None else [rng_state()]):
+                torch.save(rng, tmp / f"rng-{rank}.pt")
+            _write_text(tmp / TRAINER_STATE, json.dumps(trainer_state, indent=1))
+            files = {
+                p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": _sha256_and_fsync(p)}
+                for p in sorted(tmp.rglob("*"))
+                if p.is_file()
+            }
+            manifest = {"format": FORMAT, "step": step, "sharded": True, "processes": dist.get_world_size()}
+            _write_text(tmp / MANIFEST, json.dumps({**manifest, "files": files}, indent=1))
+            fsync_dir(tmp / SHARDS)
+            fsync_dir(tmp)
+            if final.exists():
+                old = root / f".tmp-old-step-{step}"
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+            fsync_dir(root)
+            atomic_write_text(root / "latest", final.name)
+            _prune(root, step, keep)
+        except Exception as e:  # noqa: BLE001
+            failure = str(_disk_full_error(root, step, 0)) if _is_disk_full(e) else f"{type(e).__name__}: {e}"
+    failure = _agree(failure)
+    if failure is not None:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise TuneforgeError(failure if "no space left" in failure else f"checkpoint step-{step}: {failure}")
+    return final
+
+
+def load_sharded_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer, scheduler, rank: int = 0, world_size: int | None = None
+) -> dict[str, Any]:
+    """Verify a sharded checkpoint and restore this process's shards of the weights and optimizer state (any
+    number of processes: torch.distributed.checkpoint reshards), the scheduler and this rank's RNG states;
+    returns the trainer state. Every process calls it."""
+    import torch.distributed.checkpoint as dcp
+
+    from tuneforge.train.distributed import load_sharded_state, sharded_state
+
+    path = Path(path)
+    problem = verify_checkpoint(path)
+    if problem:
+        raise TuneforgeError(
+            f"checkpoint {path} is damaged ({problem}); delete it to resume from the previous one, "
+            f"or start the run again."
+        )
+    _check_kind(path, sharded=True)
+    state = sharded_state(model, optimizer)  # the structure to read into, already sharded as this run is
+    try:
+        dcp.load(state, checkpoint_id=path / SHARDS)
+        load_sharded_state(model, optimizer, state)
+    except Exception as e:  # noqa: BLE001
+        raise TuneforgeError(
+            f"{path / SHARDS}: the sharded weights do not fit this run ({type(e).__name__}: {str(e)[:300]}); "
+            f"the model or method changed since the checkpoint. Resume with the run's own config.yaml."
+        ) from None
+    plain = _load_plain(path / STATE)
+    try:
+        scheduler.load_state_dict(plain["scheduler"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise TuneforgeError(
+            f"{path / STATE}: not a scheduler state ({e}); {_damaged_fix(path / STATE)}"
+        ) from None
+    ranks = sorted(int(m.group(1)) for p in path.iterdir() if (m := _RNG_FILE.match(p.name)))
+    if world_size is not None and world_size != len(ranks):
+        log.warning(
+            "%s was written by %d processes, now %d: data order will differ",
+            path.name,
+            len(ranks),
+            world_size,
+        )
+    set_rng_state(_load_plain(path / f"rng-{rank if rank in ranks else 0}.pt"))
     return json.loads((path / TRAINER_STATE).read_text())

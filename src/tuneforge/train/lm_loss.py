@@ -141,6 +141,8 @@ def _body_and_head(model: torch.nn.Module):
     """(transformer body, output layer) of a plain or LoRA/DoRA/IA3-wrapped causal LM, or None."""
     if hasattr(model, "module"):  # DDP / FSDP wrapper: gradients sync only through its own forward
         return None
+    if type(model).__name__.startswith("FSDP"):  # FSDP2 (train/distributed.py): the root gathers in forward
+        return None
     peft_config = getattr(model, "active_peft_config", None)
     if peft_config is not None and peft_config.is_prompt_learning:
         return None
@@ -180,3 +182,119 @@ def lm_loss(
     if extra:
         logits = logits[:, extra:]
     return token_nll(logits, batch["labels"])
+
+
+# ---- per-token log-probabilities (preference losses: DPO, IPO, ORPO, KTO)
+
+
+class LinearTokenLogps(torch.autograd.Function):
+    """Log-probability of each target under ``softmax(hidden @ weight.T)``, never holding all the logits.
+
+    Like ``LinearCrossEntropy`` but per row (a preference loss weighs each sequence's tokens by its own
+    gradient). When only the hidden states need a gradient (adapters: the output layer is frozen), the
+    forward pass stores ``d logp_i / d h_i`` (N, H) chunk by chunk and the backward pass scales each row
+    by its incoming gradient: the plain path's matmuls, none of its (N, V) float32 tensors. When the
+    weight trains too, its gradient depends on every row's incoming gradient, so the backward pass
+    recomputes each chunk's logits from the saved log-sum-exp instead (one more matmul per chunk).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk):
+        kind = hidden.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else hidden.dtype
+        precompute = ctx.needs_input_grad[0] and not ctx.needs_input_grad[1]
+        with torch.autocast(kind, enabled=False):
+            h, w = hidden.to(dtype), weight.to(dtype)
+            out = torch.empty(h.shape[0], dtype=torch.float32, device=hidden.device)  # (N,)
+            lse = torch.empty_like(out)  # (N,)
+            grad_h = torch.empty_like(hidden) if precompute else None  # (N, H): d logp_i / d h_i
+            for start in range(0, h.shape[0], chunk):
+                hc, tc = h[start : start + chunk], targets[start : start + chunk]
+                logits = (hc @ w.T).float()  # (c, V)
+                picked = logits.gather(1, tc[:, None]).squeeze(1)
+                top = logits.amax(dim=-1, keepdim=True)
+                probs = logits.sub_(top).exp_()  # in place: unnormalised softmax
+                total = probs.sum(dim=-1, keepdim=True)
+                norm = (total.log() + top).squeeze(1)  # (c,) log-sum-exp
+                out[start : start + chunk] = picked - norm
+                lse[start : start + chunk] = norm
+                if grad_h is not None:
+                    probs.div_(total)
+                    probs[torch.arange(len(tc), device=probs.device), tc] -= 1.0  # softmax - one-hot
+                    grad_h[start : start + chunk] = (probs.to(dtype) @ w).neg_()
+        ctx.dtype, ctx.chunk, ctx.weight_dtype = dtype, chunk, weight.dtype
+        if precompute:
+            ctx.save_for_backward(grad_h)
+        else:
+            ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.precompute = precompute
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # grad_out (N,)
+        if ctx.precompute:
+            (grad_h,) = ctx.saved_tensors
+            return grad_h * grad_out[:, None].to(grad_h.dtype), None, None, None
+        hidden, weight, targets, lse = ctx.saved_tensors
+        kind, dtype, chunk = hidden.device.type, ctx.dtype, ctx.chunk
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        with torch.autocast(kind, enabled=False):
+            h, w = hidden.to(dtype), weight.to(dtype)
+            for start in range(0, h.shape[0], chunk):
+                hc, tc = h[start : start + chunk], targets[start : start + chunk]
+                probs = ((hc @ w.T).float() - lse[start : start + chunk, None]).exp_()  # (c, V) softmax
+                probs[torch.arange(len(tc), device=probs.device), tc] -= 1.0
+                g = (probs * -grad_out[start : start + chunk, None].float()).to(dtype)  # d loss / d logits
+                if grad_h is not None:
+                    grad_h[start : start + chunk] = g @ w
+                if grad_w is not None:
+                    grad_w += (g.T @ hc).float()
+        return grad_h, None if grad_w is None else grad_w.to(ctx.weight_dtype), None, None
+
+
+def linear_token_logps(
+    hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, chunk: int | None = None
+) -> torch.Tensor:
+    """Log-probability (N,) float32 of each target under ``head(hidden)``; ``hidden`` (N, H), ``targets`` (N,)."""
+    if getattr(head, "bias", None) is not None:  # rare for output layers: the plain path
+        logits = head(hidden).float()  # (N, V)
+        return logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+    weight = head.weight
+    chunk = chunk or ce_chunk_rows(weight.shape[0])
+    if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
+        with torch.no_grad():  # reference and evaluation passes: forward only
+            return LinearTokenLogps.apply(hidden, weight, targets, chunk)
+    return LinearTokenLogps.apply(hidden, weight, targets, chunk)
+
+
+def response_logps(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], rows: int, positions_only: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs (rows,) and loss-token counts (rows,) of the sequences in a padded or packed batch.
+
+    ``batch["segments"]`` (B, T) names the sequence (0 .. rows-1) each token belongs to, -1 on padding,
+    so one row may hold several sequences (``tasks/pairs.pack_padded``). With ``positions_only`` the
+    output layer sees only the loss positions (``linear_token_logps``); otherwise full logits, as the
+    plain path, which is also the fallback where ``lm_loss``'s fast path cannot apply.
+    """
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
+    labels = batch["labels"]
+    targets = labels[:, 1:]  # (B, T-1)
+    keep = targets != IGNORE  # (B, T-1)
+    seg = batch["segments"][:, 1:][keep]  # (N,) the sequence of each loss token
+    parts = _body_and_head(model) if positions_only else None
+    if parts is not None:
+        body, head = parts
+        hidden = body(**inputs, use_cache=False).last_hidden_state  # (B, T, H)
+        lp = linear_token_logps(hidden[:, :-1][keep], head, targets[keep])  # (N,)
+    else:  # logits from the earliest loss position on only (prompt tuning adds virtual positions before)
+        first = int(keep.float().argmax(1).min())  # the earliest position that predicts a target
+        width = labels.shape[1] - first  # positions first .. T-1 predict every target
+        logits = model(**inputs, use_cache=False, logits_to_keep=width).logits[:, -width:]  # (B, W, V)
+        picked = logits[:, :-1][keep[:, first:]].float()  # (N, V)
+        lp = picked.gather(1, targets[keep][:, None]).squeeze(1) - torch.logsumexp(picked, dim=-1)
+    sums = torch.zeros(rows, dtype=torch.float32, device=lp.device).index_add(0, seg, lp)
+    counts = torch.zeros(rows, dtype=torch.long, device=lp.device).index_add(0, seg, torch.ones_like(seg))
+    return sums, counts

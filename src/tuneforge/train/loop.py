@@ -1,4 +1,4 @@
-"""The training loop: ours, short and visible, on accelerate (devices, mixed precision, DDP).
+"""The training loop: ours, short and visible, on accelerate (devices, mixed precision, DDP) or FSDP2.
 
 A task (``tasks.base.Task``) supplies the examples, ``collate`` (indices -> batch), ``loss`` (model, batch ->
 summed loss and the number of items it sums over) and ``evaluate``. Each micro-batch's summed loss is
@@ -7,7 +7,10 @@ accumulation is exactly a larger batch, for examples and for tokens alike.
 
 ``fit`` is the step, top to bottom; logging, evaluation with early stopping, and checkpoints are the helpers
 below it. With several processes every decision (early stopping, a stop signal) is taken once and shared,
-logged figures are sums over all processes, and each process's RNG state is saved.
+logged figures are sums over all processes, and each process's RNG state is saved. Under
+``training.distributed: fsdp`` (``train/distributed.py``) the model is sharded before the optimizer is built,
+every process runs validation (the forward gathers each block from all of them), checkpoints are sharded and
+the final weights are gathered onto rank 0 for saving.
 """
 
 from __future__ import annotations
@@ -26,8 +29,23 @@ from tuneforge.data.batching import StepSampler
 from tuneforge.errors import TuneforgeError
 from tuneforge.models.save import MODEL_STEP_FILE
 from tuneforge.threads import rebalance
-from tuneforge.train.checkpoint import find_resumable, load_checkpoint, rng_state, save_checkpoint
+from tuneforge.train.checkpoint import (
+    find_resumable,
+    load_checkpoint,
+    load_sharded_checkpoint,
+    rng_state,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
 from tuneforge.train.compile import compile_blocks, compile_settings, should_compile
+from tuneforge.train.distributed import (
+    gathered,
+    grad_norm_value,
+    names_by_id,
+    regroup,
+    shard_model,
+    unshard_for_saving,
+)
 from tuneforge.train.early_stopping import EarlyStopping
 from tuneforge.train.memory import FALLBACK_BATCH_TOKENS
 from tuneforge.train.optim import build_optimizer, build_scheduler, warmup_steps
@@ -76,10 +94,7 @@ def fit(task, prepared, cfg, run_dir: Path, accelerator, resume: bool = False, m
         max_batch_tokens=FALLBACK_BATCH_TOKENS if t.max_batch_tokens == "auto" else t.max_batch_tokens,
     )
     total = sampler.total_steps(t.epochs, t.max_steps)
-    optimizer = build_optimizer(prepared.param_groups, t.lr)
-    scheduler = build_scheduler(
-        optimizer, t.scheduler, warmup_steps(total, t.warmup_ratio, t.warmup_steps), total
-    )
+    fsdp = accelerator.num_processes > 1 and getattr(t, "distributed", "ddp") == "fsdp"
     with compile_settings():
         compiled = 0
         if should_compile(t.compile, prepared.model, total, accelerator.device, task.samples_during_training):
@@ -89,7 +104,19 @@ def fit(task, prepared, cfg, run_dir: Path, accelerator, resume: bool = False, m
                     f"[bold]torch.compile:[/bold] {compiled} transformer blocks, one shared graph (the first "
                     f"compiled run of a model spends longer in its first steps; kernels are cached for later runs)"
                 )
-        model, optimizer = accelerator.prepare(prepared.model, optimizer)
+        groups = prepared.param_groups
+        if fsdp:  # parameters become DTensor shards: the optimizer is built on them
+            before = names_by_id(prepared.model)
+            shard_model(prepared.model, t.precision, accelerator.device)
+            groups = regroup(groups, before, prepared.model)
+        optimizer = build_optimizer(groups, t.lr)
+        scheduler = build_scheduler(
+            optimizer, t.scheduler, warmup_steps(total, t.warmup_ratio, t.warmup_steps), total
+        )
+        if fsdp:  # the optimizer still passes through accelerate (its wrapper), the model is FSDP's own
+            model, optimizer = prepared.model, accelerator.prepare_optimizer(optimizer)
+        else:
+            model, optimizer = accelerator.prepare(prepared.model, optimizer)
         if accelerator.num_processes > 1:
             # Each process its own random stream (seed + rank), as one process draws fresh dropout masks and
             # samples for every micro-batch; the weights stay identical (DDP copied rank 0's in prepare).
@@ -102,6 +129,8 @@ def fit(task, prepared, cfg, run_dir: Path, accelerator, resume: bool = False, m
         if resume:
             loop.restore()
         loop.run()
+        if fsdp:  # rank 0's model holds the gathered weights from now on: it is saved, never trained again
+            unshard_for_saving(model)
     return FitResult(
         loop.state["step"],
         loop.stopper.best_step,
@@ -145,6 +174,7 @@ class _Loop:
             metric,
         )
         self.main = accelerator.is_main_process
+        self.fsdp = accelerator.num_processes > 1 and getattr(self.t, "distributed", "ddp") == "fsdp"
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
         self.stopper = EarlyStopping(self.t.early_stopping_patience, metric.greater_is_better)
         self.state: dict[str, Any] = {"step": 0, "examples": 0, "tokens": 0, "seconds": 0.0}
@@ -182,7 +212,8 @@ class _Loop:
                     note = rebalance()  # training.threads: auto follows the other trainings on these cores
                     if note and self.main:
                         bar.note(note)
-                    sync = nullcontext() if k == len(micro) - 1 else acc.no_sync(self.model)
+                    last = k == len(micro) - 1  # FSDP reduce-scatters every micro-batch: its shards add up
+                    sync = nullcontext() if last or self.fsdp else acc.no_sync(self.model)
                     with sync:
                         batch = task.collate(idx)
                         _count_padding(self.window, batch)
@@ -190,10 +221,16 @@ class _Loop:
                         with acc.autocast():
                             loss_sum, _ = task.loss(self.model, batch)
                         # DDP averages gradients over processes, so scale by their number
-                        acc.backward(loss_sum * (world / max(n_items, 1e-12)))
+                        scaled = loss_sum * (world / max(n_items, 1e-12))
+                        if (pull := self.prepared.info.get("continual_penalty")) is not None:
+                            scaled = scaled + pull(self.raw) / len(micro)  # L2-SP/EWC, once per step
+                        acc.backward(scaled)
                     self.window["loss"] += loss_sum.detach().float().item()
                 grad_norm = None
-                if t.max_grad_norm is not None:
+                if t.max_grad_norm is not None and self.fsdp:  # the norm over every shard (a DTensor)
+                    norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
+                    grad_norm = grad_norm_value(norm)
+                elif t.max_grad_norm is not None:
                     grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm))
                 self.optimizer.step()
                 self.scheduler.step()
@@ -289,11 +326,12 @@ class _Loop:
         self.window = self._new_window()
 
     def _evaluate(self, step: int, bar) -> None:
-        """Validation on the main process (the others wait); the metrics, and so the early-stopping decision,
-        are shared with every process."""
+        """Validation on the main process (the others wait; under FSDP every process runs it, each forward
+        gathers the blocks from all); the metrics, and so the early-stopping decision, are shared with every
+        process."""
         started = time.perf_counter()
         metrics = None
-        if self.main:
+        if self.main or self.fsdp:
             with self.acc.autocast():  # the precision training runs in (adapter runs may hold a bf16 base)
                 metrics = self.task.evaluate(self.raw, "validation")
         if self.acc.num_processes > 1:
@@ -324,8 +362,14 @@ class _Loop:
                 f"step {step}: validation "
                 + " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
             )
-            if improved:  # the folder records its step, so finishing knows which model it holds
+            if improved and not self.fsdp:  # the folder records its step, so finishing knows its model
                 self.task.save_model(self.raw, self.run_dir / "best", notes={MODEL_STEP_FILE: {"step": step}})
+        if improved and self.fsdp:  # every process gathers its shards, rank 0 writes the usual folder
+            with gathered(self.raw) as plain:
+                if self.main:
+                    self.task.save_model(
+                        plain, self.run_dir / "best", notes={MODEL_STEP_FILE: {"step": step}}
+                    )
         if self.stopper.should_stop:
             self.stopped_early = True
             bar.note(
@@ -349,6 +393,19 @@ class _Loop:
 
             states = gather_object(states)
         self.acc.wait_for_everyone()
+        if self.fsdp:  # every process writes its shard; a failure anywhere raises everywhere
+            state = {**self.state, "early_stopping": self.stopper.state_dict()}
+            save_sharded_checkpoint(
+                self.run_dir,
+                step,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                state,
+                self.t.keep_checkpoints,
+                rng_states=states,
+            )
+            return
         failure = None
         if self.main:
             weights = {
@@ -391,7 +448,7 @@ class _Loop:
         for warning in found.warnings:
             if self.main:
                 console.print(f"[bold yellow]warning:[/bold yellow] {warning}", highlight=False)
-        self.state = load_checkpoint(
+        self.state = (load_sharded_checkpoint if self.fsdp else load_checkpoint)(
             found.path,
             self.raw,
             self.optimizer,

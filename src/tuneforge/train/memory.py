@@ -7,7 +7,13 @@ bytes are ``a + b*T + c*T^2`` (``c`` is non-zero where attention keeps its T x T
 three lengths fix the curve and the run's largest micro-batch follows from it. Weights, gradients
 and the AdamW moments are counted from the parameters; the output layer's float32 logits (plus their
 log-softmax and gradient) are added for language-model tasks. On a CPU the process's resident memory
-now (Python, libraries, the loaded weights) is the starting point; on a GPU the weights are.
+now (Python, libraries, the loaded weights) is the starting point; on a GPU the weights are, plus the CUDA
+context (the driver's memory outside PyTorch's allocator, measured where a context exists) and the caching
+allocator's reserve (blocks it holds beyond the live tensors: ``CUDA_ALLOCATOR_RESERVE`` of them).
+
+Under FSDP (``shards`` > 1) each process holds 1/N of the weights, gradients and optimizer state, plus the
+gathered weights of the two blocks in flight; activations are per process as under DDP. Gradient
+checkpointing, when the model has it switched on, is measured by the probe itself (it stores block inputs).
 """
 
 from __future__ import annotations
@@ -36,13 +42,20 @@ class MemoryEstimate:
     batch_tokens: int | None  # the token cap per micro-batch the run uses (max_batch_tokens resolved)
     available: int | None  # bytes this run may use (CPU: available RAM; GPU: device memory)
     processes: int = 1  # processes sharing this machine's RAM (DDP on CPU)
+    shards: int = 1  # FSDP: processes the weights, gradients and optimizer state are sharded over
+    block: int = 0  # FSDP: bytes of the largest transformer block (gathered whole while it runs)
+
+    @property
+    def per_process(self) -> int:
+        """Bytes one process needs (its shard of the model state under FSDP)."""
+        state = self.weights + self.gradients + self.optimizer
+        if self.shards > 1:
+            state = state // self.shards + 2 * self.block  # this block and the next one's prefetch
+        return state + self.activations + self.logits + self.runtime
 
     @property
     def total(self) -> int:
-        per_process = (
-            self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.runtime
-        )
-        return per_process * self.processes
+        return self.per_process * self.processes
 
     @property
     def fits(self) -> bool:
@@ -70,6 +83,8 @@ class MemoryEstimate:
         parts.append(f"runtime {self.runtime / GB:.2f}")
         avail = f" of {self.available / GB:.1f} GB available" if self.available else ""
         procs = f" ({self.processes} processes)" if self.processes > 1 else ""
+        if self.shards > 1:
+            procs += f", weights/gradients/optimizer sharded over {self.shards} (FSDP)"
         return f"~{self.total / GB:.2f} GB peak{procs}{avail}: " + ", ".join(parts) + " (GB)"
 
 
@@ -135,6 +150,8 @@ def activation_curve(
     for t in lengths:
         ids = torch.randint(3, max(4, vocab - 1), (1, t), generator=g).to(device)
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if getattr(config, "is_encoder_decoder", False):  # seq2seq: a target as long as the source
+            inputs["decoder_input_ids"] = ids
         if body is not model:
             inputs["use_cache"] = False
         ys.append(saved_bytes(body, inputs, autocast))
@@ -261,7 +278,7 @@ def estimate(
             # float32 logits of every position, their log-softmax and their gradient
             logits = n * length * vocab * 4 * 3
     if device.type == "cuda":
-        runtime = 512 * 2**20  # CUDA context and allocator slack
+        runtime = cuda_runtime_bytes(device, weights + gradients + optimizer + activations + logits)
     else:
         runtime = max(0, current_rss() - weights)
     return MemoryEstimate(
@@ -277,6 +294,33 @@ def estimate(
         available=available_bytes(device),
         processes=processes if device.type == "cpu" else 1,
     )
+
+
+CUDA_CONTEXT_DEFAULT = 600 * 2**20  # a CUDA context with cuBLAS/cuDNN loaded, before one is created
+CUDA_ALLOCATOR_RESERVE = 0.10  # the caching allocator's cached-but-free blocks, as a share of live tensors
+
+
+def cuda_runtime_bytes(device: torch.device, tensor_bytes: int) -> int:
+    """Memory a GPU run needs besides its tensors: the CUDA context (measured as the device's used memory
+    outside PyTorch's allocator when this process has a context, else ``CUDA_CONTEXT_DEFAULT``) and the
+    caching allocator's reserve (``CUDA_ALLOCATOR_RESERVE`` of the live tensors)."""
+    context = CUDA_CONTEXT_DEFAULT
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        free, total = torch.cuda.mem_get_info(device)
+        outside = total - free - torch.cuda.memory_reserved(device)  # context (and other processes' use)
+        context = max(context // 2, outside)
+    return int(context + CUDA_ALLOCATOR_RESERVE * tensor_bytes)
+
+
+def largest_block_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the largest transformer block's parameters (FSDP gathers one block whole at a time)."""
+    from tuneforge.methods.common import find_layers
+
+    try:
+        _, layers = find_layers(model)
+    except ValueError:
+        return 0
+    return max(sum(p.numel() * p.element_size() for p in block.parameters()) for block in layers)
 
 
 def too_big_message(est: MemoryEstimate, cfg) -> str:

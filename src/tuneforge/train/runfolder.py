@@ -138,6 +138,21 @@ def new_run_dir(root: Path, prefix: str) -> Path:
 # --- metrics.jsonl --------------------------------------------------------------------------------------
 
 
+_LISTENERS: dict[Path, list] = {}  # metrics.jsonl path -> callables that receive every appended record
+
+
+def add_metrics_listener(path: Path, fn) -> None:
+    """Call ``fn(record)`` after each record appended to the metrics.jsonl at ``path`` (in this process)."""
+    _LISTENERS.setdefault(Path(path).resolve(), []).append(fn)
+
+
+def remove_metrics_listener(path: Path, fn) -> None:
+    """Stop calling ``fn`` for ``path`` (no error when it is not registered)."""
+    fns = _LISTENERS.get(Path(path).resolve(), [])
+    if fn in fns:
+        fns.remove(fn)
+
+
 class MetricsLog:
     """``metrics.jsonl``: one JSON record per line, appended as training goes."""
 
@@ -158,6 +173,8 @@ class MetricsLog:
                     fh.truncate(keep)
             fh.write((json.dumps(record) + "\n").encode())
             fh.flush()
+        for listener in _LISTENERS.get(self.path.resolve(), ()):
+            listener(record)  # the experiment trackers (train/trackers.py) see each record once it is on disk
 
     def read(self) -> list[dict[str, Any]]:
         """Every record. A garbled last line (a write cut short) is dropped with a warning; a garbled line

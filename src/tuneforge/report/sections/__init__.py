@@ -8,7 +8,18 @@ from dataclasses import dataclass
 
 from tuneforge.report.files import RunFiles
 from tuneforge.report.render import Doc
-from tuneforge.report.sections import base_vs_tuned, bias, cost, curves, data, forgetting
+from tuneforge.report.sections import (
+    base_vs_tuned,
+    baselines,
+    bias,
+    continual,
+    cost,
+    curves,
+    data,
+    explanations,
+    forgetting,
+    generation,
+)
 
 
 @dataclass(frozen=True)
@@ -21,9 +32,13 @@ class Section:
 
 SECTIONS = [
     Section("base_vs_tuned", base_vs_tuned.build, ("eval.json", "lm_eval.json")),
+    Section("baselines", baselines.build, ("baselines.json", "eval.json")),  # was fine-tuning needed?
+    Section("generation", generation.build, ("eval.json",)),
     Section("curves", curves.build, ("metrics.jsonl", "run.json"), lambda o: o["verdict"]["message"]),
     Section("forgetting", forgetting.build, ("forgetting.json",), lambda o: o["reference"]["message"]),
     Section("bias", bias.build, ("bias.json",), lambda o: o["summary"]),
+    Section("explanations", explanations.build, ("explanations.json",), lambda o: None),
     Section("data", data.build, ("data.json", "lengths.json"), lambda o: None),
     Section("cost", cost.build, ("run.json", "metrics.jsonl"), lambda o: None),
+    Section("continual", continual.build, ("continual.json", "run.json"), lambda o: o.get("headline")),
 ]

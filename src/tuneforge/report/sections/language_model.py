@@ -19,18 +19,16 @@ def _split_row(split: str, tuned: dict, base: dict, lm_eval: dict | None, sample
     }
     change = f"{100 * row['change']:+.1f}%" if row["change"] is not None else "-"
     cells = [split, num(row["base"], 3), num(row["tuned"], 3), change]
-    if lm_eval and split == lm_eval.get("split"):
+    if lm_eval and split == lm_eval.get("split") and lm_eval.get("tuned_nll"):
         tok = lm_eval["tokens"]
         t_ci = bs.perplexity_ci(lm_eval["tuned_nll"], tok, samples)
-        b_ci = bs.perplexity_ci(lm_eval["base_nll"], tok, samples)
-        c_ci = bs.perplexity_ratio_ci(lm_eval["tuned_nll"], tok, lm_eval["base_nll"], tok, samples)
-        row.update(tuned_ci=t_ci.to_dict(), base_ci=b_ci.to_dict(), change_ci=c_ci.to_dict())
-        cells = [
-            split,
-            ci(b_ci, digits=3, value=row["base"] or b_ci.value),
-            ci(t_ci, digits=3, value=row["tuned"]),
-            ci(c_ci, pct=True),
-        ]
+        row.update(tuned_ci=t_ci.to_dict())
+        cells = [split, cells[1], ci(t_ci, digits=3, value=row["tuned"]), change]
+        if lm_eval.get("base_nll"):  # (eval.baseline: false scores the tuned model only)
+            b_ci = bs.perplexity_ci(lm_eval["base_nll"], tok, samples)
+            c_ci = bs.perplexity_ratio_ci(lm_eval["tuned_nll"], tok, lm_eval["base_nll"], tok, samples)
+            row.update(base_ci=b_ci.to_dict(), change_ci=c_ci.to_dict())
+            cells[1], cells[3] = ci(b_ci, digits=3, value=row["base"] or b_ci.value), ci(c_ci, pct=True)
     return row, cells
 
 
@@ -51,7 +49,7 @@ def build(doc: Doc, f: RunFiles) -> dict:
     else:
         doc.table(["split", "base perplexity [95% CI]", "tuned perplexity [95% CI]", "change [95% CI]"], rows)
         test = out["splits"].get("test") or next(iter(out["splits"].values()))
-        if "change_ci" in test:
+        if "change_ci" in test and test["base"] is not None:
             c = test["change_ci"]
             real = not c["low"] <= 0 <= c["high"]
             word = "lower" if c["value"] < 0 else "higher"

@@ -1,0 +1,333 @@
+"""Serving benchmark: tuneforge's engine behind the live OpenAI API against transformers' generate.
+
+SmolLM2-135M-Instruct, fixed chat prompts, 128 new tokens (greedy), 1, 4 and 16 concurrent streaming clients
+against a live server (uvicorn on 127.0.0.1): aggregate generated tokens/s, time to first token and per-token
+latency (median and p95). Reference arms, in this process: transformers ``model.generate`` one request at a
+time, and ``model.generate`` on static batches of 16. Multi-LoRA arm: 16 clients whose requests go to 4
+different LoRA adapters of the same base (one batch) against 16 clients on the base alone. llama.cpp
+(``llama-cpp-python`` on a GGUF file given with ``--gguf``) when it is installed.
+
+    python benchmarks/serve.py            # the full run (alone on the machine: timings)
+    python benchmarks/serve.py --quick    # a seconds-long check of the script (tiny settings; figures worthless)
+
+Writes benchmarks/results/serve.json and serve.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine, write  # noqa: E402
+
+MODEL = "smollm2-135m-instruct"
+PROMPTS = [
+    "What is the capital of France, and why is it famous?",
+    "Write a short poem about the sea.",
+    "Explain how a rainbow forms.",
+    "Give me three tips for learning a new language.",
+    "What are the health benefits of walking every day?",
+    "Describe the water cycle in simple terms.",
+    "How does a bicycle stay upright?",
+    "Tell me a short story about a friendly robot.",
+    "What is photosynthesis?",
+    "List some good habits for better sleep.",
+    "Why is the sky blue?",
+    "How do vaccines work?",
+    "Summarise the plot of Romeo and Juliet.",
+    "What should I pack for a weekend hike?",
+    "Explain what a computer program is to a child.",
+    "What makes a good friend?",
+]
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+# ------------------------------------------------------------------------------------------- reference arms
+
+
+def reference_arms(model_name: str, prompts: list[str], new_tokens: int, batch: int) -> dict:
+    """transformers generate: one request at a time, and static batches of ``batch`` (left-padded)."""
+    import torch
+
+    from tuneforge.data.chat import render_prompt
+    from tuneforge.models.generate import stop_ids
+    from tuneforge.models.load import load_causal_lm, load_tokenizer
+
+    model = load_causal_lm(model_name).eval()
+    tok = load_tokenizer(model_name)
+    texts = [render_prompt(tok, [{"role": "user", "content": p}]) for p in prompts]
+    kw = dict(
+        max_new_tokens=new_tokens, do_sample=False, eos_token_id=stop_ids(tok), pad_token_id=tok.pad_token_id
+    )
+    out = {}
+    with torch.no_grad():
+        tokens, lat = 0, []
+        t0 = time.perf_counter()
+        for text in texts:
+            enc = tok(text, add_special_tokens=False, return_tensors="pt")
+            s = time.perf_counter()
+            y = model.generate(**enc, **kw)[0, enc["input_ids"].shape[1] :]
+            lat.append(time.perf_counter() - s)
+            tokens += _generated(y.tolist(), tok.pad_token_id, stop_ids(tok))
+        wall = time.perf_counter() - t0
+        out["generate_one_at_a_time"] = {"tokens": tokens, "seconds": wall, "tokens_per_s": tokens / wall}
+        tok.padding_side = "left"
+        tokens, t0 = 0, time.perf_counter()
+        for i in range(0, len(texts), batch):
+            enc = tok(texts[i : i + batch], add_special_tokens=False, padding=True, return_tensors="pt")
+            y = model.generate(**enc, **kw)[:, enc["input_ids"].shape[1] :]
+            tokens += sum(_generated(r, tok.pad_token_id, stop_ids(tok)) for r in y.tolist())
+        wall = time.perf_counter() - t0
+        out[f"generate_static_batch_{batch}"] = {
+            "tokens": tokens,
+            "seconds": wall,
+            "tokens_per_s": tokens / wall,
+        }
+    return out
+
+
+def _generated(row: list[int], pad: int, stops: list[int]) -> int:
+    """Tokens generated in a row (up to and including its first stop token)."""
+    for i, t in enumerate(row):
+        if t in stops:
+            return i + 1
+    return len(row)
+
+
+def llama_cpp_arm(gguf: str | None, prompts: list[str], new_tokens: int) -> dict:
+    try:
+        import llama_cpp
+    except ImportError:
+        return {"skipped": "llama-cpp-python is not installed"}
+    if not gguf:
+        return {"skipped": "no --gguf file given (tuneforge export RUN model.gguf --quant f16)"}
+    llm = llama_cpp.Llama(model_path=gguf, n_ctx=2048, verbose=False)
+    tokens, t0 = 0, time.perf_counter()
+    for p in prompts:
+        r = llm.create_chat_completion([{"role": "user", "content": p}], max_tokens=new_tokens, temperature=0)
+        tokens += r["usage"]["completion_tokens"]
+    wall = time.perf_counter() - t0
+    return {"tokens": tokens, "seconds": wall, "tokens_per_s": tokens / wall}
+
+
+# -------------------------------------------------------------------------------------------- the live server
+
+
+def lora_runs(model_name: str, root: Path, count: int) -> list[Path]:
+    """``count`` run folders, each a LoRA adapter (rank 8, all linear layers, small random weights) on the base."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from tuneforge.config import from_dict
+    from tuneforge.models.load import load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(model_name)
+    out = []
+    for k in range(count):
+        folder = root / f"lora-{k}"
+        folder.mkdir(parents=True)
+        cfg = {"task": "sft", "model": {"name": model_name}, "data": {"train": "unused.jsonl"}}
+        from_dict({**cfg, "method": {"name": "lora"}}).save(folder / "config.yaml")
+        (folder / "run.json").write_text(json.dumps({"finished": True, "device": "cpu"}))
+        torch.manual_seed(k)
+        model = get_peft_model(load_causal_lm(model_name), LoraConfig(r=8, target_modules="all-linear"))
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 1e-3)  # a different, small adapter each
+        model.save_pretrained(folder / "model")
+        tok.save_pretrained(folder / "model")
+        out.append(folder)
+    return out
+
+
+def start_server(app) -> tuple[str, object, threading.Thread]:
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}/v1", server, thread
+
+
+async def one_request(client, model: str, prompt: str, new_tokens: int) -> dict:
+    """One streamed chat request with the official openai client: time to first token, total, tokens."""
+    t0 = time.perf_counter()
+    first, tokens = None, 0
+    stream = await client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=new_tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    async for chunk in stream:
+        if chunk.usage:
+            tokens = chunk.usage.completion_tokens
+        if first is None and any(c.delta.content for c in chunk.choices):
+            first = time.perf_counter() - t0
+    total = time.perf_counter() - t0
+    first = total if first is None else first
+    return {"ttft": first, "total": total, "tokens": tokens, "tpot": (total - first) / max(tokens - 1, 1)}
+
+
+async def load_test(url: str, models: list[str], prompts: list[str], clients: int, new_tokens: int) -> dict:
+    """``clients`` concurrent streaming clients share the prompts (request i goes to models[i % len])."""
+    import openai
+
+    work = list(enumerate(prompts))
+    results = []
+
+    async def worker(client):
+        while work:
+            i, p = work.pop(0)
+            results.append(await one_request(client, models[i % len(models)], p, new_tokens))
+
+    client = openai.AsyncOpenAI(base_url=url, api_key="bench", max_retries=0, timeout=3600)
+    for m in models:  # warm-up: loads the model(s) and adapters
+        await one_request(client, m, "Hi", 2)
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(client) for _ in range(clients)))
+    wall = time.perf_counter() - t0
+    await client.close()
+    tokens = sum(r["tokens"] for r in results)
+    ttft, tpot = [r["ttft"] for r in results], [r["tpot"] for r in results]
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "tokens": tokens,
+        "seconds": wall,
+        "tokens_per_s": tokens / wall,
+        "ttft_median_s": statistics.median(ttft),
+        "ttft_p95_s": pct(ttft, 0.95),
+        "tpot_median_ms": 1000 * statistics.median(tpot),
+        "tpot_p95_ms": 1000 * pct(tpot, 0.95),
+    }
+
+
+def serve_arms(model_name, prompts, new_tokens, client_counts, adapters: int, max_batch: int) -> dict:
+    from fastapi import FastAPI
+
+    from tuneforge.serve.completions import ModelPool, completions_router
+    from tuneforge.serve.errors import install_handlers
+
+    root = Path(tempfile.mkdtemp(prefix="tuneforge-bench-serve-"))
+    runs = {p.name: p for p in lora_runs(model_name, root, adapters)} if adapters else {}
+    app = FastAPI()
+    install_handlers(app)
+    pool = ModelPool(max_batch=max_batch)
+    app.include_router(completions_router(lambda: "bench", lambda _, name: runs.get(name, name), pool))
+    url, server, thread = start_server(app)
+    out = {}
+    try:
+        for c in client_counts:
+            reqs = prompts * max(1, (2 * c) // len(prompts) or 1)  # at least two requests per client at 16
+            out[f"engine_{c}_clients"] = asyncio.run(load_test(url, [model_name], reqs, c, new_tokens))
+            print(json.dumps(out[f"engine_{c}_clients"]), flush=True)
+        if adapters:
+            c = max(client_counts)
+            reqs = prompts * max(1, (2 * c) // len(prompts) or 1)
+            out[f"engine_{c}_clients_{adapters}_loras"] = asyncio.run(
+                load_test(url, list(runs), reqs, c, new_tokens)
+            )
+            print(json.dumps(out[f"engine_{c}_clients_{adapters}_loras"]), flush=True)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        pool.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--quick", action="store_true", help="tiny settings to check the script (figures worthless)"
+    )
+    ap.add_argument("--model", default=MODEL)
+    ap.add_argument("--gguf", default=None, help="a GGUF file of the model for the llama.cpp arm")
+    ap.add_argument("--out", default="serve", help="result name under benchmarks/results/")
+    args = ap.parse_args()
+    import torch
+
+    if args.quick:
+        prompts, new_tokens, clients, adapters = PROMPTS[:2], 4, [1, 2], 2
+    else:
+        prompts, new_tokens, clients, adapters = PROMPTS, 128, [1, 4, 16], 4
+    t = {"machine": machine(), "model": args.model, "new_tokens": new_tokens, "prompts": len(prompts)}
+    t["torch_threads"] = torch.get_num_threads()
+    t["quick"] = args.quick
+    t["adapters"] = adapters
+    t["reference"] = reference_arms(args.model, prompts, new_tokens, batch=max(clients))
+    print(json.dumps(t["reference"]), flush=True)
+    t["serve"] = serve_arms(args.model, prompts, new_tokens, clients, adapters, max_batch=32)
+    t["llama_cpp"] = llama_cpp_arm(args.gguf, prompts, new_tokens)
+    top = t["serve"][f"engine_{max(clients)}_clients"]
+    ref = t["reference"]
+    static = ref[f"generate_static_batch_{max(clients)}"]["tokens_per_s"]
+    t["ratios"] = {
+        "vs_one_at_a_time": top["tokens_per_s"] / ref["generate_one_at_a_time"]["tokens_per_s"],
+        "vs_static_batch": top["tokens_per_s"] / static,
+        "ttft_p95_s": top["ttft_p95_s"],
+        "loras_vs_single": t["serve"][f"engine_{max(clients)}_clients_{adapters}_loras"]["tokens_per_s"]
+        / top["tokens_per_s"],
+    }
+    write(args.out, t, table(t))
+
+
+def table(t: dict) -> str:
+    m = t["machine"]
+    lines = [
+        f"Serving {t['model']}: {t['prompts']} chat prompts, {t['new_tokens']} new tokens (greedy); "
+        f"{m['date']}, {m['cpu']} ({m['cores']} cores, {t['torch_threads']} torch threads)"
+        + (" — QUICK CHECK, figures worthless" if t["quick"] else ""),
+        "",
+        "| arm | clients | tokens/s | TTFT median / p95 (s) | per-token median / p95 (ms) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in t["reference"].items():
+        lines.append(f"| transformers {name.replace('_', ' ')} | - | {r['tokens_per_s']:.1f} | - | - |")
+    for name, r in t["serve"].items():
+        lines.append(
+            f"| tuneforge engine{' (' + name.split('clients_')[1].replace('_loras', ' LoRA adapters') + ')' if 'loras' in name else ''} | "
+            f"{r['clients']} | {r['tokens_per_s']:.1f} | {r['ttft_median_s']:.2f} / {r['ttft_p95_s']:.2f} | "
+            f"{r['tpot_median_ms']:.0f} / {r['tpot_p95_ms']:.0f} |"
+        )
+    lc = t["llama_cpp"]
+    lines.append(
+        f"| llama.cpp (one at a time) | 1 | {lc['tokens_per_s']:.1f} | - | - |"
+        if "tokens_per_s" in lc
+        else f"| llama.cpp | - | skipped: {lc['skipped']} | - | - |"
+    )
+    r = t["ratios"]
+    lines += [
+        "",
+        f"At the most clients: {r['vs_one_at_a_time']:.2f}x one-at-a-time generate (target >= 4x), "
+        f"{r['vs_static_batch']:.2f}x static-batch generate (target >= 1.5x), p95 TTFT {r['ttft_p95_s']:.2f} s "
+        f"(target < 2 s); {t['adapters']} LoRA adapters in one batch {r['loras_vs_single']:.2f}x the single model (target >= 0.8x).",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

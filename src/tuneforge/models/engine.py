@@ -1,0 +1,604 @@
+"""The generation engine: many requests at once on one model, continuous batching, sampling, streaming.
+
+A request is a prompt (token ids), its :class:`SamplingParams` and, on a :class:`~tuneforge.models.multilora.
+MultiLoRA` base, the adapter it runs with. The engine keeps one running batch:
+
+* **Prefill**: waiting requests are prefilled together (left-padded, one forward pass, only the last position's
+  logits computed) into a fresh cache, then merged into the running batch at the next decode step.
+* **Decode**: one forward pass gives every running row its next token. Rows are left-padded to a common
+  length; the attention mask hides the padding and each row keeps its own position ids, so a row's tokens are
+  those it would get alone.
+* **Leave**: a row that ends (a stop token, a stop string, ``max_tokens``) leaves at once; its cache row is
+  dropped and columns that only padding uses are trimmed, so a short answer never waits for a long one.
+
+The KV cache (:class:`BatchCache`) holds each layer's keys and values in buffers sized up front for the batch
+(prompt + ``max_tokens`` of its longest row); a decode step writes one column in place instead of
+concatenating the whole cache. Joining and leaving rebuild the buffers (once per event, not per token).
+
+Greedy decoding equals ``model.generate`` token for token (tested); sampling applies temperature, top-k and
+top-p (in that order, as transformers does) and draws from each sequence's own seeded generator, so a seeded
+request gives the same answer whatever else runs beside it.
+
+Use it synchronously (``engine.generate(prompts, params)``, which runs the loop in the caller) or start the
+scheduler thread (``engine.start()``) and ``submit`` requests from any thread; ``RequestHandle`` streams
+:class:`Delta` events as they come.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+from tuneforge.errors import TuneforgeError
+
+# ---------------------------------------------------------------------------------------------------- requests
+
+
+@dataclass
+class SamplingParams:
+    """How one request is answered. ``temperature`` 0 is greedy; ``top_k`` 0 and ``top_p`` 1 switch those off."""
+
+    max_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: Sequence[str] = ()  # strings that end the answer (not included in its text)
+    stop_token_ids: Sequence[int] = ()  # tokens that end the answer (kept in token_ids, not in the text)
+    seed: int | None = None  # None: drawn from torch's global generator (so torch.manual_seed fixes it)
+    n: int = 1  # completions of the same prompt
+    skip_special_tokens: bool = True
+
+    def check(self) -> None:
+        """Raise ValueError naming the field when a value cannot be used."""
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if not (self.temperature >= 0) or self.temperature == float("inf"):
+            raise ValueError(f"temperature must be 0 (greedy) or more, got {self.temperature}")
+        if not (0 < self.top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be 0 (off) or more, got {self.top_k}")
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1, got {self.n}")
+
+
+@dataclass
+class Delta:
+    """A streamed piece of sequence ``index`` of a request: new text and tokens; ``finish_reason`` on its last."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None  # "stop" | "length" on the last delta of the sequence
+
+
+@dataclass
+class Completion:
+    """One finished sequence."""
+
+    index: int
+    text: str
+    token_ids: list[int]  # generated tokens, a final stop token included
+    finish_reason: str  # "stop" (stop token or string) | "length" (max_tokens or the context length)
+
+
+class RequestHandle:
+    """What ``Engine.submit`` returns: iterate ``stream()`` for deltas, or wait with ``result()``."""
+
+    def __init__(
+        self,
+        n: int,
+        prompt_tokens: int,
+        on_event: Callable[[Delta | BaseException], None] | None,
+        on_done: Callable[[], None] | None = None,
+    ):
+        self.prompt_tokens = prompt_tokens
+        self._on_done = on_done
+        self.completions: list[Completion | None] = [None] * n
+        self._queue: queue.Queue = queue.Queue()
+        self._on_event = on_event
+        self._left = n
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+        self.cancelled = False
+
+    def _emit(self, event: Delta | BaseException) -> None:
+        if self._on_event is not None:
+            self._on_event(event)
+        else:
+            self._queue.put(event)
+
+    def _finish(self, c: Completion) -> None:
+        self.completions[c.index] = c
+        self._left -= 1
+        if self._left == 0:
+            self._release()
+            self._done.set()
+
+    def _release(self) -> None:
+        if self._on_done is not None:
+            self._on_done()
+            self._on_done = None
+
+    def _fail(self, e: BaseException) -> None:
+        self._error = e
+        self._release()
+        self._emit(e)
+        self._done.set()
+
+    def cancel(self) -> None:
+        """Stop generating (a client went away); the rows leave at the next step."""
+        self.cancelled = True
+
+    def stream(self) -> Iterator[Delta]:
+        """Deltas as the scheduler produces them, until every sequence has finished."""
+        left = len(self.completions)
+        while left:
+            event = self._queue.get()
+            if isinstance(event, BaseException):
+                raise event
+            yield event
+            left -= event.finish_reason is not None
+
+    def result(self, timeout: float | None = None) -> list[Completion]:
+        self._done.wait(timeout)
+        if self._error is not None:
+            raise self._error
+        return list(self.completions)  # type: ignore[arg-type]
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+
+@dataclass
+class _Seq:
+    """One sequence being generated (a request with ``n`` > 1 has ``n`` of them)."""
+
+    handle: RequestHandle
+    index: int
+    prompt: list[int]
+    params: SamplingParams
+    adapter: int  # adapter slot (0: the base model)
+    decode: Callable[[list[int]], str] | None
+    generator: torch.Generator | None
+    stop_ids: frozenset[int]
+    max_new: int
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""  # text so far (up to a stop string)
+    sent: int = 0  # characters of text already streamed
+    sent_tokens: int = 0
+    finish: str | None = None
+
+    @property
+    def position(self) -> int:  # position id of the next token fed to the model
+        return len(self.prompt) + len(self.tokens) - 1
+
+
+# ------------------------------------------------------------------------------------------------------ cache
+
+
+class BufferLayer(DynamicLayer):
+    """A layer's keys and values in a buffer sized up front, (B, H, capacity, D); ``keys``/``values`` are views
+    of the filled part. An update writes the new columns in place (grows by doubling if ever full)."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        b, h, _, d = key_states.shape
+        self.k_buf = key_states.new_zeros(b, h, self.capacity, d)
+        self.v_buf = value_states.new_zeros(b, h, self.capacity, value_states.shape[-1])
+        self.length = 0
+        self.is_initialized = True
+
+    def set(self, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
+        """Replace the contents with (B, H, T, D) keys and values in a buffer of ``capacity`` columns."""
+        self.capacity = max(capacity, keys.shape[-2])
+        self.lazy_initialization(keys, values)
+        self.length = keys.shape[-2]
+        self.k_buf[:, :, : self.length] = keys
+        self.v_buf[:, :, : self.length] = values
+        self._views()
+
+    def _views(self) -> None:
+        self.keys = self.k_buf[:, :, : self.length]
+        self.values = self.v_buf[:, :, : self.length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:  # a longer answer than sized for: double the buffer
+            self.set(self.keys, self.values, max(end, 2 * self.capacity))
+        self.k_buf[:, :, self.length : end] = key_states
+        self.v_buf[:, :, self.length : end] = value_states
+        self.length = end
+        self._views()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length if self.is_initialized else 0
+
+
+class BatchCache(Cache):
+    """The running batch's KV cache: one :class:`BufferLayer` per decoder layer."""
+
+    def __init__(self, num_layers: int, capacity: int):
+        super().__init__(layers=[BufferLayer(capacity) for _ in range(num_layers)])
+
+    def merge(self, other: BatchCache, capacity: int) -> None:
+        """Append ``other``'s rows, left-padding the shorter side so both end at the same column."""
+        for mine, theirs in zip(self.layers, other.layers):
+            t = max(mine.length, theirs.length)
+            keys = torch.cat([_left_pad(mine.keys, t), _left_pad(theirs.keys, t)], 0)
+            values = torch.cat([_left_pad(mine.values, t), _left_pad(theirs.values, t)], 0)
+            mine.set(keys, values, capacity)
+
+    def keep(self, rows: torch.Tensor, drop_columns: int, capacity: int) -> None:
+        """Keep only ``rows`` (in that order) and drop the first ``drop_columns`` columns (padding of all)."""
+        for layer in self.layers:
+            layer.set(layer.keys[rows, :, drop_columns:], layer.values[rows, :, drop_columns:], capacity)
+
+
+def _left_pad(x: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, H, T, D) -> (B, H, length, D) with zeros on the left."""
+    return torch.nn.functional.pad(x, (0, 0, length - x.shape[-2], 0))
+
+
+def supports(model) -> str | None:
+    """Why the engine cannot run ``model`` (None when it can): prompt-learning adapters and sliding windows."""
+    peft_config = getattr(model, "peft_config", None)
+    if peft_config:
+        for c in peft_config.values():
+            if getattr(c, "is_prompt_learning", False):
+                return f"a {c.peft_type.value.lower()} adapter (virtual tokens) runs with model.generate"
+    config = getattr(model, "config", None)
+    types = set(getattr(config, "layer_types", None) or ["full_attention"])
+    if types != {"full_attention"}:
+        return f"layers of types {sorted(types)} (only full attention is batched by the engine)"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------- engine
+
+
+class Engine:
+    """Continuous batching on one causal LM (a transformers model, a PeftModel, or a MultiLoRA base).
+
+    Args:
+        model: the model; its weights are used as they are (eval mode is set while the engine steps).
+        tokenizer: decodes text for streaming and stop strings (a request may bring its own).
+        max_batch: most sequences decoded together; more wait in the queue.
+        max_context: longest prompt + answer (default: the model's ``max_position_embeddings``).
+        multilora: a :class:`~tuneforge.models.multilora.MultiLoRA` on ``model`` (adapters per row).
+    """
+
+    def __init__(
+        self, model, tokenizer=None, max_batch: int = 32, max_context: int | None = None, multilora=None
+    ):
+        why = supports(model)
+        if why:
+            raise TuneforgeError(f"the generation engine cannot run this model: {why}.")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        config = model.config
+        self.max_context = max_context or getattr(config, "max_position_embeddings", None) or 4096
+        self.num_layers = config.get_text_config(decoder=True).num_hidden_layers
+        self.multilora = multilora
+        self.device = next(model.parameters()).device
+        self._waiting: list[_Seq] = []
+        self._running: list[_Seq] = []
+        self._cache: BatchCache | None = None
+        self._mask: torch.Tensor | None = None  # (B, T) 1 for real tokens
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self.reserve = 1024  # most columns reserved ahead of the current length
+        self.steps = 0  # decode steps taken (for tests and stats)
+        self.step_lock = threading.Lock()  # held while a step runs (a caller that changes weights takes it)
+
+    # ---- submitting
+    def submit(
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams | None = None,
+        adapter: int = 0,
+        tokenizer=None,
+        on_event: Callable[[Delta | BaseException], None] | None = None,
+    ) -> RequestHandle:
+        """Queue a prompt (token ids); it joins the running batch at the next step. ``adapter``: a slot of the
+        engine's MultiLoRA (0: the base model; ``MultiLoRA.slot`` reserves it, the request releases it when it
+        ends). ``on_event`` receives each Delta (else ``handle.stream()``)."""
+        params = params or SamplingParams()
+        params.check()
+        prompt = [int(t) for t in prompt]
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        room = self.max_context - len(prompt)
+        if room < 1:
+            raise ValueError(
+                f"the prompt has {len(prompt)} tokens; the model's context is {self.max_context} tokens"
+            )
+        tok = tokenizer or self.tokenizer
+        decode = None
+        if tok is not None:
+            skip = params.skip_special_tokens
+            decode = lambda ids: tok.decode(ids, skip_special_tokens=skip)  # noqa: E731
+        elif params.stop:
+            raise ValueError("stop strings need a tokenizer")
+        if params.temperature > 0:
+            base_seed = params.seed if params.seed is not None else int(torch.randint(2**62, (1,)).item())
+        release = None
+        if adapter and self.multilora is not None:  # MultiLoRA.slot reserved the slot for this request
+            release = lambda: self.multilora.release(adapter)  # noqa: E731
+        handle = RequestHandle(params.n, len(prompt), on_event, release)
+        seqs = []
+        for i in range(params.n):
+            gen = None
+            if params.temperature > 0:
+                gen = torch.Generator(device=self.device)
+                gen.manual_seed(base_seed + i)
+            seqs.append(
+                _Seq(
+                    handle, i, prompt, params, adapter, decode, gen,
+                    frozenset(int(t) for t in params.stop_token_ids), min(params.max_tokens, room),
+                )
+            )  # fmt: skip
+        with self._wake:
+            self._waiting.extend(seqs)
+            self._wake.notify()
+        return handle
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None, adapters=None
+    ) -> list[list[Completion]]:
+        """Answer every prompt (token ids) and return each one's completions; runs the loop in this thread
+        unless the scheduler thread is running."""
+        adapters = adapters if adapters is not None else [0] * len(prompts)
+        handles = [self.submit(p, params, a) for p, a in zip(prompts, adapters)]
+        if self._thread is None:
+            was_training = self.model.training
+            self.model.eval()  # once for the whole loop, not per step
+            try:
+                while not all(h.done for h in handles):
+                    self.step()
+            finally:
+                self.model.train(was_training)
+        return [h.result() for h in handles]
+
+    # ---- the scheduler thread
+    def start(self) -> Engine:
+        """Run the scheduler in a background thread (idempotent)."""
+        if self._thread is None:
+            self._stop = False
+            self._thread = threading.Thread(target=self._loop, name="tuneforge-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stop = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stop and not self._waiting and not self._running:
+                    self._wake.wait()
+                if self._stop:
+                    return
+            self.step()
+
+    @property
+    def busy(self) -> int:
+        """Sequences waiting or running."""
+        return len(self._waiting) + len(self._running)
+
+    # ---- one step
+    @torch.inference_mode()
+    def step(self) -> None:
+        """Admit waiting sequences (prefill), then decode one token for every running sequence."""
+        with self.step_lock:
+            was_training = self.model.training
+            if was_training:  # (a recursive walk over the modules: only when needed)
+                self.model.eval()
+            try:
+                self._step()
+            except Exception as e:  # fail every request in flight rather than hang its client
+                for s in self._running + self._take_waiting():
+                    s.handle._fail(e)
+                self._running, self._cache, self._mask = [], None, None
+            finally:
+                if was_training:
+                    self.model.train()
+
+    def _take_waiting(self) -> list[_Seq]:
+        with self._lock:
+            new, self._waiting = self._waiting, []
+        return new
+
+    def _step(self) -> None:
+        self._drop_cancelled()
+        with self._lock:
+            room = self.max_batch - len(self._running)
+            new, self._waiting = self._waiting[:room], self._waiting[room:]
+        if new:
+            self._prefill(new)
+        if self._running:
+            self._decode()
+
+    def _drop_cancelled(self) -> None:
+        """Requests whose client went away end now (finish_reason "stop", nothing more streamed)."""
+        with self._lock:
+            gone = [s for s in self._waiting if s.handle.cancelled]
+            self._waiting = [s for s in self._waiting if not s.handle.cancelled]
+        running = [s for s in self._running if s.handle.cancelled]
+        for s in gone + running:
+            s.finish = "stop"
+            s.handle._finish(Completion(s.index, s.text, list(s.tokens), s.finish))
+        if running:
+            self._compact()
+
+    def _capacity(self, seqs: list[_Seq], length: int) -> int:
+        """Columns to allocate: current length + the most tokens a row may still add, so every row finishes
+        without growing; at most ``reserve`` ahead (an answer allowed up to the whole context grows by
+        doubling instead of reserving the context for every row)."""
+        return length + min(max(s.max_new - len(s.tokens) for s in seqs), self.reserve) + 1
+
+    def _set_adapters(self, seqs: list[_Seq]) -> None:
+        if self.multilora is not None:
+            self.multilora.set_rows([s.adapter for s in seqs], self.device)
+
+    def _prefill(self, new: list[_Seq]) -> None:
+        """One forward pass over the new prompts (left-padded); samples their first tokens, merges them in.
+        Sequences with the same prompt and adapter (``n`` > 1, GRPO's groups) share one prefill row."""
+        owner: dict[tuple, int] = {}
+        row_of = [owner.setdefault((tuple(s.prompt), s.adapter), len(owner)) for s in new]
+        first: dict[int, _Seq] = {}
+        for r, s in zip(row_of, new):
+            first.setdefault(r, s)
+        unique = [first[r] for r in range(len(first))]
+        width = max(len(s.prompt) for s in unique)
+        ids = torch.full((len(unique), width), 0, dtype=torch.long)
+        mask = torch.zeros((len(unique), width), dtype=torch.long)
+        for i, s in enumerate(unique):
+            ids[i, width - len(s.prompt) :] = torch.tensor(s.prompt)
+            mask[i, width - len(s.prompt) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (u, P)
+        cache = BatchCache(self.num_layers, width)
+        self._set_adapters(unique)
+        logits = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1]  # (u, V)
+        if len(unique) < len(new):  # copy the shared rows out: (u, ...) -> (b, ...)
+            rows = torch.tensor(row_of, device=self.device)
+            logits, mask = logits[rows], mask[rows]
+            cache.keep(rows, 0, width)
+        if self._cache is None:
+            self._cache, self._mask = cache, mask
+            for layer in cache.layers:  # size the buffers up front for the whole answers
+                layer.set(layer.keys, layer.values, self._capacity(new, width))
+        else:
+            total = self._running + new
+            t = max(self._mask.shape[1], width)
+            self._cache.merge(cache, self._capacity(total, t))
+            pad = lambda m: torch.nn.functional.pad(m, (t - m.shape[1], 0))  # noqa: E731
+            self._mask = torch.cat([pad(self._mask), pad(mask)], 0)
+        self._running += new
+        self._accept(new, self._sample(logits, new), rows_from=len(self._running) - len(new))
+
+    def _decode(self) -> None:
+        """One token for every running sequence."""
+        seqs = self._running
+        ids = torch.tensor([[s.tokens[-1]] for s in seqs], device=self.device)  # (B, 1)
+        positions = torch.tensor([[s.position] for s in seqs], device=self.device)  # (B, 1)
+        self._mask = torch.nn.functional.pad(self._mask, (0, 1), value=1)  # (B, T + 1)
+        self._set_adapters(seqs)
+        logits = self.model(
+            input_ids=ids,
+            attention_mask=self._mask,
+            position_ids=positions,
+            past_key_values=self._cache,
+            use_cache=True,
+        ).logits[:, -1]  # (B, V)
+        self.steps += 1
+        self._accept(seqs, self._sample(logits, seqs), rows_from=0)
+
+    def _sample(self, logits: torch.Tensor, seqs: list[_Seq]) -> list[int]:
+        """Next token of each row: argmax for greedy rows, else a draw from its generator. logits (B, V)."""
+        greedy = logits.argmax(-1).tolist()
+        out = []
+        for i, s in enumerate(seqs):
+            p = s.params
+            if p.temperature == 0:
+                out.append(greedy[i])
+                continue
+            row = logits[i].float() / p.temperature  # (V,)
+            if p.top_k > 0 and p.top_k < row.numel():
+                kth = torch.topk(row, p.top_k).values[-1]
+                row = row.masked_fill(row < kth, float("-inf"))
+            if p.top_p < 1:
+                sorted_logits, order = row.sort()  # ascending, as transformers' TopPLogitsWarper
+                cum = sorted_logits.softmax(-1).cumsum(-1)
+                remove = cum <= 1 - p.top_p
+                remove[-1] = False  # keep at least the most likely token
+                row = row.masked_fill(remove.scatter(0, order, remove), float("-inf"))
+            probs = row.softmax(-1)
+            out.append(int(torch.multinomial(probs, 1, generator=s.generator)))
+        return out
+
+    def _accept(self, seqs: list[_Seq], tokens: list[int], rows_from: int) -> None:
+        """Append each sequence's new token, stream its text, end it when a stop token/string or the length
+        comes; finished rows leave the batch."""
+        ended = False
+        for s, t in zip(seqs, tokens):
+            s.tokens.append(t)
+            if t in s.stop_ids:
+                s.finish = "stop"
+            elif len(s.tokens) >= s.max_new:
+                s.finish = "length"
+            self._stream(s)
+            ended |= s.finish is not None
+        if ended:
+            self._compact()
+
+    def _stream(self, s: _Seq) -> None:
+        """Send the text that is certain (not a possible start of a stop string, not a cut character)."""
+        body = s.tokens[:-1] if s.finish == "stop" else s.tokens
+        if s.decode is not None:
+            text = s.decode(body)
+            for stop in s.params.stop:
+                at = text.find(stop, max(0, s.sent - len(stop)))
+                if at >= 0:
+                    text, s.finish = text[:at], "stop"
+            s.text = text
+        if s.finish is None:
+            hold = max((len(x) - 1 for x in s.params.stop), default=0)
+            end = len(s.text) - hold
+            while end > s.sent and s.text[end - 1] == "\ufffd":  # a character cut between tokens
+                end -= 1
+        else:
+            end = len(s.text)
+        piece = s.text[s.sent : end] if end > s.sent else ""
+        done = None
+        if s.finish is not None:  # recorded before the last delta goes out, so its reader finds it
+            done = Completion(s.index, s.text, list(s.tokens), s.finish)
+            s.handle.completions[s.index] = done
+        if piece or done is not None or s.decode is None:  # tokens without text yet wait for the next delta
+            s.handle._emit(Delta(s.index, piece, s.tokens[s.sent_tokens :], s.finish))
+            s.sent, s.sent_tokens = max(s.sent, end), len(s.tokens)
+        if done is not None:
+            s.handle._finish(done)
+
+    def _compact(self) -> None:
+        """Drop finished rows from the batch and the columns only padding uses."""
+        keep = [i for i, s in enumerate(self._running) if s.finish is None]
+        self._running = [self._running[i] for i in keep]
+        if not keep:
+            self._cache, self._mask = None, None
+            return
+        rows = torch.tensor(keep, device=self.device)
+        mask = self._mask[rows]
+        drop = int((mask.sum(0) == 0).long().cumprod(0).sum())  # leading all-padding columns
+        self._mask = mask[:, drop:]
+        self._cache.keep(rows, drop, self._capacity(self._running, self._mask.shape[1]))

@@ -1,0 +1,292 @@
+"""The generation engine against transformers' ``model.generate`` and PEFT (tiny random Llama, seconds)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tuneforge.models.engine import Engine, SamplingParams
+from tuneforge.models.multilora import MultiLoRA, UnsupportedAdapter
+
+PROMPTS = [
+    "Hello there, how are you today?",
+    "Name three colours.",
+    "Write a very long story about a dragon who learns to cook pasta in the mountains.",
+    "Hi",
+    "What is two plus two? Answer briefly.",
+]
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_llama)
+
+
+def encode(tok, prompts=PROMPTS) -> list[list[int]]:
+    return [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+
+
+def reference(
+    model, prompts_ids: list[list[int]], max_new: int, stop: list[int] | None = None
+) -> list[list[int]]:
+    """Greedy answers of model.generate, one prompt at a time (no padding), cut after a stop token."""
+    out = []
+    for ids in prompts_ids:
+        x = torch.tensor([ids])
+        y = model.generate(
+            input_ids=x,
+            attention_mask=torch.ones_like(x),
+            max_new_tokens=max_new,
+            do_sample=False,
+            eos_token_id=stop,
+            pad_token_id=0,
+        )[0, len(ids) :].tolist()
+        if stop:
+            for i, t in enumerate(y):
+                if t in stop:
+                    y = y[: i + 1]
+                    break
+        out.append(y)
+    return out
+
+
+def make_adapter(model, path, seed: int, r: int = 4, targets=("q_proj", "v_proj", "down_proj")) -> None:
+    """A random (non-zero) LoRA adapter on ``model``'s base, saved with PEFT."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    peft = get_peft_model(
+        copy.deepcopy(model),
+        LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False),
+    )
+    peft.save_pretrained(path)
+
+
+def test_greedy_batched_equals_generate(llama):
+    model, tok = llama
+    ids = encode(tok)
+    want = reference(model, ids, 12)
+    engine = Engine(model, tok, max_batch=8)
+    got = engine.generate(ids, SamplingParams(max_tokens=12))
+    assert [c[0].token_ids for c in got] == want
+    assert all(c[0].finish_reason == "length" for c in got)
+
+
+def test_greedy_continuous_with_a_mid_batch_join(llama):
+    """Two rows run for a few steps, then three more join; a small max_batch makes others wait and join as
+    rows leave. Every answer equals model.generate's."""
+    model, tok = llama
+    ids = encode(tok)
+    want = reference(model, ids, 10)
+    engine = Engine(model, tok, max_batch=3)
+    first = [engine.submit(p, SamplingParams(max_tokens=m)) for p, m in zip(ids[:2], (10, 3))]
+    for _ in range(4):
+        engine.step()
+    assert first[1].done and not first[0].done  # the short answer left early
+    later = [engine.submit(p, SamplingParams(max_tokens=10)) for p in ids[2:]]
+    while not all(h.done for h in first + later):
+        engine.step()
+    assert first[0].result()[0].token_ids == want[0]
+    assert first[1].result()[0].token_ids == want[1][:3]
+    assert [h.result()[0].token_ids for h in later] == want[2:]
+
+
+def test_stop_token_ends_the_row_and_others_go_on(llama):
+    model, tok = llama
+    ids = encode(tok)
+    free = reference(model, ids, 8)
+    stop = [free[0][-1]]  # the last token of the first answer
+    at = free[0].index(stop[0])  # where it first comes
+    want = reference(model, ids, 8, stop)
+    got = Engine(model, tok).generate(ids, SamplingParams(max_tokens=8, stop_token_ids=stop))
+    assert [c[0].token_ids for c in got] == want
+    assert got[0][0].finish_reason == "stop" and len(got[0][0].token_ids) == at + 1
+
+
+def test_seeded_sampling_is_reproducible_and_independent_of_the_batch(llama):
+    model, tok = llama
+    ids = encode(tok)
+    p = SamplingParams(max_tokens=8, temperature=0.9, top_p=0.9, top_k=50, seed=7, n=3)
+    alone = Engine(model, tok).generate(ids[:1], p)[0]
+    together = Engine(model, tok).generate(ids, p)[0]
+    assert [c.token_ids for c in alone] == [c.token_ids for c in together]
+    assert len({tuple(c.token_ids) for c in alone}) > 1  # n completions differ from each other
+    torch.manual_seed(3)
+    a = Engine(model, tok).generate(ids, SamplingParams(max_tokens=6, temperature=1.0))
+    torch.manual_seed(3)
+    b = Engine(model, tok).generate(ids, SamplingParams(max_tokens=6, temperature=1.0))
+    assert [c[0].token_ids for c in a] == [c[0].token_ids for c in b]
+
+
+def test_top_k_one_is_greedy(llama):
+    model, tok = llama
+    ids = encode(tok)
+    got = Engine(model, tok).generate(ids, SamplingParams(max_tokens=6, temperature=1.3, top_k=1, seed=1))
+    assert [c[0].token_ids for c in got] == reference(model, ids, 6)
+
+
+def test_stop_strings_and_streaming(llama):
+    model, tok = llama
+    ids = encode(tok)[:1]
+    engine = Engine(model, tok)
+    full = engine.generate(ids, SamplingParams(max_tokens=12))[0][0]
+    assert len(full.text) > 6
+    stop = full.text[4:7]
+    cut = engine.generate(ids, SamplingParams(max_tokens=12, stop=[stop]))[0][0]
+    assert cut.text == full.text[: full.text.find(stop)] and cut.finish_reason == "stop"
+    handle = engine.submit(ids[0], SamplingParams(max_tokens=12, stop=[stop]))
+    while not handle.done:
+        engine.step()
+    deltas = list(handle.stream())
+    assert "".join(d.text for d in deltas) == cut.text
+    assert deltas[-1].finish_reason == "stop"
+
+
+def test_max_tokens_ends_exactly_and_the_context_is_respected(llama):
+    model, tok = llama
+    ids = encode(tok)
+    got = Engine(model, tok).generate(ids, SamplingParams(max_tokens=5))
+    assert all(len(c[0].token_ids) == 5 for c in got)
+    small = Engine(model, tok, max_context=len(ids[3]) + 2)
+    assert len(small.generate(ids[3:4], SamplingParams(max_tokens=50))[0][0].token_ids) == 2
+    with pytest.raises(ValueError, match="context"):
+        small.submit(ids[2], SamplingParams())
+
+
+def test_scheduler_thread_serves_concurrent_requests(llama):
+    model, tok = llama
+    ids = encode(tok)
+    want = reference(model, ids, 7)
+    engine = Engine(model, tok, max_batch=4).start()
+    try:
+        handles = [engine.submit(p, SamplingParams(max_tokens=7)) for p in ids]
+        assert [h.result(timeout=60)[0].token_ids for h in handles] == want
+    finally:
+        engine.stop()
+
+
+def test_per_row_adapters_give_each_adapter_models_logits(llama, tmp_path):
+    """Rows with adapter 1, adapter 2 and none in one batch: each row's logits are those of PeftModel with its
+    own adapter alone (1e-4), and greedy answers equal PeftModel.generate's."""
+    import copy
+
+    from peft import PeftModel
+
+    model, tok = llama
+    paths = [tmp_path / "a1", tmp_path / "a2"]
+    make_adapter(model, paths[0], 1, r=4)
+    make_adapter(model, paths[1], 2, r=8, targets=("q_proj", "k_proj", "o_proj", "up_proj"))
+    base = copy.deepcopy(model)
+    ml = MultiLoRA(base, slots=2)
+    slots = [ml.slot(str(p)) for p in paths]
+    assert slots == [1, 2]
+    ids = encode(tok)[:3]
+    x = torch.nn.utils.rnn.pad_sequence([torch.tensor(i) for i in ids], batch_first=True)
+    mask = torch.nn.utils.rnn.pad_sequence(
+        [torch.ones(len(i), dtype=torch.long) for i in ids], batch_first=True
+    )
+    rows = [1, 2, 0]
+    ml.set_rows(rows, "cpu")
+    with torch.no_grad():
+        got = base(input_ids=x, attention_mask=mask).logits  # (3, T, V)
+    for i, slot in enumerate(rows):
+        ref = model if slot == 0 else PeftModel.from_pretrained(copy.deepcopy(model), paths[slot - 1]).eval()
+        with torch.no_grad():
+            want = ref(input_ids=x[i : i + 1], attention_mask=mask[i : i + 1]).logits[0]
+        n = len(ids[i])
+        assert torch.allclose(got[i, :n], want[:n], atol=1e-4), (i, (got[i, :n] - want[:n]).abs().max())
+
+    engine = Engine(base, tok, multilora=ml)
+    answers = engine.generate(ids, SamplingParams(max_tokens=8), adapters=rows)
+    for i, slot in enumerate(rows):
+        ref = model if slot == 0 else PeftModel.from_pretrained(copy.deepcopy(model), paths[slot - 1]).eval()
+        assert answers[i][0].token_ids == reference(ref, ids[i : i + 1], 8)[0]
+    # both slots are idle now: a third adapter evicts the least recently used
+    make_adapter(model, tmp_path / "a3", 3)
+    assert ml.slot(str(tmp_path / "a3")) == 1 and list(ml.loaded) == [str(paths[1]), str(tmp_path / "a3")]
+
+
+def test_a_dora_adapter_is_refused_per_row(llama, tmp_path):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = llama
+    get_peft_model(
+        copy.deepcopy(model), LoraConfig(r=2, target_modules=["q_proj"], use_dora=True)
+    ).save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedAdapter, match="DoRA"):
+        MultiLoRA(copy.deepcopy(model)).slot(str(tmp_path))
+
+
+def test_engine_on_a_peft_model_equals_its_generate(llama, tmp_path):
+    """GRPO and chat run the engine on a live PeftModel (the adapter being trained)."""
+    import copy
+
+    from peft import PeftModel
+
+    model, tok = llama
+    make_adapter(model, tmp_path, 5)
+    peft = PeftModel.from_pretrained(copy.deepcopy(model), tmp_path).eval()
+    ids = encode(tok)
+    got = Engine(peft, tok).generate(ids, SamplingParams(max_tokens=8))
+    assert [c[0].token_ids for c in got] == reference(peft, ids, 8)
+
+
+def test_generate_helper_runs_on_the_engine_and_matches_transformers(llama):
+    """models.generate.generate (chat, generate, report samples, GRPO evaluation) equals the transformers path."""
+    from tuneforge.data.chat import render_prompt
+    from tuneforge.models.generate import _generate_hf, as_conversation, generate
+
+    model, tok = llama
+    convs = PROMPTS[:3]
+    got = generate(model, tok, convs, max_new_tokens=6, batch_size=2)
+    texts = [render_prompt(tok, as_conversation(p)) for p in convs]
+    assert got == _generate_hf(model, tok, texts, 6, 0.0, 1)
+
+
+def test_chat_streams_through_the_engine(llama):
+    import io
+
+    from tuneforge.models.generate import generate
+    from tuneforge.serve.chat import stream_answer
+
+    model, tok = llama
+    out = io.StringIO()
+    answer = stream_answer(model, tok, [{"role": "user", "content": PROMPTS[0]}], max_new_tokens=6, out=out)
+    assert out.getvalue() == answer + "\n" or out.getvalue().strip() == answer
+    assert answer == generate(model, tok, [PROMPTS[0]], max_new_tokens=6)[0]
+
+
+def test_the_cache_grows_past_its_reserve_and_answers_stay_equal(llama):
+    model, tok = llama
+    ids = encode(tok)[:2]
+    engine = Engine(model, tok)
+    engine.reserve = 3  # far less than the answers need: the buffers double as they fill
+    got = engine.generate(ids, SamplingParams(max_tokens=10))
+    assert [c[0].token_ids for c in got] == reference(model, ids, 10)
+
+
+@pytest.mark.e2e
+def test_real_model_greedy_chat_answers_equal_generate():
+    """SmolLM2-135M-Instruct (bundled): chat answers on the engine, stopping at the end-of-turn token, equal
+    transformers' generate, batched with different lengths."""
+    from tuneforge.data.chat import render_prompt
+    from tuneforge.models.generate import stop_ids
+    from tuneforge.models.load import load_causal_lm, load_tokenizer
+
+    model, tok = load_causal_lm("smollm2-135m-instruct").eval(), load_tokenizer("smollm2-135m-instruct")
+    questions = ["What is the capital of France?", "Say hi.", "Name a colour."]
+    ids = [
+        tok(render_prompt(tok, [{"role": "user", "content": q}]), add_special_tokens=False)["input_ids"]
+        for q in questions
+    ]
+    stops = stop_ids(tok)
+    got = Engine(model, tok).generate(ids, SamplingParams(max_tokens=24, stop_token_ids=stops))
+    assert [c[0].token_ids for c in got] == reference(model, ids, 24, stops)
+    assert any(c[0].finish_reason == "stop" for c in got)

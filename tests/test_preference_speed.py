@@ -1,0 +1,276 @@
+"""The preference tasks' speed levers against the plain path, on the tiny random Llama.
+
+Each lever (packing the chosen and rejected rows without padding, the fused output-layer log-probs,
+compiled blocks, a bf16 frozen base) must give the plain path's loss and gradients: for every loss
+type (sigmoid, ipo, orpo, kto) within float32 tolerance, and within bf16 tolerance for the bf16 base.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from test_preference import cfg_for
+
+from tuneforge.config import from_dict
+
+WORDS = ["sure", "here", "is", "the", "answer", "you", "asked", "for", "today", "friend", "no", "maybe"]
+
+
+def ragged_rows(n: int, seed: int = 0) -> list[dict]:
+    """Pairs whose answers differ a lot in length (1-20 words), so padding is a large share of a batch."""
+    rng = random.Random(seed)
+    say = lambda k: " ".join(rng.choice(WORDS) for _ in range(k)).capitalize() + "."  # noqa: E731
+    return [
+        {
+            "prompt": f"Question {i}: {say(rng.randint(2, 12))}",
+            "chosen": say(rng.randint(1, 20)),
+            "rejected": say(rng.randint(1, 20)),
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def ragged_file(tmp_path):
+    path = tmp_path / "ragged.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ragged_rows(48)))
+    return str(path)
+
+
+def make_task(model_path, data, out, loss_type="sigmoid", packing=False, fast=False, method="lora"):
+    from tuneforge.tasks.dpo import PreferenceTask
+
+    cfg = cfg_for(
+        "dpo",
+        model_path,
+        data,
+        out,
+        preference={"loss_type": loss_type, "packing": packing},
+        sft={"fast_loss": fast},
+        method={"name": method},
+        data={"max_length": 64},
+    )
+    task = PreferenceTask(from_dict(cfg))
+    task._attention_share = 0.0  # pack whenever it saves positions (the tiny model's cost model rarely would)
+    return task
+
+
+def lora_model(task, seed=0):
+    """The task's model with a LoRA adapter whose B matrices are non-zero (so policy != reference)."""
+    from tuneforge.methods import prepare
+
+    torch.manual_seed(seed)  # lora_A's initialisation
+    prepared = prepare(task.model, task.cfg.method, task.cfg.training, head=False)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in prepared.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return prepared.model
+
+
+def step_loss_and_grads(task, model, indices):
+    """One micro-batch of the task's training step: (loss, {name: grad}) of the trainable weights."""
+    model.zero_grad(set_to_none=True)
+    model.train()
+    if task.loss_type == "kto":
+        task.begin_step(model, [indices], lambda x: x)
+    batch = task.collate(indices)
+    loss, _ = task.loss(model, batch)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+def assert_same(a, b, rtol=1e-4, atol=1e-5):
+    (la, ga), (lb, gb) = a, b
+    torch.testing.assert_close(la, lb, rtol=rtol, atol=atol)
+    assert ga.keys() == gb.keys() and ga
+    for name in ga:
+        torch.testing.assert_close(ga[name], gb[name], rtol=rtol, atol=atol, msg=name)
+
+
+def test_pack_padded_keeps_every_sequence_and_never_widens(tiny_llama, ragged_file, tmp_path):
+    from tuneforge.tasks.pairs import pack_padded
+
+    task = make_task(tiny_llama, ragged_file, tmp_path)
+    batch = task.collate(list(range(8)))  # (16, T): 8 chosen then 8 rejected
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    packed = pack_padded(ids, mask, labels, task.pad_id, attention_share=0.0)
+    rows, width = packed["input_ids"].shape
+    assert rows < len(ids) and packed["input_ids"].numel() < ids.numel()  # fewer positions computed
+    for i in range(len(ids)):
+        where = packed["segments"] == i
+        n = int(mask[i].sum())
+        assert int(where.sum()) == n
+        assert packed["input_ids"][where].tolist() == ids[i, :n].tolist()
+        assert packed["position_ids"][where].tolist() == list(range(n))
+        # the same loss tokens (the first token of a sequence is never a target)
+        assert packed["labels"][where].tolist()[1:] == labels[i, 1:n].tolist()
+    assert pack_padded(ids, mask.flip(1), labels) is None  # left padding: the padded path
+    for share in (None, 1.0):  # rows never wider than the longest sequence (or the padded batch)
+        narrow = pack_padded(ids, mask, labels, attention_share=share)
+        assert narrow is None or narrow["input_ids"].shape[1] == int(mask.sum(1).max())
+
+
+def test_packing_cost_model_picks_the_cheapest_rows():
+    """Attention cheap beside the linear layers: fewer, wider rows; dear: rows no wider than the longest."""
+    from tuneforge.tasks.pairs import pack_padded
+
+    sizes = [30, 10, 12, 8, 20, 6]
+    ids = torch.zeros(len(sizes), 30, dtype=torch.long)
+    mask = (torch.arange(30) < torch.tensor(sizes)[:, None]).long()
+    cheap = pack_padded(ids, mask, ids.clone(), attention_share=1e-4)
+    assert cheap["input_ids"].shape == (1, sum(sizes))  # one row: 86 positions instead of 180
+    for share in (None, 0.5):
+        same_width = pack_padded(ids, mask, ids.clone(), attention_share=share)
+        assert same_width["input_ids"].shape == (3, 30)  # 30 | 20+10 | 12+8+6
+    full = torch.ones(2, 30, dtype=torch.long)
+    assert pack_padded(full, full, full) is None  # nothing to save
+
+
+@pytest.mark.parametrize("weight_trains", [False, True])
+def test_fused_token_logps_match_log_softmax(weight_trains):
+    """The fused output layer: per-token log-probs and both gradients, chunk by chunk, as the plain path."""
+    from tuneforge.train.lm_loss import linear_token_logps
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False).requires_grad_(weight_trains)
+    hidden = torch.randn(37, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (37,))
+    upstream = torch.randn(37)  # a different weight per token, as a sequence-level loss gives
+    fused = linear_token_logps(hidden, head, targets, chunk=8)
+    (fused * upstream).sum().backward()
+    got = hidden.grad.clone(), head.weight.grad.clone() if weight_trains else None
+    hidden.grad, head.weight.grad = None, None
+    plain = torch.log_softmax(head(hidden), -1).gather(1, targets[:, None]).squeeze(1)
+    (plain * upstream).sum().backward()
+    torch.testing.assert_close(fused, plain.detach())
+    torch.testing.assert_close(got[0], hidden.grad)
+    if weight_trains:
+        torch.testing.assert_close(got[1], head.weight.grad)
+    with torch.no_grad():  # reference and evaluation passes: forward only
+        torch.testing.assert_close(linear_token_logps(hidden, head, targets, chunk=8), plain.detach())
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "orpo", "kto"])
+def test_levers_give_the_plain_loss_and_gradients(tiny_llama, ragged_file, tmp_path, loss_type):
+    """Packing, the fused log-probs and both together: the plain path's loss and LoRA gradients."""
+    indices = [0, 3, 5, 9, 11, 14]
+    results = {}
+    for packing, fast in [(False, False), (True, False), (False, True), (True, True)]:
+        task = make_task(tiny_llama, ragged_file, tmp_path, loss_type, packing, fast)
+        model = lora_model(task)
+        results[packing, fast] = step_loss_and_grads(task, model, indices)
+        if loss_type != "orpo":  # the cached reference log-probs are the same too
+            ref = task._ref_cache["train"]
+            results[packing, fast, "ref"] = ref[~torch.isnan(ref)]
+    plain = results[False, False]
+    for lever in [(True, False), (False, True), (True, True)]:
+        assert_same(results[lever], plain)
+        if loss_type != "orpo":
+            torch.testing.assert_close(
+                results[(*lever, "ref")], results[False, False, "ref"], rtol=1e-5, atol=1e-4
+            )
+
+
+def test_levers_with_a_trained_output_layer(tiny_llama, ragged_file, tmp_path):
+    """Full fine-tuning trains the (tied) output layer: the fused path recomputes its gradient exactly."""
+    indices = [1, 2, 7, 8]
+    runs = []
+    for packing, fast in [(False, False), (True, True)]:
+        task = make_task(tiny_llama, ragged_file, tmp_path, "sigmoid", packing, fast, method="full")
+        torch.manual_seed(1)
+        with torch.no_grad():  # move the policy off its frozen reference copy
+            for p in task.model.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+        runs.append(step_loss_and_grads(task, task.model, indices))
+    assert "model.embed_tokens.weight" in runs[0][1]  # tied with the output layer: it trains
+    assert_same(runs[1], runs[0])
+
+
+def test_evaluation_is_the_same_with_the_levers(tiny_llama, ragged_file, tmp_path):
+    metrics = []
+    for packing, fast in [(False, False), (True, True)]:
+        task = make_task(tiny_llama, ragged_file, tmp_path, "sigmoid", packing, fast)
+        metrics.append(task.evaluate(lora_model(task), "test"))
+    assert metrics[0].keys() == metrics[1].keys()
+    for key in metrics[0]:
+        assert metrics[1][key] == pytest.approx(metrics[0][key], rel=1e-4, abs=1e-5), key
+
+
+def test_prompt_tuning_keeps_the_padded_rows(tiny_llama, ragged_file, tmp_path):
+    """Virtual tokens would be shared by the sequences of a packed row: prompt tuning never packs."""
+    import peft
+
+    task = make_task(tiny_llama, ragged_file, tmp_path, packing=True, fast=True)
+    prompt_tuned = peft.get_peft_model(
+        task.model, peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
+    )
+    assert task.packs(task.model) and not task.packs(prompt_tuned)
+    batch = task.collate([0, 1, 2])
+    args = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    with torch.no_grad():
+        torch.testing.assert_close(task.logps(prompt_tuned, *args), task.plain_logps(prompt_tuned, *args))
+
+
+@pytest.mark.slow
+def test_compiled_blocks_give_the_plain_loss(tiny_llama, ragged_file, tmp_path):
+    """Compiled transformer blocks (training.compile) under the packed, fused path: the eager loss and gradients."""
+    from tuneforge.train.compile import can_compile, compile_blocks, compile_settings
+
+    if not can_compile(torch.device("cpu"))[0]:
+        pytest.skip("no compiler here")
+    indices = [0, 3, 5, 9]
+    task = make_task(tiny_llama, ragged_file, tmp_path, "sigmoid", packing=True, fast=True)
+    model = lora_model(task)
+    eager = step_loss_and_grads(task, model, indices)
+    with compile_settings():
+        assert compile_blocks(model) == 2
+        compiled = step_loss_and_grads(task, model, indices)
+    assert_same(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_frozen_base_gives_the_loss_within_bf16_tolerance(tiny_llama, ragged_file, tmp_path):
+    """training.bf16_frozen_base (recipe.frozen_to_bf16) under bf16 autocast: the loss of the fp32 base."""
+    from tuneforge.recipe import frozen_to_bf16
+
+    indices = [0, 3, 5, 9]
+    task = make_task(tiny_llama, ragged_file, tmp_path, "sigmoid", packing=True, fast=True)
+    model = lora_model(task)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        full = step_loss_and_grads(task, model, indices)
+        task._ref_cache.clear()
+        assert frozen_to_bf16(model) > 0
+        half = step_loss_and_grads(task, model, indices)
+    torch.testing.assert_close(half[0], full[0], rtol=2e-2, atol=2e-2)
+    for name in full[1]:
+        assert half[1][name].dtype == torch.float32  # the adapter's weights and gradients stay fp32
+        cos = torch.nn.functional.cosine_similarity(half[1][name].flatten(), full[1][name].flatten(), dim=0)
+        assert cos > 0.99, name
+
+
+def test_training_with_the_levers_follows_the_plain_run(tiny_llama, ragged_file, tmp_path):
+    """A short run with packing and the fused loss ends where the plain run ends (same batches, same updates)."""
+    from tuneforge.recipe import train
+
+    finals = []
+    for packing, fast in [(False, False), (True, True)]:
+        cfg = cfg_for(
+            "dpo",
+            tiny_llama,
+            ragged_file,
+            tmp_path / f"p{packing}",
+            preference={"packing": packing},
+            sft={"fast_loss": fast, "samples": 0},
+            training={"max_steps": 4, "eval_every": 4, "log_every": 2, "precision": "fp32", "compile": False},
+            data={"max_length": 64},
+        )
+        run = train(cfg)
+        finals.append([m for m in run.metrics() if m["split"] == "train"])
+    for a, b in zip(*finals):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3, abs=1e-4)
+        assert b["margin"] == pytest.approx(a["margin"], rel=1e-2, abs=1e-4)
