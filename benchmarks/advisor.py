@@ -47,7 +47,18 @@ def train_cli(cfg: dict, name: str) -> dict:
     import yaml
 
     cfg = cfg_with(cfg, output={"name": name})
-    path.write_text(yaml.safe_dump(cfg))
+    text = yaml.safe_dump(cfg)
+    done = WORK / name / "run.json"
+    if (
+        path.exists()
+        and path.read_text() == text
+        and done.exists()
+        and json.loads(done.read_text()).get("finished")
+    ):
+        summary = json.loads(done.read_text())  # the same run already finished: reuse it
+        summary["test_accuracy"] = json.loads((WORK / name / "eval.json").read_text())["tuned"]["accuracy"]
+        return summary
+    path.write_text(text)
     t0 = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "tuneforge.cli", "train", str(path)], check=True, stdout=subprocess.DEVNULL
@@ -68,7 +79,7 @@ def part_assess(tiny: bool) -> tuple[dict, str]:
     from tuneforge.advise import assess
 
     limit = {"limit": 300, "eval_limit": 60} if tiny else {}
-    n_eval = 40 if tiny else 500  # validation rows the baselines score (eval.baseline_examples)
+    n_eval = 40 if tiny else EVAL_ROWS  # validation rows the baselines score (eval.baseline_examples)
     tuned = train_cli(
         cfg_with(MINILM, data=limit, training={"max_steps": 5} if tiny else {}), "assess-tuned-minilm"
     )
@@ -293,6 +304,7 @@ def _estimate(cfg_json: str) -> None:
     print(json.dumps(r["rows"][0], default=float))
 
 
+EVAL_ROWS = 500
 PARTS = {"assess": part_assess, "probe": part_probe, "sweep": part_sweep, "plan": part_plan}
 
 
@@ -307,9 +319,13 @@ def main() -> None:
     ap.add_argument(
         "--limit", type=int, help="training rows (data.limit) for the trained arms of assess/probe"
     )
+    ap.add_argument("--eval-rows", type=int, help="validation rows the baselines score (default 500)")
     args = ap.parse_args()
     if args.limit:
         MINILM["data"]["limit"] = args.limit
+    if args.eval_rows:
+        global EVAL_ROWS
+        EVAL_ROWS = args.eval_rows
     result, table = PARTS[args.part](args.tiny)
     name = f"advisor_{args.part}" + ("_tiny" if args.tiny else "")
     write(name, {"machine": machine(), **result}, f"{table}\n\n({machine()})")

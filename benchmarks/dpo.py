@@ -36,7 +36,7 @@ os.environ.setdefault("TUNEFORGE_NO_PROGRESS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "dpo-smollm2-lora.yaml")
-QUICK = os.environ.get("BENCH_QUICK") == "1"
+QUICK = os.environ.get("BENCH_QUICK") == "1" or "--quick" in sys.argv
 WARMUP = 1 if QUICK else 3
 # the shipped config, measured: per-step logs, no report or probes (not timed, but not what is measured)
 OVERRIDES = [
@@ -73,7 +73,8 @@ def heldout_accuracy(task, model) -> dict:
     model = model.float().eval()
     with torch.no_grad():
         m = task.evaluate(model, "test")
-    return {k: m[k] for k in ("preference_accuracy", "margin", "likelihood_accuracy") if k in m}
+    out = {k: m[k] for k in ("preference_accuracy", "margin", "likelihood_accuracy") if k in m}
+    return {**out, "n_test": len(task.encoded["test"]["examples"])}
 
 
 def arm_tuneforge(plain: bool = False) -> dict:
@@ -94,6 +95,7 @@ def arm_tuneforge(plain: bool = False) -> dict:
         "steps": len(logs),
         "tokens_per_s": tokens / seconds,
         "seconds_per_step": seconds / len(timed),
+        "train_seconds": sum(m["seconds"] for m in logs),  # every step, reference passes included
         "padding_before_packing": 1 - tokens / padded if padded else None,
         "peak_rss_mb": rss,
         "peak_rss_training_mb": summary.get("peak_rss_mb"),
@@ -180,7 +182,9 @@ def arm_trl(precompute: bool = False) -> dict:
         callbacks=[Clock()],
     )
     trainer.model.get_base_model().register_forward_pre_hook(count_tokens, with_kwargs=True)
+    t0 = time.perf_counter()
     trainer.train()
+    train_seconds = time.perf_counter() - t0  # every step, and the reference pass when precomputed
     seconds = marks["end"] - marks["start"]
     last_loss = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     rss = peak_rss_mb()
@@ -189,6 +193,7 @@ def arm_trl(precompute: bool = False) -> dict:
         "steps": marks["steps"],
         "tokens_per_s": sum(tokens) / seconds,
         "seconds_per_step": seconds / (marks["steps"] - WARMUP),
+        "train_seconds": train_seconds,
         "peak_rss_mb": rss,
         "train_loss_last": last_loss[-1] if last_loss else None,
         **heldout_accuracy(task, trainer.model),
@@ -203,19 +208,20 @@ ARMS = {
 }
 
 
-def table(results: dict, m: dict, n_test: int | None) -> str:
+def table(results: dict, m: dict) -> str:
+    n_test = next(iter(results.values()), {}).get("n_test", 75)
     lines = [
         f"DPO LoRA workload: configs/dpo-smollm2-lora.yaml (SmolLM2-135M-Instruct, LoRA r=16 all-linear, sigmoid "
         f"beta 0.1, batch 8, max length 96, 288 ChatterBot pairs, 1 epoch, bf16) against TRL's DPOTrainer, "
         f"the same pairs and settings; tokens/s after {WARMUP} warm-up steps; preference accuracy on the "
-        f"{n_test or 75} held-out pairs ({m['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']})",
+        f"{n_test} held-out pairs ({m['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']})",
         "",
-        "| tool | real tokens/s | s/step | peak RSS (GB) | held-out preference accuracy | margin |",
-        "|---|---|---|---|---|---|",
+        "| tool | real tokens/s | s/step | whole training (s) | peak RSS (GB) | held-out preference accuracy | margin |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results.values():
         lines.append(
-            f"| {r['tool']} | {r['tokens_per_s']:.1f} | {r['seconds_per_step']:.2f} | "
+            f"| {r['tool']} | {r['tokens_per_s']:.1f} | {r['seconds_per_step']:.2f} | {r['train_seconds']:.0f} | "
             f"{r['peak_rss_mb'] / 1024:.2f} | {r.get('preference_accuracy', float('nan')):.3f} | "
             f"{r.get('margin', float('nan')):+.3f} |"
         )
@@ -232,7 +238,7 @@ def table(results: dict, m: dict, n_test: int | None) -> str:
 
 def main() -> None:
     argv = [a for a in sys.argv[1:] if a != "--quick"]
-    if "--quick" in sys.argv:
+    if QUICK:
         os.environ["BENCH_QUICK"] = "1"  # the arms' processes inherit it
     if argv:
         print(json.dumps(ARMS[argv[0]]()))
@@ -249,8 +255,8 @@ def main() -> None:
         results[arm] = run_isolated(__file__, arm)
         print(f"  {time.perf_counter() - t0:.0f} s: {json.dumps(results[arm])}", flush=True)
     m = machine()
-    text = table(results, m, None)
-    if os.environ.get("BENCH_QUICK") == "1":
+    text = table(results, m)
+    if QUICK:
         print(text + "\n\n(--quick: a check of the script on a slice; nothing written)")
         return
     write("dpo", {"machine": m, "config": "configs/dpo-smollm2-lora.yaml", "results": results}, text)

@@ -32,7 +32,7 @@ os.environ.setdefault("TUNEFORGE_NO_PROGRESS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "grpo-smollm2-lora.yaml")
-QUICK = os.environ.get("BENCH_QUICK") == "1"
+QUICK = os.environ.get("BENCH_QUICK") == "1" or "--quick" in sys.argv
 WARMUP = 1 if QUICK else 2
 OVERRIDES = [
     "output.dir=/tmp/tuneforge-bench",
@@ -210,7 +210,7 @@ def table(results: dict, m: dict) -> str:
 
 def main() -> None:
     argv = [a for a in sys.argv[1:] if a != "--quick"]
-    if "--quick" in sys.argv:
+    if QUICK:
         os.environ["BENCH_QUICK"] = "1"  # the arms' processes inherit it
     if argv:
         print(json.dumps(ARMS[argv[0]]()))
@@ -224,7 +224,7 @@ def main() -> None:
         print(f"  {time.perf_counter() - t0:.0f} s: {json.dumps(results[arm])}", flush=True)
     m = machine()
     text = table(results, m)
-    if os.environ.get("BENCH_QUICK") == "1":
+    if QUICK:
         print(text + "\n\n(--quick: a check of the script on 3 steps; nothing written)")
         return
     write("grpo", {"machine": m, "config": "configs/grpo-smollm2-lora.yaml", "results": results}, text)

@@ -244,6 +244,26 @@ def test_chat_with_the_tuned_model(service, alpha, finished_job):
         alpha.chat.completions.create(model="ft:nope:x:y", messages=[{"role": "user", "content": "Hi"}])
 
 
+def test_job_from_a_fine_tuned_model(service, alpha, beta, finished_job, sft_file):
+    """A fine-tuned model as ``model`` continues from that job's run (as OpenAI's API allows); lineage recorded."""
+    more = alpha.files.create(
+        file=write_sft(service[3] / "more.jsonl", n=12, offset=50).open("rb"), purpose="fine-tune"
+    )
+    job = alpha.fine_tuning.jobs.create(
+        model=finished_job.fine_tuned_model, training_file=more.id, suffix="more",
+        extra_body={"tuneforge": {**FAST, "method": {"name": "lora", "r": 4}}},
+    )  # fmt: skip
+    done = wait_job(alpha, job.id)
+    assert done.status == "succeeded", (done.error, service[0].log()[-3000:])
+    assert done.model == finished_job.fine_tuned_model
+    assert done.fine_tuned_model.startswith(f"ft:{Path(service[4]).name}:more:")
+    runs = service[0].home / "runs"
+    lineage = json.loads((runs / job.id / "run.json").read_text())["lineage"]
+    assert Path(lineage["parent"]).resolve() == (runs / finished_job.id).resolve()
+    with pytest.raises(openai.NotFoundError):  # another project's tuned model is not there for beta
+        beta.fine_tuning.jobs.create(model=finished_job.fine_tuned_model, training_file=sft_file.id)
+
+
 def test_jobs_paging(service, alpha, finished_job, sft_file):
     extra = [
         alpha.fine_tuning.jobs.create(

@@ -145,7 +145,10 @@ def files(tmp_path_factory) -> dict[str, str]:
     return {
         "sentiment": _write(root / "sentiment.jsonl", sentiment_rows(40)),
         "chat": _write(root / "chat.jsonl", chat),
-        "source_target": _write(root / "source_target.jsonl", [{"source": c["messages"][0]["content"], "target": c["messages"][1]["content"]} for c in chat]),
+        "source_target": _write(
+            root / "source_target.jsonl",
+            [{"source": c["messages"][0]["content"], "target": c["messages"][1]["content"]} for c in chat],
+        ),
         "pairs": _write(root / "pairs.jsonl", pairs),
         "reward": f"{reward}:chars",
     }
@@ -246,7 +249,9 @@ def outputs(model, batch) -> torch.Tensor:
     ids, mask = batch
     was = model.training
     model.eval()
-    decoder = {"decoder_input_ids": ids} if getattr(model.config, "is_encoder_decoder", False) else {}  # seq2seq
+    decoder = (
+        {"decoder_input_ids": ids} if getattr(model.config, "is_encoder_decoder", False) else {}
+    )  # seq2seq
     logits = model(input_ids=ids, attention_mask=mask, **decoder).logits.float()
     model.train(was)
     return logits[:, -ids.shape[1] :] if logits.dim() == 3 else logits

@@ -108,7 +108,9 @@ def _node_options(args) -> list[str] | None:
             f"(e.g. --master 10.0.0.1:29500); got {args.master!r}."
         )
     if not 0 <= args.node_rank < args.nnodes:
-        raise TuneforgeError(f"--node-rank must be 0 to {args.nnodes - 1} (this machine's place), got {args.node_rank}.")
+        raise TuneforgeError(
+            f"--node-rank must be 0 to {args.nnodes - 1} (this machine's place), got {args.node_rank}."
+        )
     host, port = args.master.rsplit(":", 1)
     return [
         f"--nnodes={args.nnodes}",
@@ -341,8 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--nproc", type=int, default=1, help="data-parallel processes on this machine (DDP through torchrun)"
     )
     p.add_argument("--nnodes", type=int, default=1, help="machines taking part (each runs this command)")
-    p.add_argument("--node-rank", type=int, default=0, help="this machine's place among --nnodes (0 is the master)")
-    p.add_argument("--master", metavar="HOST:PORT", help="node 0's address and a free port, reachable by every node")
+    p.add_argument(
+        "--node-rank", type=int, default=0, help="this machine's place among --nnodes (0 is the master)"
+    )
+    p.add_argument(
+        "--master", metavar="HOST:PORT", help="node 0's address and a free port, reachable by every node"
+    )
     p.add_argument(
         "--from",
         dest="from_run",

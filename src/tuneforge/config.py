@@ -26,8 +26,29 @@ import yaml
 
 from tuneforge.errors import ConfigError
 
-METHODS = ("full", "freeze", "unfreeze", "lora", "dora", "ia3", "prefix", "prompt", "qlora", "houlsby", "pfeiffer")
-PEFT_METHODS = ("lora", "dora", "ia3", "prefix", "prompt", "qlora", "houlsby", "pfeiffer")  # qlora: LoRA on a 4-bit base (GPU)
+METHODS = (
+    "full",
+    "freeze",
+    "unfreeze",
+    "lora",
+    "dora",
+    "ia3",
+    "prefix",
+    "prompt",
+    "qlora",
+    "houlsby",
+    "pfeiffer",
+)
+PEFT_METHODS = (
+    "lora",
+    "dora",
+    "ia3",
+    "prefix",
+    "prompt",
+    "qlora",
+    "houlsby",
+    "pfeiffer",
+)  # qlora: LoRA on a 4-bit base (GPU)
 VIRTUAL_TOKEN_METHODS = ("prefix", "prompt")
 DATA_FORMATS = (
     "auto",
@@ -144,7 +165,8 @@ class DataConfig:
         "nationalities), a copy with the terms swapped and the same label or answer.",
     )
     counterfactual_terms: str | None = _f(
-        None, "A JSON/YAML file of extra term groups for counterfactual augmentation (shape of bias_terms.json)."
+        None,
+        "A JSON/YAML file of extra term groups for counterfactual augmentation (shape of bias_terms.json).",
     )
     near_dup_threshold: float = _f(
         0.8,
@@ -297,7 +319,9 @@ class TrainingConfig:
     gradient_checkpointing: bool = _f(
         False, "Recompute each block's activations in backward (less memory for long sequences, ~1/3 slower)."
     )
-    liger: bool = _f(False, "Liger's Triton kernels in the model's blocks (CUDA, `pip install liger-kernel`).")
+    liger: bool = _f(
+        False, "Liger's Triton kernels in the model's blocks (CUDA, `pip install liger-kernel`)."
+    )
     report_to: list[str] = _f(
         [],
         "Experiment trackers that also receive the config, metrics and final evaluation: any of tensorboard, "
@@ -368,7 +392,9 @@ class EvalConfig:
         "logprob_margin/length/bt_probe for preference pairs), none, or a list of those names.",
         choices=("auto", "none"),
     )
-    few_shot_k: int = _f(5, "Labelled examples in the k-shot baselines' prompts (stratified over labels).", ge=1)
+    few_shot_k: int = _f(
+        5, "Labelled examples in the k-shot baselines' prompts (stratified over labels).", ge=1
+    )
     zero_shot_prompt: str = _f(
         ZERO_SHOT_PROMPT,
         "Prompt for the zero-/k-shot classification baselines: {text} is the input, {labels} the label names; "
@@ -509,7 +535,9 @@ class ContinualConfig:
         le=1,
     )
     l2_to_previous: float = _f(
-        0.0, "With model.from_run: strength of an L2 pull toward the previous weights (L2-SP); 0 is off.", ge=0
+        0.0,
+        "With model.from_run: strength of an L2 pull toward the previous weights (L2-SP); 0 is off.",
+        ge=0,
     )
     ewc: float = _f(
         0.0,

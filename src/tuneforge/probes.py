@@ -83,7 +83,9 @@ def run_probes(run, task=None, only_missing: bool = False) -> list[str]:
     returns the names written. ``task`` is the built task (from training), or None to build it from the config."""
     cfg, folder = run.config, run.path
     kind, probes = capabilities(cfg.task)
-    write_continual(run, only_missing)  # model.from_run: the previous task's score before/after (continual.json)
+    write_continual(
+        run, only_missing
+    )  # model.from_run: the previous task's score before/after (continual.json)
     todo = [n for n in wanted_probes(cfg, kind, probes) if not only_missing or not (folder / n).exists()]
     base = cfg.eval.baselines != "none" and not (only_missing and (folder / "baselines.json").exists())
     if not todo and not base:
@@ -129,7 +131,9 @@ def write_baselines(run, task) -> list[str]:
         result = for_task(task, run.config, split="test")
     except Exception as e:  # a baseline never costs the run its other probes
         log.debug("baselines failed", exc_info=True)
-        console.print(f"[bold yellow]baselines:[/bold yellow] skipped ({type(e).__name__}: {e})", highlight=False)
+        console.print(
+            f"[bold yellow]baselines:[/bold yellow] skipped ({type(e).__name__}: {e})", highlight=False
+        )
         return []
     _write(run.path / "baselines.json", result)
     for b in result["baselines"]:

@@ -32,7 +32,12 @@ from tuneforge.utils import console, peak_rss_mb, quiet_libraries
 log = logging.getLogger(__name__)
 
 # config keys whose "auto" is resolved on this machine at the start of a run (saved resolved in config.yaml)
-AUTO_KEYS = ("training.precision", "training.max_batch_tokens", "method.freeze_layers", "training.distributed")  # (threads: auto stays auto, it follows the
+AUTO_KEYS = (
+    "training.precision",
+    "training.max_batch_tokens",
+    "method.freeze_layers",
+    "training.distributed",
+)  # (threads: auto stays auto, it follows the
 # other trainings on the machine while it runs)
 
 
@@ -496,7 +501,9 @@ def _run_recipe(
 
         freeze_probe = auto_freeze_layers(task, cfg)
         if main:
-            console.print(f"depth probe: freezing the lowest {cfg.method.freeze_layers} blocks", highlight=False)
+            console.print(
+                f"depth probe: freezing the lowest {cfg.method.freeze_layers} blocks", highlight=False
+            )
     try:
         prepared = prepare(task.model, cfg.method, cfg.training, head=task.has_head())
         from tuneforge.train.distributed import setup_blocks
@@ -539,7 +546,13 @@ def _run_recipe(
         }
         atomic_write_json(
             run_dir / "run.json",
-            {"status": "running", **start, "metric": metric.name, "pid": os.getpid(), "memory_estimate": memory},
+            {
+                "status": "running",
+                **start,
+                "metric": metric.name,
+                "pid": os.getpid(),
+                "memory_estimate": memory,
+            },
         )
     trackers = start_trackers(cfg, run_dir) if main else None  # training.report_to
     accelerator.wait_for_everyone()

@@ -162,7 +162,15 @@ class Run:
             )
         own = getattr(self.task_class, "generate_for_run", None)  # e.g. seq2seq: its own model and settings
         if own is not None:
-            return own(self.load_model(), self.load_tokenizer(), self.config, prompts, max_new_tokens, temperature, base)
+            return own(
+                self.load_model(),
+                self.load_tokenizer(),
+                self.config,
+                prompts,
+                max_new_tokens,
+                temperature,
+                base,
+            )
         s = self.config.sft
         kw = dict(
             max_new_tokens=s.max_new_tokens if max_new_tokens is None else max_new_tokens,
@@ -273,11 +281,15 @@ class Run:
                 f"{self.path}: a language model's explanation is of a response to a prompt: give prompts and "
                 'responses (CLI: tuneforge explain RUN --prompt "..." --response "...").'
             )
-        one = isinstance(prompts, str) or bool(prompts and isinstance(prompts[0], dict))  # a string or a conversation
+        one = isinstance(prompts, str) or bool(
+            prompts and isinstance(prompts[0], dict)
+        )  # a string or a conversation
         prompts = [prompts] if one else list(prompts or [])
         responses = [responses] if isinstance(responses, str) else list(responses or [])
         model, tok = self.load_model(), self.load_tokenizer()
-        return ex.explain_lm(model, tok, prompts, responses, cfg.sft.system_prompt, cfg.data.max_length, n_steps)
+        return ex.explain_lm(
+            model, tok, prompts, responses, cfg.sft.system_prompt, cfg.data.max_length, n_steps
+        )
 
     def evaluate(self, data: str | None = None, task=None) -> dict:
         """Test metrics of the final model beside the baseline; writes eval.json (or eval-<file>.json)."""

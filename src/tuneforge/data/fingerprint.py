@@ -5,6 +5,7 @@ instead of silently giving other rows."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from tuneforge.data.bundled import is_bundled, resolve
@@ -25,11 +26,21 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _file_of(spec: str) -> Path:
-    """The file behind a data spec: the file itself, or the file a bundled alias is read from."""
+def _file_of(spec: str) -> Path | None:
+    """The file behind a data spec: the file itself, the file a bundled alias is read from, or None for an
+    alias built from a package's many files (its rows are fingerprinted instead)."""
     if Path(spec).exists() or not is_bundled(spec):
         return Path(spec)
-    return Path(resolve(spec)[0].path)
+    path = Path(resolve(spec)[0].path)
+    return path if path.is_file() else None
+
+
+def rows_sha256(spec: str) -> str:
+    """The sha256 of a bundled alias's rows as tuneforge reads them (stable JSON, in order)."""
+    h = hashlib.sha256()
+    for row in resolve(spec)[0].rows:
+        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode() + b"\n")
+    return h.hexdigest()
 
 
 def data_files(d) -> list[dict]:
@@ -37,9 +48,18 @@ def data_files(d) -> list[dict]:
     out = []
     for key in ("train", "validation", "test"):
         spec = getattr(d, key)
+        if key == "test" and not spec and ":" not in d.train and is_bundled(f"{d.train}:test"):
+            from tuneforge.data.bundled import load_bundled
+
+            spec = (
+                f"{d.train}:test" if "test" in load_bundled(d.train) else None
+            )  # the alias's own test split
         if not spec:
             continue
         path = _file_of(spec)
+        if path is None:  # a bundled alias assembled from many files: the rows are what must not change
+            out.append({"key": f"data.{key}", "spec": spec, "bundled": True, "sha256": rows_sha256(spec)})
+            continue
         if not path.exists():
             raise DataError(f"data.{key}: {spec} not found.")
         out.append({"key": f"data.{key}", "spec": spec, "path": str(path.resolve()), "sha256": sha256(path)})
@@ -50,6 +70,10 @@ def check_data_files(recorded: list[dict], run_dir: str | Path) -> None:
     """Raise DataError naming each recorded file of ``run_dir`` that vanished or changed since that run."""
     problems = []
     for f in recorded:
+        if f.get("bundled"):
+            if rows_sha256(f["spec"]) != f["sha256"]:
+                problems.append(f"{f['key']} (bundled {f['spec']}) has other rows since that run")
+            continue
         path = Path(f["path"])
         if not path.exists():
             problems.append(f"{f['key']} {path} is gone")

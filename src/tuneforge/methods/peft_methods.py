@@ -47,7 +47,9 @@ def peft_config(model: nn.Module, m, head: bool):
     """The PEFT config of method ``m``; ``head``: the model has a new classification head (trained and saved)."""
     import peft
 
-    seq2seq = getattr(getattr(model, "config", None), "is_encoder_decoder", False)  # T5, BART, EncoderDecoderModel
+    seq2seq = getattr(
+        getattr(model, "config", None), "is_encoder_decoder", False
+    )  # T5, BART, EncoderDecoderModel
     task_type = "SEQ_CLS" if head else "SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM"
     heads = head_module_names(model) if task_type == "SEQ_CLS" else []
     targets = linear_targets(model, heads) if m.target_modules == "all-linear" else m.target_modules

@@ -123,7 +123,9 @@ def add_report_commands(sub: argparse._SubParsersAction, recompute: Recompute | 
     p.add_argument("--name", default="compare", help="file name stem (default: compare)")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("lineage", help="print the chain of runs that led to a run's model (parents, data hashes)")
+    p = sub.add_parser(
+        "lineage", help="print the chain of runs that led to a run's model (parents, data hashes)"
+    )
     p.add_argument("run_dir")
     p.add_argument("--json", action="store_true", help="print the chain as JSON")
     p.set_defaults(func=cmd_lineage)

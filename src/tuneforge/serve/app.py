@@ -53,6 +53,7 @@ class ServiceContext:
     ):
         self.home = Path(home).resolve()
         self.store = store
+        self.pool = None  # the chat/completions engines (serve.completions.ModelPool), once mounted
         self.max_upload_bytes = max_upload_bytes
         dirs = [self.home / "runs", *(Path(r).resolve() for r in runs)]
         if Path("runs").is_dir():
@@ -136,13 +137,17 @@ def create_app(
     jobs: int = 1,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     lease_seconds: float | None = None,
+    engine: str = "tuneforge",
+    max_batch: int = 32,
 ):
     """The service as an ASGI app.
 
     ``home``: state folder (default ``$TUNEFORGE_HOME`` or ``~/.tuneforge``); ``database``: a SQLAlchemy URL
     (``postgresql://...``; default SQLite in the home); ``runs``: more folders of runs for the dashboard;
     ``models``: run folders to serve as models by their folder name; ``worker``: also train jobs in this
-    process (``jobs`` at a time); ``max_upload_mb``: the largest upload accepted.
+    process (``jobs`` at a time); ``max_upload_mb``: the largest upload accepted; ``engine``: the generation
+    engine behind chat/completions ("tuneforge", or "vllm" on a GPU machine with vLLM) and ``max_batch`` the
+    sequences it decodes together.
     """
     require_extra()
     from fastapi import FastAPI, Request
@@ -203,7 +208,10 @@ def create_app(
             raise
         log.warning("chat completions are not available: tuneforge.serve.completions is missing")
     else:
-        app.include_router(completions_router(require_project, ctx.resolve_model))
+        from tuneforge.serve.completions import ModelPool
+
+        ctx.pool = ModelPool(max_batch=max_batch, engine=engine)
+        app.include_router(completions_router(require_project, ctx.resolve_model, pool=ctx.pool))
     try:
         from tuneforge.serve.dashboard import dashboard_router
     except ImportError as e:
@@ -256,6 +264,8 @@ def models_router(ctx: ServiceContext, require_project):
             raise not_found("model", model, "model")
         ctx.store.update_job(job["id"], model_deleted=True)
         run_dir = ctx.home / job["run_dir"]
+        if ctx.pool is not None:  # a loaded engine or adapter of it goes too
+            ctx.pool.forget(run_dir)
         for sub in ("model", "best", "checkpoints"):
             shutil.rmtree(run_dir / sub, ignore_errors=True)
         ctx.store.add_event(

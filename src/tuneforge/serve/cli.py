@@ -93,7 +93,9 @@ def cmd_export(args) -> None:
         from tuneforge.serve.gguf import export_gguf
 
         out = export_gguf(args.run_dir, args.out, quant=args.quant or "f16", overwrite=args.overwrite)
-        console.print(f"exported a merged {args.quant or 'f16'} GGUF file to [bold]{out}[/bold] (llama.cpp, Ollama)")
+        console.print(
+            f"exported a merged {args.quant or 'f16'} GGUF file to [bold]{out}[/bold] (llama.cpp, Ollama)"
+        )
         return
     if args.quant:
         raise TuneforgeError("export: --quant applies to GGUF files; give an OUT ending in .gguf.")

@@ -42,7 +42,9 @@ def export(run_dir: str | Path, out: str | Path, merge: bool = False, overwrite:
         shutil.copytree(src, out)
         return out
     adapter = json.loads((src / "adapter_config.json").read_text())
-    if adapter.get("peft_type") == "BOTTLENECK":  # non-linear (houlsby/pfeiffer): the adapter and its base instead
+    if (
+        adapter.get("peft_type") == "BOTTLENECK"
+    ):  # non-linear (houlsby/pfeiffer): the adapter and its base instead
         from tuneforge.methods.bottleneck import export_with_base
 
         return export_with_base(run.load_model(), run.load_tokenizer(), src, out)

@@ -108,6 +108,8 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
 
 def ft_name(job: dict) -> str:
     base = job["model"]
+    if base.startswith("ft:"):  # a model tuned from a tuned model keeps the root base's name
+        base = base.split(":")[1]
     if "/" in base or base.startswith(".") or base.startswith("~"):
         base = Path(base).name
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", base) or "model"
@@ -200,9 +202,6 @@ def resolve_base_model(name: Any) -> Path:
     if not isinstance(name, str) or not name.strip():
         raise bad_request("model is required: a tuneforge model name (GET /v1/models) or a local folder.",
                           "model", "invalid_model")  # fmt: skip
-    if name.startswith("ft:"):
-        raise bad_request(f"Fine-tuning a fine-tuned model ({name}) is not supported yet: fine-tune its base model "
-                          f"with both files.", "model", "model_not_available")  # fmt: skip
     if name in MODELS and MODELS[name].kind != "causal-lm":
         raise bad_request(f"{name} is an encoder model; fine-tuning jobs train chat models. Choose one of "
                           f"{', '.join(a for a, m in MODELS.items() if m.kind == 'causal-lm')}.", "model",
@@ -295,7 +294,16 @@ def create_job(ctx, project: str, body: dict) -> dict:
         raise bad_request("metadata must be at most 16 string keys (64 characters) with string values (512).",
                           "metadata", "invalid_metadata")  # fmt: skip
     options = flatten_options(body.get("tuneforge"))
-    model_path = resolve_base_model(body.get("model"))
+    parent = None  # a fine-tuned model as `model`: the new job continues from that job's run (lineage kept)
+    if isinstance(body.get("model"), str) and body["model"].startswith("ft:"):
+        parent = ctx.resolve_model(project, body["model"])
+        if not isinstance(parent, Path):
+            raise not_found("model", body["model"], "model")
+        from tuneforge.run import Run
+
+        model_path = resolve_base_model(Run(parent).config.model.name)
+    else:
+        model_path = resolve_base_model(body.get("model"))
 
     # ---- the run config: auto values, then the user's options over them
     job_id = new_id("ftjob")
@@ -317,7 +325,11 @@ def create_job(ctx, project: str, body: dict) -> dict:
     max_length = min(limit, 2048, max(128, 2 ** math.ceil(math.log2(max(1, longest / 3)))))
     cfg: dict[str, Any] = {
         "task": task,
-        "model": {"name": str(body["model"]) if not Path(str(body["model"])).exists() else str(model_path)},
+        "model": (
+            {"from_run": str(parent.resolve())}
+            if parent is not None
+            else {"name": str(body["model"]) if not Path(str(body["model"])).exists() else str(model_path)}
+        ),
         "data": {
             "train": train["train_path"] or train["path"],
             "validation": (valid["train_path"] or valid["path"]) if valid else None,
