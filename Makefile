@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast e2e bench lint clean
+.PHONY: setup demo test test-all test-fast e2e bench lint clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,12 @@ $(STAMP): pyproject.toml requirements-bundled.txt requirements-test.txt
 demo: setup
 	$(BIN)/tuneforge demo
 
+# `slow`: the few tests that take minutes (a 550 MB GGUF round trip, compiled blocks); `make test-all` adds them
 test: setup
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python -m pytest -q -x --durations=15 -m "not slow"
+
+test-all: setup
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -x --durations=15
 

@@ -119,6 +119,7 @@ def test_llama_cpp_runs_the_file(lora_run, tmp_path):  # noqa: F811
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # 85 s: writes and reads back 550 MB; `make test-all` runs it
 def test_gemma3_round_trip(tmp_path):
     """The bundled Gemma-3-270M (itself read from a GGUF file) written and read back: same tokens, same logits."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -336,7 +336,7 @@ def test_cancel_pause_resume(service, alpha, sft_file):
     """Pause a running job (it stops at the end of a step with a checkpoint), resume it (it continues from that
     checkpoint and succeeds); cancel another while it runs (its checkpoint is kept)."""
     server, model = service[0], service[4]
-    slow = options(max_steps=60, save_every=3, log_every=3)
+    slow = options(max_steps=240, save_every=3, log_every=3)  # long enough that a pause lands mid-run
     job = alpha.fine_tuning.jobs.create(
         model=model, training_file=sft_file.id, extra_body={"tuneforge": slow}
     )
@@ -348,7 +348,7 @@ def test_cancel_pause_resume(service, alpha, sft_file):
         "the pause",
     )
     paused_at = alpha.fine_tuning.jobs.retrieve(job.id)
-    assert paused_at.status == "paused" and paused_at.model_extra["tuneforge"]["step"] < 60
+    assert paused_at.status == "paused" and paused_at.model_extra["tuneforge"]["step"] < 240
     with pytest.raises(openai.ConflictError):
         alpha.fine_tuning.jobs.pause(job.id)
     assert alpha.fine_tuning.jobs.resume(job.id).status == "queued"
@@ -360,8 +360,9 @@ def test_cancel_pause_resume(service, alpha, sft_file):
         set(_train_steps(alpha, job.id))
     )  # no step twice
 
+    endless = options(max_steps=100_000, save_every=3, log_every=3)  # cancelled long before its end
     other = alpha.fine_tuning.jobs.create(
-        model=model, training_file=sft_file.id, extra_body={"tuneforge": slow}
+        model=model, training_file=sft_file.id, extra_body={"tuneforge": endless}
     )
     wait_for(lambda: alpha.fine_tuning.jobs.checkpoints.list(other.id).data, 180, "a first checkpoint")
     assert alpha.fine_tuning.jobs.cancel(other.id).status == "cancelled"

@@ -125,7 +125,8 @@ def write_continual(run, only_missing: bool = False) -> list[str]:
 
 def write_baselines(run, task) -> list[str]:
     """baselines.json: the base model's scores without fine-tuning on the test split (``eval.baselines``)."""
-    from tuneforge.eval.baselines import for_task, headline_value, title
+    from tuneforge.eval.baselines import for_task, headline_value
+    from tuneforge.report.sections.baselines import title
 
     try:
         result = for_task(task, run.config, split="test")

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from tuneforge.advise.common import as_config, default_folder, md_table, write
 from tuneforge.errors import TuneforgeError
-from tuneforge.eval.baselines import for_task, headline_value, title
+from tuneforge.eval.baselines import for_task, headline_value
 from tuneforge.eval.bootstrap import accuracy_ci
+from tuneforge.report.sections.baselines import title
 from tuneforge.tasks import get_task
 
 LOWER_IS_BETTER = {"perplexity"}

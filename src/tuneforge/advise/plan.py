@@ -226,10 +226,10 @@ def measure(cfg, device: torch.device, runtime: int | None, probe_steps: int = 3
         "fits": est.fits,
         "steps": total_steps,
         "step_seconds": round(float(secs.mean()), 4),
-        "train_seconds": round(train_s, 1),
-        "eval_seconds": round(eval_s, 1),
+        "train_seconds": round(train_s, 3),
+        "eval_seconds": round(eval_s, 3),
         "evaluations": evals,
-        "seconds": round(train_s + eval_s, 1),
+        "seconds": round(train_s + eval_s, 3),
     }
     return row
 

@@ -459,21 +459,6 @@ def preference_probe(
     }
 
 
-def title(result: dict) -> str:
-    """How a baseline is called in tables: "zero-shot prompt", "5-shot prompt", "k-NN on frozen embeddings", ..."""
-    names = {
-        "zero_shot": "zero-shot prompt",
-        "knn": "k-NN on frozen embeddings",
-        "logreg": "logistic-regression probe on frozen embeddings",
-        "logprob_margin": "base model's log-probability margin",
-        "length": "longer answer wins",
-        "bt_probe": "Bradley-Terry probe on frozen embeddings",
-    }
-    if result["name"] == "k_shot":
-        return f"{result.get('k')}-shot prompt"
-    return names.get(result["name"], result["name"])
-
-
 def headline_value(result: dict) -> tuple[str, float, float, float]:
     """(metric, value, low, high) of a baseline result, for tables and recommendations."""
     m = result["metric"]

@@ -92,15 +92,42 @@ def reference_model(model, cfg, frozen=None):
     if frozen is not None:
         yield frozen.to(device)
     elif hasattr(raw, "disable_adapter"):
-        was_training = raw.training
-        raw.eval()
-        try:
-            with raw.disable_adapter():
-                yield raw
-        finally:
-            raw.train(was_training)
+        with adapter_off(raw) as base:
+            yield base
     else:
         yield load_causal_lm(cfg.model.name, cfg.model.dtype).to(device).eval()
+
+
+@contextmanager
+def adapter_off(model):
+    """A PEFT model as its base: the adapter switched off, in eval mode meanwhile (deterministic log-probs)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with model.disable_adapter():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def eval_lines(result: dict, tokens: str, first: str) -> list[str]:
+    """The terminal summary of a text-producing task's eval.json: perplexity of the ``tokens`` (base -> tuned,
+    with the change where recorded), the generation metrics, and up to 5 samples (``first``: prompt, source)."""
+    from tuneforge.eval import textgen
+
+    lines = []
+    for name, m in result.get("tuned", {}).items():
+        b = (result.get("baseline") or {}).get(name)
+        change = f" ({100 * m['perplexity_change']:+.1f}%)" if "perplexity_change" in m else ""
+        base = f"base {b['perplexity']:.3f} -> " if b else ""
+        lines.append(f"{name} perplexity ({tokens} tokens): {base}tuned {m['perplexity']:.3f}{change}")
+    lines += textgen.summary_lines(result.get("generation"))
+    for s in result.get("samples", [])[:5]:
+        lines.append(f"\n{first + ':':<10} {s['prompt']}\nreference: {s['reference']}")
+        if s.get("base") is not None:
+            lines.append(f"base:      {s['base']}")
+        lines.append(f"tuned:     {s['tuned']}")
+    return lines
 
 
 def load_causal_lm_dir(model_dir: Path, cfg=None):

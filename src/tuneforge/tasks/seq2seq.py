@@ -43,6 +43,7 @@ from tuneforge.models.seq2seq import (
     seq2seq_loss,
 )
 from tuneforge.tasks.base import Metric, Task, load_splits
+from tuneforge.tasks.lm import adapter_off, eval_lines
 from tuneforge.utils import console
 
 CHAT_FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
@@ -342,18 +343,7 @@ class Seq2SeqTask(Task):
 
     @staticmethod
     def format_eval(result: dict) -> list[str]:
-        lines = []
-        for name, m in result.get("tuned", {}).items():
-            b = (result.get("baseline") or {}).get(name)
-            base = f"base {b['perplexity']:.3f} -> " if b else ""
-            lines.append(f"{name} perplexity (target tokens): {base}tuned {m['perplexity']:.3f}")
-        lines += textgen.summary_lines(result.get("generation"))
-        for s in result.get("samples", [])[:5]:
-            lines.append(f"\nsource:    {s['prompt']}\nreference: {s['reference']}")
-            if s.get("base") is not None:
-                lines.append(f"base:      {s['base']}")
-            lines.append(f"tuned:     {s['tuned']}")
-        return lines
+        return eval_lines(result, "target", "source")
 
     # ---- what Run does with a seq2seq run (generate, predict)
     @classmethod
@@ -409,12 +399,7 @@ def base_model(model, cfg, tokenizer):
     raw = getattr(model, "module", model)
     device = next(raw.parameters()).device
     if hasattr(raw, "disable_adapter"):
-        was_training = raw.training
-        raw.eval()
-        try:
-            with raw.disable_adapter():
-                yield raw
-        finally:
-            raw.train(was_training)
+        with adapter_off(raw) as base:
+            yield base
     else:
         yield Seq2SeqTask.build_model(cfg, tokenizer, dropout=False).to(device).eval()

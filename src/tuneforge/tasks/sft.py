@@ -22,7 +22,7 @@ from tuneforge.errors import DataError
 from tuneforge.eval import textgen
 from tuneforge.eval.perplexity import nll
 from tuneforge.tasks.base import Metric, load_splits
-from tuneforge.tasks.lm import LMTask
+from tuneforge.tasks.lm import LMTask, eval_lines
 from tuneforge.train.lm_loss import lm_loss
 from tuneforge.utils import console
 
@@ -229,17 +229,5 @@ class SFTTask(LMTask):
 
     @staticmethod
     def format_eval(result: dict) -> list[str]:
-        """Lines that summarise an SFT eval.json: perplexity base vs tuned, then sample answers."""
-        lines = []
-        for name, m in result.get("tuned", {}).items():
-            b = (result.get("baseline") or {}).get(name)
-            change = f" ({100 * m['perplexity_change']:+.1f}%)" if "perplexity_change" in m else ""
-            base = f"base {b['perplexity']:.3f} -> " if b else ""
-            lines.append(f"{name} perplexity (answer tokens): {base}tuned {m['perplexity']:.3f}{change}")
-        lines += textgen.summary_lines(result.get("generation"))
-        for s in result.get("samples", [])[:5]:
-            lines.append(f"\nprompt:    {s['prompt']}\nreference: {s['reference']}")
-            if s.get("base") is not None:
-                lines.append(f"base:      {s['base']}")
-            lines.append(f"tuned:     {s['tuned']}")
-        return lines
+        """Lines that summarise an SFT eval.json: perplexity base vs tuned, generation metrics, samples."""
+        return eval_lines(result, "answer", "prompt")

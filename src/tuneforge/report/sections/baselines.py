@@ -19,7 +19,8 @@ TITLES = {
 LOWER_IS_BETTER = {"perplexity"}
 
 
-def _title(b: dict) -> str:
+def title(b: dict) -> str:
+    """How a baseline is called in tables: "zero-shot prompt", "5-shot prompt", "k-NN on frozen embeddings", ..."""
     return f"{b.get('k')}-shot prompt" if b["name"] == "k_shot" else TITLES.get(b["name"], b["name"])
 
 
@@ -71,8 +72,8 @@ def build(doc: Doc, f: RunFiles) -> dict | None:
             diff = f"{d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
         elif tuned:
             diff = f"{tuned['value'] - iv['value']:+.3f}"
-        rows.append([_title(b), _ci(iv), diff])
-        out["baselines"].append({"name": b["name"], "title": _title(b), **iv, "difference": diff})
+        rows.append([title(b), _ci(iv), diff])
+        out["baselines"].append({"name": b["name"], "title": title(b), **iv, "difference": diff})
     doc.table(["model", f"test {metric.replace('_', ' ')} [95% CI]", "tuned minus baseline"], rows)
     if data.get("n") and pred and data["n"] != len(pred["y_pred"]):
         doc.p(
@@ -85,9 +86,9 @@ def build(doc: Doc, f: RunFiles) -> dict | None:
         beat = tuned["value"] < biv["low"] if lower else tuned["value"] > biv["high"]
         out["headline"] = (
             f"Fine-tuning was needed: the tuned model ({tuned['value']:.3f}) beats the best baseline without "
-            f"training, {_title(best)} ({_ci(biv)})."
+            f"training, {title(best)} ({_ci(biv)})."
             if beat
-            else f"Fine-tuning did not clearly beat {_title(best)} ({_ci(biv)}; tuned {tuned['value']:.3f}): the "
+            else f"Fine-tuning did not clearly beat {title(best)} ({_ci(biv)}; tuned {tuned['value']:.3f}): the "
             f"base model used that way may be enough."
         )
         doc.note(out["headline"], "ok" if beat else "warn")
