@@ -58,6 +58,15 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.proc: subprocess.Popen | None = None
+        self.pace_file = self.home.parent / f"{self.home.name}.pace"  # shared by servers on one home
+
+    def pace(self, seconds: float | None):
+        """Make every optimizer step of this server's jobs last at least ``seconds`` (``None``: full speed), so a
+        test acts on a job mid-run however fast the machine is."""
+        if seconds is None:
+            self.pace_file.unlink(missing_ok=True)
+        else:
+            self.pace_file.write_text(str(seconds))
 
     def command(self) -> list[str]:
         cmd = [
@@ -79,7 +88,9 @@ class Server:
     def start(self, timeout: float = 90) -> Server:
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.home / f"serve-{self.port}.log", "ab")
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=_env())
+        self.proc = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, env=_env(self.pace_file)
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -151,10 +162,13 @@ def http(method: str, url: str, key: str | None = None, body: bytes | None = Non
         return e.code, json.loads(e.read() or b"{}")
 
 
-def _env() -> dict:
+def _env(pace: Path | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TUNEFORGE_HOME"}
     src = str(Path(__file__).resolve().parent.parent / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    if pace is not None:  # tests/pace/sitecustomize.py slows optimizer steps while this file exists
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parent / "pace") + os.pathsep + env["PYTHONPATH"]
+        env["TUNEFORGE_TEST_PACE"] = str(pace)
     return env
 
 

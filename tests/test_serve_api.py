@@ -336,19 +336,23 @@ def test_cancel_pause_resume(service, alpha, sft_file):
     """Pause a running job (it stops at the end of a step with a checkpoint), resume it (it continues from that
     checkpoint and succeeds); cancel another while it runs (its checkpoint is kept)."""
     server, model = service[0], service[4]
-    slow = options(max_steps=240, save_every=3, log_every=3)  # long enough that a pause lands mid-run
-    job = alpha.fine_tuning.jobs.create(
-        model=model, training_file=sft_file.id, extra_body={"tuneforge": slow}
-    )
-    wait_for(lambda: alpha.fine_tuning.jobs.checkpoints.list(job.id).data, 180, "a first checkpoint")
-    assert alpha.fine_tuning.jobs.pause(job.id).status == "paused"
-    wait_for(
-        lambda: any(e.message.startswith("Training paused") for e in all_events(alpha, job.id)),
-        120,
-        "the pause",
-    )
+    slow = options(max_steps=60, save_every=3, log_every=3)
+    server.pace(0.1)  # at least 6 s of training on any machine: the pause lands mid-run
+    try:
+        job = alpha.fine_tuning.jobs.create(
+            model=model, training_file=sft_file.id, extra_body={"tuneforge": slow}
+        )
+        wait_for(lambda: alpha.fine_tuning.jobs.checkpoints.list(job.id).data, 180, "a first checkpoint")
+        assert alpha.fine_tuning.jobs.pause(job.id).status == "paused"
+        wait_for(
+            lambda: any(e.message.startswith("Training paused") for e in all_events(alpha, job.id)),
+            120,
+            "the pause",
+        )
+    finally:
+        server.pace(None)
     paused_at = alpha.fine_tuning.jobs.retrieve(job.id)
-    assert paused_at.status == "paused" and paused_at.model_extra["tuneforge"]["step"] < 240
+    assert paused_at.status == "paused" and paused_at.model_extra["tuneforge"]["step"] < 60
     with pytest.raises(openai.ConflictError):
         alpha.fine_tuning.jobs.pause(job.id)
     assert alpha.fine_tuning.jobs.resume(job.id).status == "queued"

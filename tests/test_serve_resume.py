@@ -35,6 +35,7 @@ def test_kill_9_then_restart_resumes_to_identical_weights(tmp_path, tiny_llama):
 
     home = tmp_path / "home"
     server = Server(home).start()
+    server.pace(0.15)  # at least 4.5 s of training on any machine: the kill lands mid-run
     try:
         client = server.client()
         f = client.files.create(file=write_sft(tmp_path / "train.jsonl").open("rb"), purpose="fine-tune")
@@ -57,6 +58,7 @@ def test_kill_9_then_restart_resumes_to_identical_weights(tmp_path, tiny_llama):
         server.kill()
         wait_for(lambda: not _processes_of(job.id), 20, "the training child to die with the server")
     finally:
+        server.pace(None)
         server.stop()
 
     server = Server(home).start()  # a new process on the same home

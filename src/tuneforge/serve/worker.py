@@ -299,8 +299,8 @@ class Worker:
         kept = f"checkpoint step {steps[-1]} is kept" if steps else "no checkpoint was written yet"
         status = self.store.job(None, jid)["status"]
         summary = _read_json(run_dir / "run.json")
-        if code == 0 and status == "running" and summary.get("finished"):
-            self._succeed(job, summary)
+        if code == 0 and status in ("running", "paused") and summary.get("finished"):
+            self._succeed(job, summary, status)  # a pause that came after the last step: the job is done
             return
         if reason == "shutdown" and status == "running":
             self.store.update_job(
@@ -317,7 +317,7 @@ class Worker:
             return
         self._fail(job, failure_message(log_path, code), "training_failed")
 
-    def _succeed(self, job: dict, summary: dict) -> None:
+    def _succeed(self, job: dict, summary: dict, status: str = "running") -> None:
         jid, run_rel = job["id"], job["run_dir"]
         run_dir = self.home / run_rel
         result_ids = []
@@ -333,7 +333,7 @@ class Worker:
                 result_ids.append(row["id"])
         ft = ft_name(job)
         ok = self.store.update_job(
-            jid, when={"worker_id": self.id, "status": "running"}, status="succeeded", finished_at=time.time(),
+            jid, when={"worker_id": self.id, "status": status}, status="succeeded", finished_at=time.time(),
             fine_tuned_model=ft, trained_tokens=summary.get("tokens_seen"), result_files=result_ids,
             estimated_finish=None, worker_id=None, lease_until=None, last_step=summary.get("steps") or job["last_step"],
         )  # fmt: skip
