@@ -50,6 +50,11 @@ def write_openai_dpo(path: Path, n: int = 16) -> Path:
     return path
 
 
+def pace_file(home: Path) -> Path:
+    """The file that paces training steps of every server and worker on ``home`` (see ``Server.pace``)."""
+    return Path(home).parent / f"{Path(home).name}.pace"
+
+
 class Server:
     """``tuneforge serve`` in a subprocess on a free port of 127.0.0.1."""
 
@@ -58,7 +63,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.proc: subprocess.Popen | None = None
-        self.pace_file = self.home.parent / f"{self.home.name}.pace"  # shared by servers on one home
+        self.pace_file = pace_file(self.home)
 
     def pace(self, seconds: float | None):
         """Make every optimizer step of this server's jobs last at least ``seconds`` (``None``: full speed), so a
@@ -133,7 +138,7 @@ class WorkerProc:
                "--lease-seconds", "5"]  # fmt: skip
         self.log_path = Path(home) / f"worker-{time.time_ns()}.log"
         self.proc = subprocess.Popen(
-            cmd, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT, env=_env()
+            cmd, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT, env=_env(pace_file(home))
         )
 
     def stop(self) -> None:
