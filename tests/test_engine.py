@@ -290,3 +290,32 @@ def test_real_model_greedy_chat_answers_equal_generate():
     got = Engine(model, tok).generate(ids, SamplingParams(max_tokens=24, stop_token_ids=stops))
     assert [c[0].token_ids for c in got] == reference(model, ids, 24, stops)
     assert any(c[0].finish_reason == "stop" for c in got)
+
+
+def test_inverse_cdf_draws_follow_the_probabilities_and_never_a_filtered_token():
+    from tuneforge.models.engine import draw
+
+    probs = torch.tensor([0.5, 0.25, 0.15, 0.1, 0.0])
+    logits = probs.log().expand(4000, 5)  # 4000 rows, one draw each, each row its own generator
+    gens = [torch.Generator().manual_seed(i) for i in range(4000)]
+    tokens = draw(logits, gens)
+    freq = torch.bincount(tokens, minlength=5).float() / len(tokens)
+    assert freq[4] == 0 and torch.allclose(freq, probs, atol=0.025), freq
+    again = draw(logits[:3], [torch.Generator().manual_seed(i) for i in range(3)])
+    assert again.tolist() == tokens[:3].tolist()  # a row's draw depends on its generator alone
+
+
+def test_filtering_matches_transformers_warpers():
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    from tuneforge.models.engine import filter_logits
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 50) * 3
+    for k, p in [(0, 0.9), (10, 1.0), (7, 0.5), (0, 1.0)]:
+        want = x.clone()
+        if k:
+            want = TopKLogitsWarper(k)(None, want)
+        if p < 1:
+            want = TopPLogitsWarper(p)(None, want)
+        assert torch.equal(filter_logits(x.clone(), k, p).isinf(), want.isinf()), (k, p)

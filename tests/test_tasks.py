@@ -378,9 +378,9 @@ def test_resume_equals_uninterrupted(row, method, models, files, tmp_path):
 
 # ---------------------------------------------------------------- property 5: accumulation equals a larger batch
 def sample_each_prompt_alone(task) -> None:
-    """GRPO samples a step's completions per micro-batch, so two micro-batches draw other random numbers
-    than one: sample each prompt's group alone with its own seed, so both runs train on the same completions
-    and the comparison is of the loss and gradient path (token counts over the whole step)."""
+    """Sample each prompt's group alone with its own seed, so both runs train on the same completions whatever
+    the engine's batch, and the comparison is of the loss and gradient path (token counts over the whole step,
+    each micro-batch trimmed to its own width)."""
     real = task._sample
 
     def sample(raw, indices):
@@ -420,7 +420,6 @@ def merge_rollouts(rolls: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
             [fit_completion(r["completion_mask"], c, 0) for r, c in zip(rolls, widths)]
         ),
         "advantages": torch.cat([r["advantages"] for r in rolls]),
-        "items": sum(r["items"] for r in rolls),
     }
 
 
@@ -448,3 +447,21 @@ def test_accumulation_equals_a_larger_batch(row, method, models, files, tmp_path
     for a, b in zip(big_log, acc_log):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), a["step"]
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5), a["step"]
+
+
+def test_a_micro_batch_cut_from_the_steps_rollout_keeps_only_its_own_width():
+    from tuneforge.tasks.grpo import trim
+
+    # 2 rows of a 4-row rollout: prompts padded on the left to 4 (theirs are 2 and 3), completions on the
+    # right to 5 (theirs end after 2 and 3 tokens)
+    attention = torch.tensor([[0, 0, 1, 1, 1, 1, 0, 0, 0], [0, 1, 1, 1, 1, 1, 1, 0, 0]])
+    mask = attention[:, 4:]
+    roll = {"input_ids": torch.arange(18).view(2, 9), "attention_mask": attention,
+            "completion": torch.arange(10).view(2, 5), "completion_mask": mask,
+            "advantages": torch.tensor([0.5, -0.5])}  # fmt: skip
+    out = trim(roll)
+    assert out["attention_mask"].tolist() == [[0, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]]
+    assert out["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6], [10, 11, 12, 13, 14, 15]]
+    assert out["completion"].tolist() == [[0, 1, 2], [5, 6, 7]]
+    assert out["completion_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert torch.equal(out["advantages"], roll["advantages"])
