@@ -343,9 +343,9 @@ def test_grpo_reads_prompt_only_files_and_rejects_bad_rewards(tiny_llama, tmp_pa
     assert task.splits["train"][0].messages == [
         {"role": "user", "content": task.splits["train"][0].messages[0]["content"]}
     ]
-    # a step computes group_size sequences of prompt + completion per prompt: lengths count what is computed
+    # a step computes each prompt once and group_size completions (grpo.share_prompts): lengths count that
     assert task.counts[0] == 4
-    assert task.lengths[0] == 4 * (len(task.prompt_ids["train"][0]) + task.g.max_new_tokens)
+    assert task.lengths[0] == len(task.prompt_ids["train"][0]) + 4 * task.g.max_new_tokens
     with pytest.raises(RuntimeError, match="begin_step"):  # the step samples first
         task.collate([0, 1])
     with pytest.raises(ConfigError, match="not a built-in reward"):

@@ -465,3 +465,37 @@ def test_a_micro_batch_cut_from_the_steps_rollout_keeps_only_its_own_width():
     assert out["completion"].tolist() == [[0, 1, 2], [5, 6, 7]]
     assert out["completion_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
     assert torch.equal(out["advantages"], roll["advantages"])
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize("attention", ["tuneforge", "sdpa"])
+def test_grpo_prompt_once_gives_the_log_probs_and_gradients_of_whole_sequences(
+    attention, method, models, files
+):
+    """GRPO's update runs each group's prompt once and repeats its keys/values for the group's completions:
+    the same per-token log-probs and the same gradients as running every whole sequence."""
+    from tuneforge.train.compile import choose_attention
+
+    cfg = make_config("grpo", method, models, files)
+    cfg.grpo.max_new_tokens = 6
+    task = build(cfg)
+    model = prepared_for(task, cfg).model
+    choose_attention(attention, model, 64, torch.device("cpu"))
+    task.begin_step(model, [[0, 1, 2]], None)
+    b = task.collate([0, 1, 2])
+    args = (b["input_ids"], b["attention_mask"], b["completion"], b["completion_mask"])
+    assert b["completion"].shape[1] >= 2 and task.shares_prompts(model, b["input_ids"], b["completion"])
+    model.train()
+    results = []
+    for share in (True, False):
+        task.g.share_prompts = share
+        logps = task.completion_logps(model, *args)
+        (logps * torch.linspace(-1, 1, logps.numel()).view_as(logps)).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        results.append((logps.detach(), grads))
+    (shared, g1), (whole, g2) = results
+    assert torch.allclose(shared, whole, atol=2e-5), (shared - whole).abs().max()
+    assert g1.keys() == g2.keys() and g1
+    for n in g1:
+        assert torch.allclose(g1[n], g2[n], rtol=1e-3, atol=1e-6), n

@@ -510,6 +510,12 @@ class GRPOConfig:
     eval_prompts: int = _f(
         32, "Held-out prompts answered (greedy) to measure the mean reward at each evaluation.", ge=0
     )
+    share_prompts: bool = _f(
+        True,
+        "Compute each prompt once for its group's completions in the update and reference passes (its keys and "
+        "values repeated; the same log-probs, about half the tokens); false runs every completion's whole "
+        "sequence.",
+    )
 
 
 @dataclass

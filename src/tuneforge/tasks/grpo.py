@@ -119,7 +119,10 @@ class GRPOTask(LMTask):
         # what a step computes for a prompt: group_size sequences of prompt + completion (at most max_new_tokens);
         # the token cap, the memory estimate and the token counts see this, not the prompt alone
         g = self.g
-        self.lengths = [g.group_size * (len(p) + g.max_new_tokens) for p in self.prompt_ids["train"]]
+        if g.share_prompts:  # the prompt once, then the group's completions (shared_prompt_logps)
+            self.lengths = [len(p) + g.group_size * g.max_new_tokens for p in self.prompt_ids["train"]]
+        else:
+            self.lengths = [g.group_size * (len(p) + g.max_new_tokens) for p in self.prompt_ids["train"]]
         # completions per prompt; the loop takes the step's exact loss items from begin_step instead
         self.counts = [g.group_size] * len(self.lengths)
         self.running = Running()
@@ -282,7 +285,15 @@ class GRPOTask(LMTask):
     def completion_logps(
         self, model, ids: torch.Tensor, attention: torch.Tensor, completion: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """Per-token log-probs of the completion tokens under ``model``, at the sampling temperature: (N, C)."""
+        """Per-token log-probs of the completion tokens under ``model``, at the sampling temperature: (N, C).
+
+        The ``group_size`` completions of a prompt share it, so the prompt runs once per group and its keys
+        and values are repeated for the group's completions (:meth:`shared_prompt_logps`; the gradient flows
+        back through them): a step computes ``B * P + N * C`` tokens instead of ``N * (P + C)``, about half on
+        GRPO's usual shapes. A model that cannot take that path (prompt-learning adapters, sliding windows,
+        gradient checkpointing, several processes) runs the whole sequences."""
+        if self.shares_prompts(model, ids, completion):
+            return self.shared_prompt_logps(model, ids, attention, completion, mask)
         width = completion.shape[1]
         position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding: positions as generate saw them
         logits = model(
@@ -292,6 +303,51 @@ class GRPOTask(LMTask):
             [torch.full_like(completion[:, :1], -100), completion.masked_fill(mask == 0, -100)], 1
         )
         return token_logps(logits / self.g.temperature, labels)[0]  # (N, C)
+
+    def shares_prompts(self, model, ids: torch.Tensor, completion: torch.Tensor) -> bool:
+        """Whether the prompt-once path applies: groups of identical prompts, a model it is exact for."""
+        G = self.g.group_size
+        if not self.g.share_prompts or G < 2 or ids.shape[0] % G or completion.shape[1] < 2:
+            return False
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return False  # DDP/FSDP expect one forward per backward
+        raw = getattr(model, "module", model)
+        if supports(raw) is not None or getattr(raw, "is_gradient_checkpointing", False):
+            return False
+        prompts = ids[:, : ids.shape[1] - completion.shape[1]].view(-1, G, ids.shape[1] - completion.shape[1])
+        return bool((prompts == prompts[:, :1]).all())
+
+    def shared_prompt_logps(
+        self, model, ids: torch.Tensor, attention: torch.Tensor, completion: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`completion_logps` with each group's prompt computed once: (N, C)."""
+        G, C = self.g.group_size, completion.shape[1]
+        P = ids.shape[1] - C
+        prompt_att = attention[::G, :P]  # (B, P), left-padded
+        out = model(
+            input_ids=ids[::G, :P],
+            attention_mask=prompt_att,
+            position_ids=(prompt_att.cumsum(-1) - 1).clamp(min=0),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = out.past_key_values
+        for layer in cache.layers:  # (B, H, P, D) -> (N, H, P, D): each completion of the group reads them
+            layer.keys = layer.keys.repeat_interleave(G, 0)
+            layer.values = layer.values.repeat_interleave(G, 0)
+        start = prompt_att.sum(-1).repeat_interleave(G, 0)[:, None]  # (N, 1) the first completion position
+        rest = model(
+            input_ids=completion[:, :-1],
+            attention_mask=attention[:, : P + C - 1],
+            position_ids=start + torch.arange(C - 1, device=ids.device),
+            past_key_values=cache,
+            use_cache=True,
+        ).logits  # (N, C-1, V): completion token t predicts t + 1
+        logits = torch.cat([out.logits[:, -1:].repeat_interleave(G, 0), rest], 1).float()  # (N, C, V)
+        logits = logits / self.g.temperature
+        safe = completion.masked_fill(mask == 0, 0)
+        picked = logits.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+        return (picked - torch.logsumexp(logits, -1)) * mask  # (N, C), 0 where the mask is 0
 
     def loss(self, model, batch) -> tuple[torch.Tensor, float]:
         g = self.g
