@@ -296,7 +296,52 @@ def draw(x: torch.Tensor, generators: list[torch.Generator | None]) -> torch.Ten
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=x.shape[-1] - 1)
 
 
-class Engine:
+class SchedulerThread:
+    """A background thread that calls :meth:`run_once` while :meth:`has_work` (checked under ``_wake``'s
+    lock), and sleeps on ``_wake`` otherwise; a submit notifies ``_wake``. Shared by tuneforge's engine and
+    the vLLM backend."""
+
+    thread_name = "tuneforge-scheduler"
+
+    def init_scheduler(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._stop = False
+
+    def has_work(self) -> bool:
+        raise NotImplementedError
+
+    def run_once(self) -> None:
+        raise NotImplementedError
+
+    def start(self):
+        """Run the scheduler in a background thread (idempotent)."""
+        if self._thread is None:
+            self._stop = False
+            self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stop = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stop and not self.has_work():
+                    self._wake.wait()
+                if self._stop:
+                    return
+            self.run_once()
+
+
+class Engine(SchedulerThread):
     """Continuous batching on one causal LM (a transformers model, a PeftModel, or a MultiLoRA base).
 
     Args:
@@ -325,10 +370,7 @@ class Engine:
         self._running: list[_Seq] = []
         self._cache: BatchCache | None = None
         self._mask: torch.Tensor | None = None  # (B, T) 1 for real tokens
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._thread: threading.Thread | None = None
-        self._stop = False
+        self.init_scheduler()
         self.reserve = 1024  # most columns reserved ahead of the current length
         self.steps = 0  # decode steps taken (for tests and stats)
         self.step_lock = threading.Lock()  # held while a step runs (a caller that changes weights takes it)
@@ -402,31 +444,14 @@ class Engine:
                 self.model.train(was_training)
         return [h.result() for h in handles]
 
-    # ---- the scheduler thread
-    def start(self) -> Engine:
-        """Run the scheduler in a background thread (idempotent)."""
-        if self._thread is None:
-            self._stop = False
-            self._thread = threading.Thread(target=self._loop, name="tuneforge-engine", daemon=True)
-            self._thread.start()
-        return self
+    # ---- the scheduler thread (SchedulerThread.start/stop)
+    thread_name = "tuneforge-engine"
 
-    def stop(self) -> None:
-        with self._wake:
-            self._stop = True
-            self._wake.notify()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+    def has_work(self) -> bool:
+        return bool(self._waiting or self._running)
 
-    def _loop(self) -> None:
-        while True:
-            with self._wake:
-                while not self._stop and not self._waiting and not self._running:
-                    self._wake.wait()
-                if self._stop:
-                    return
-            self.step()
+    def run_once(self) -> None:
+        self.step()
 
     @property
     def busy(self) -> int:

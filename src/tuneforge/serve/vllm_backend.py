@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 from tuneforge.errors import TuneforgeError
-from tuneforge.models.engine import Completion, Delta, RequestHandle, SamplingParams
+from tuneforge.models.engine import Completion, Delta, RequestHandle, SamplingParams, SchedulerThread
 
 
 def require_vllm():
@@ -43,7 +43,7 @@ class _LoRAIds:
         pass
 
 
-class VLLMEngine:
+class VLLMEngine(SchedulerThread):
     """vLLM's ``LLMEngine`` behind tuneforge's engine interface (``submit``/``start``/``stop``)."""
 
     def __init__(
@@ -65,10 +65,7 @@ class VLLMEngine:
         self.multilora = _LoRAIds()
         self._handles: dict[str, tuple[RequestHandle, dict[int, int]]] = {}
         self._ids = itertools.count()
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._stop = False
-        self._thread: threading.Thread | None = None
+        self.init_scheduler()
 
     def submit(
         self, prompt, params: SamplingParams | None = None, adapter: int = 0, tokenizer=None, on_event=None
@@ -100,34 +97,21 @@ class VLLMEngine:
             self._wake.notify()
         return handle
 
-    def start(self) -> VLLMEngine:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="tuneforge-vllm", daemon=True)
-            self._thread.start()
-        return self
+    # ---- the scheduler thread (SchedulerThread.start/stop)
+    thread_name = "tuneforge-vllm"
 
-    def stop(self) -> None:
+    def has_work(self) -> bool:
+        return bool(self._handles)
+
+    def run_once(self) -> None:
         with self._wake:
-            self._stop = True
-            self._wake.notify()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def _loop(self) -> None:
-        while True:
-            with self._wake:
-                while not self._stop and not self._handles:
-                    self._wake.wait()
-                if self._stop:
-                    return
-                for rid, (handle, _) in list(self._handles.items()):
-                    if handle.cancelled:
-                        self.llm.abort_request(rid)
-                        self._handles.pop(rid)
-                outputs = self.llm.step()
-            for out in outputs:
-                self._deliver(out)
+            for rid, (handle, _) in list(self._handles.items()):
+                if handle.cancelled:
+                    self.llm.abort_request(rid)
+                    self._handles.pop(rid)
+            outputs = self.llm.step()
+        for out in outputs:
+            self._deliver(out)
 
     def _deliver(self, out) -> None:
         handle, sent = self._handles.get(out.request_id, (None, None))
