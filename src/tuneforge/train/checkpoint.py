@@ -261,23 +261,7 @@ def save_checkpoint(
         torch.save(
             {"optimizer": optimizer.state_dict(), "scheduler": _scheduler_state(scheduler)}, tmp / STATE
         )
-        for rank, state in enumerate(rng_states if rng_states is not None else [rng_state()]):
-            torch.save(state, tmp / f"rng-{rank}.pt")
-        _write_text(tmp / TRAINER_STATE, json.dumps(trainer_state, indent=1))
-        files = {
-            p.name: {"size": p.stat().st_size, "sha256": _sha256_and_fsync(p)} for p in sorted(tmp.iterdir())
-        }
-        _write_text(tmp / MANIFEST, json.dumps({"format": FORMAT, "step": step, "files": files}, indent=1))
-        fsync_dir(tmp)
-        if final.exists():  # the same step saved again: move the old one aside until the new one is in place
-            old = root / f".tmp-old-step-{step}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        fsync_dir(root)
-        atomic_write_text(root / "latest", final.name)
+        _seal(tmp, final, step, rng_states, trainer_state)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, Exception) and _is_disk_full(e):
@@ -285,6 +269,36 @@ def save_checkpoint(
         raise
     _prune(root, step, keep)
     return final
+
+
+def _seal(tmp: Path, final: Path, step: int, rng_states, trainer_state: dict, **manifest) -> None:
+    """The end of every checkpoint save (plain or sharded), once its weights and optimizer files are in ``tmp``:
+    the RNG states and trainer state, the manifest (size and SHA-256 of every file, each fsynced), then the
+    folder moved into place atomically and ``latest`` pointed at it."""
+    root = final.parent
+    for rank, state in enumerate(rng_states if rng_states is not None else [rng_state()]):
+        torch.save(state, tmp / f"rng-{rank}.pt")
+    _write_text(tmp / TRAINER_STATE, json.dumps(trainer_state, indent=1))
+    files = {
+        p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": _sha256_and_fsync(p)}
+        for p in sorted(tmp.rglob("*"))
+        if p.is_file()
+    }
+    _write_text(
+        tmp / MANIFEST, json.dumps({"format": FORMAT, "step": step, **manifest, "files": files}, indent=1)
+    )
+    for folder in sorted((p for p in tmp.rglob("*") if p.is_dir()), reverse=True):  # shards/, deepest first
+        fsync_dir(folder)
+    fsync_dir(tmp)
+    if final.exists():  # the same step saved again: move the old one aside until the new one is in place
+        old = root / f".tmp-old-step-{step}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    fsync_dir(root)
+    atomic_write_text(root / "latest", final.name)
 
 
 def _prune(root: Path, step: int, keep: int) -> None:
@@ -602,27 +616,7 @@ def save_sharded_checkpoint(
     if failure is None and main:
         try:
             torch.save({"optimizer": None, "scheduler": _scheduler_state(scheduler)}, tmp / STATE)
-            for rank, rng in enumerate(rng_states if rng_states is not None else [rng_state()]):
-                torch.save(rng, tmp / f"rng-{rank}.pt")
-            _write_text(tmp / TRAINER_STATE, json.dumps(trainer_state, indent=1))
-            files = {
-                p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": _sha256_and_fsync(p)}
-                for p in sorted(tmp.rglob("*"))
-                if p.is_file()
-            }
-            manifest = {"format": FORMAT, "step": step, "sharded": True, "processes": dist.get_world_size()}
-            _write_text(tmp / MANIFEST, json.dumps({**manifest, "files": files}, indent=1))
-            fsync_dir(tmp / SHARDS)
-            fsync_dir(tmp)
-            if final.exists():
-                old = root / f".tmp-old-step-{step}"
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
-            fsync_dir(root)
-            atomic_write_text(root / "latest", final.name)
+            _seal(tmp, final, step, rng_states, trainer_state, sharded=True, processes=dist.get_world_size())
             _prune(root, step, keep)
         except Exception as e:  # noqa: BLE001
             failure = str(_disk_full_error(root, step, 0)) if _is_disk_full(e) else f"{type(e).__name__}: {e}"
