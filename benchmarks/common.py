@@ -7,10 +7,67 @@ import os
 import platform
 import resource
 import subprocess
+import sys
+import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = os.environ.get("BENCH_QUICK") == "1" or "--quick" in sys.argv  # a check of a script, on a slice
+
+
+def shipped_config(name: str, output: str) -> tuple[str, list[str]]:
+    """A shipped config (``configs/NAME``) and the overrides it is measured with: its own output folder,
+    a log line every step, no report, samples or forgetting/bias probes (not timed, not what is measured).
+    Arm processes see no progress bars and no hub."""
+    os.environ.setdefault("TUNEFORGE_NO_PROGRESS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    overrides = [
+        "output.dir=/tmp/tuneforge-bench",
+        f"output.name={output}",
+        "output.overwrite=true",
+        "training.log_every=1",
+        "sft.samples=0",
+        "eval.report=false",
+        "eval.forgetting=false",
+        "eval.bias=false",
+    ]
+    return str(ROOT / "configs" / name), overrides
+
+
+def compare_arms(
+    script: str, name: str, arms: dict[str, Callable[[], dict]], default: str, table, config: str, quick: str
+) -> None:
+    """A benchmark of several arms, each in its own process (its peak RSS its own), one after the other.
+
+    ``script ARM`` runs one arm and prints its JSON; ``script`` runs the arms of ``BENCH_ARMS`` (default
+    ``default``) and writes results/NAME.{json,md}, where an arm not run this time keeps its last
+    measurement; ``--quick`` (``quick`` says what it checks) prints the table and writes nothing."""
+    argv = [a for a in sys.argv[1:] if a != "--quick"]
+    if QUICK:
+        os.environ["BENCH_QUICK"] = "1"  # the arms' processes inherit it
+    if argv:
+        print(json.dumps(arms[argv[0]]()))
+        return
+    chosen = [a for a in os.environ.get("BENCH_ARMS", default).split(",") if a]
+    results = {}
+    kept = RESULTS / f"{name}.json"
+    if not QUICK and kept.exists():
+        results = {k: v for k, v in json.loads(kept.read_text())["results"].items() if k not in chosen}
+    for arm in chosen:
+        print(f"running {arm} ...", flush=True)
+        t0 = time.perf_counter()
+        results[arm] = run_isolated(script, arm)
+        print(f"  {time.perf_counter() - t0:.0f} s: {json.dumps(results[arm])}", flush=True)
+    results = {k: results[k] for k in arms if k in results}  # the arms' own order
+    m = machine()
+    text = table(results, m)
+    if QUICK:
+        print(f"{text}\n\n(--quick: {quick}; nothing written)")
+        return
+    write(name, {"machine": m, "config": config, "results": results}, text)
 
 
 def machine() -> dict:
@@ -39,8 +96,6 @@ def peak_rss_mb() -> float:
 
 def run_isolated(script: str, *args: str) -> dict:
     """Run one benchmark arm in its own process (so peak RSS is its own) and return its JSON result."""
-    import sys
-
     out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{script} {args} failed:\n{out.stderr[-3000:]}")

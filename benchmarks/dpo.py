@@ -20,35 +20,20 @@ computed at every step) and ``trl-precompute`` (``precompute_ref_log_probs=True`
     python benchmarks/dpo.py                  # every arm, writes results/dpo.{json,md} (about 40-60 min alone)
     python benchmarks/dpo.py --quick          # 24 pairs, 3 steps: checks the script, writes nothing
     python benchmarks/dpo.py tuneforge        # one arm, prints its JSON
+    BENCH_ARMS=tuneforge python benchmarks/dpo.py   # re-measure one arm; the others keep their last result
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import machine, peak_rss_mb, run_isolated, write  # noqa: E402
+from common import QUICK, compare_arms, peak_rss_mb, shipped_config  # noqa: E402
 
-os.environ.setdefault("TUNEFORGE_NO_PROGRESS", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "dpo-smollm2-lora.yaml")
-QUICK = os.environ.get("BENCH_QUICK") == "1" or "--quick" in sys.argv
+CONFIG, OVERRIDES = shipped_config("dpo-smollm2-lora.yaml", "dpo")
 WARMUP = 1 if QUICK else 3
-# the shipped config, measured: per-step logs, no report or probes (not timed, but not what is measured)
-OVERRIDES = [
-    "output.dir=/tmp/tuneforge-bench",
-    "output.name=dpo",
-    "output.overwrite=true",
-    "training.log_every=1",
-    "sft.samples=0",
-    "eval.report=false",
-    "eval.forgetting=false",
-    "eval.bias=false",
-]
 if QUICK:
     OVERRIDES += ["data.limit=24", "data.eval_limit=16"]
 PLAIN = [
@@ -237,29 +222,15 @@ def table(results: dict, m: dict) -> str:
 
 
 def main() -> None:
-    argv = [a for a in sys.argv[1:] if a != "--quick"]
-    if QUICK:
-        os.environ["BENCH_QUICK"] = "1"  # the arms' processes inherit it
-    if argv:
-        print(json.dumps(ARMS[argv[0]]()))
-        return
-    arms = [
-        a
-        for a in os.environ.get("BENCH_ARMS", "tuneforge,tuneforge-plain,trl,trl-precompute").split(",")
-        if a
-    ]
-    results = {}
-    for arm in arms:
-        print(f"running {arm} ...", flush=True)
-        t0 = time.perf_counter()
-        results[arm] = run_isolated(__file__, arm)
-        print(f"  {time.perf_counter() - t0:.0f} s: {json.dumps(results[arm])}", flush=True)
-    m = machine()
-    text = table(results, m)
-    if QUICK:
-        print(text + "\n\n(--quick: a check of the script on a slice; nothing written)")
-        return
-    write("dpo", {"machine": m, "config": "configs/dpo-smollm2-lora.yaml", "results": results}, text)
+    compare_arms(
+        __file__,
+        "dpo",
+        ARMS,
+        "tuneforge,tuneforge-plain,trl,trl-precompute",
+        table,
+        "configs/dpo-smollm2-lora.yaml",
+        "a check of the script on a slice",
+    )
 
 
 if __name__ == "__main__":

@@ -22,30 +22,15 @@ in its own process, one after the other. Reported:
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import RESULTS, machine, peak_rss_mb, run_isolated, write  # noqa: E402
+from common import QUICK, compare_arms, peak_rss_mb, shipped_config  # noqa: E402
 
-os.environ.setdefault("TUNEFORGE_NO_PROGRESS", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "grpo-smollm2-lora.yaml")
-QUICK = os.environ.get("BENCH_QUICK") == "1" or "--quick" in sys.argv
+CONFIG, OVERRIDES = shipped_config("grpo-smollm2-lora.yaml", "grpo")
 WARMUP = 1 if QUICK else 2
-OVERRIDES = [
-    "output.dir=/tmp/tuneforge-bench",
-    "output.name=grpo",
-    "output.overwrite=true",
-    "training.log_every=1",
-    "sft.samples=0",
-    "eval.report=false",
-    "eval.forgetting=false",
-    "eval.bias=false",
-]
 if QUICK:
     OVERRIDES += ["training.max_steps=3", "data.eval_limit=8"]
 
@@ -211,28 +196,15 @@ def table(results: dict, m: dict) -> str:
 
 
 def main() -> None:
-    argv = [a for a in sys.argv[1:] if a != "--quick"]
-    if QUICK:
-        os.environ["BENCH_QUICK"] = "1"  # the arms' processes inherit it
-    if argv:
-        print(json.dumps(ARMS[argv[0]]()))
-        return
-    arms = [a for a in os.environ.get("BENCH_ARMS", "tuneforge,trl").split(",") if a]
-    results = {}
-    kept = RESULTS / "grpo.json"
-    if not QUICK and kept.exists():  # an arm not run this time keeps its last measurement
-        results = {k: v for k, v in json.loads(kept.read_text())["results"].items() if k not in arms}
-    for arm in arms:
-        print(f"running {arm} ...", flush=True)
-        t0 = time.perf_counter()
-        results[arm] = run_isolated(__file__, arm)
-        print(f"  {time.perf_counter() - t0:.0f} s: {json.dumps(results[arm])}", flush=True)
-    m = machine()
-    text = table(results, m)
-    if QUICK:
-        print(text + "\n\n(--quick: a check of the script on 3 steps; nothing written)")
-        return
-    write("grpo", {"machine": m, "config": "configs/grpo-smollm2-lora.yaml", "results": results}, text)
+    compare_arms(
+        __file__,
+        "grpo",
+        ARMS,
+        "tuneforge,trl",
+        table,
+        "configs/grpo-smollm2-lora.yaml",
+        "a check of the script on 3 steps",
+    )
 
 
 if __name__ == "__main__":
