@@ -18,16 +18,32 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TUNEFORGE_NO_PROGRESS", "1")
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory):
-    """A 2-layer BERT (hidden 64) with MiniLM's tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+def bundled_tokenizer(alias: str):
+    """The tokenizer of a bundled model (``minilm-l6``, ``smollm2-135m-instruct``)."""
+    from transformers import AutoTokenizer
 
     from tuneforge.models.load import resolve_model
 
-    tok = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
+    return AutoTokenizer.from_pretrained(resolve_model(alias))
+
+
+def save_tiny(tmp_path_factory, name: str, model_cls, config, tok) -> str:
+    """A random ``model_cls(config)`` (seed 0) saved with ``tok`` as an ordinary local model folder."""
+    import torch
+
     torch.manual_seed(0)
+    path = tmp_path_factory.mktemp(name)
+    model_cls(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A 2-layer BERT (hidden 64) with MiniLM's tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    tok = bundled_tokenizer("minilm-l6")
     cfg = BertConfig(
         vocab_size=tok.vocab_size,
         hidden_size=64,
@@ -36,23 +52,15 @@ def tiny_bert(tmp_path_factory):
         intermediate_size=128,
         max_position_embeddings=256,
     )
-    path = tmp_path_factory.mktemp("tiny-bert")
-    BertModel(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    return save_tiny(tmp_path_factory, "tiny-bert", BertModel, cfg, tok)
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
     """A 2-layer Llama (hidden 64) with SmolLM2's tokenizer and chat template."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tuneforge.models.load import resolve_model
-
-    src = resolve_model("smollm2-135m-instruct")
-    tok = AutoTokenizer.from_pretrained(src)
-    torch.manual_seed(0)
+    tok = bundled_tokenizer("smollm2-135m-instruct")
     cfg = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=64,
@@ -66,10 +74,7 @@ def tiny_llama(tmp_path_factory):
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    return save_tiny(tmp_path_factory, "tiny-llama", LlamaForCausalLM, cfg, tok)
 
 
 POS = ["great", "wonderful", "brilliant", "moving", "superb", "delightful", "charming", "excellent"]
@@ -100,13 +105,9 @@ def sentiment_file(tmp_path):
 @pytest.fixture(scope="session")
 def tiny_t5(tmp_path_factory):
     """A 2+2-layer T5 (d_model 64) with MiniLM's tokenizer: [SEP] ends a target, [PAD] starts the decoder."""
-    import torch
-    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+    from transformers import T5Config, T5ForConditionalGeneration
 
-    from tuneforge.models.load import resolve_model
-
-    tok = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
-    torch.manual_seed(0)
+    tok = bundled_tokenizer("minilm-l6")
     cfg = T5Config(
         vocab_size=tok.vocab_size,
         d_model=64,
@@ -119,7 +120,4 @@ def tiny_t5(tmp_path_factory):
         eos_token_id=tok.sep_token_id,
         decoder_start_token_id=tok.pad_token_id,
     )
-    path = tmp_path_factory.mktemp("tiny-t5")
-    T5ForConditionalGeneration(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    return save_tiny(tmp_path_factory, "tiny-t5", T5ForConditionalGeneration, cfg, tok)

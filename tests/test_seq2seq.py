@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from conftest import bundled_tokenizer, save_tiny
 
 from tuneforge.config import from_dict
 from tuneforge.errors import ConfigError, DataError, ModelError, TuneforgeError
@@ -18,12 +19,9 @@ WORDS = ["apple", "river", "cloud", "stone", "lamp", "violin", "garden", "pencil
 @pytest.fixture(scope="module")
 def tiny_bart(tmp_path_factory):
     """A 2+2-layer BART (d_model 64) with MiniLM's tokenizer: [CLS] is <s>, [SEP] is </s> and the decoder start."""
-    from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
+    from transformers import BartConfig, BartForConditionalGeneration
 
-    from tuneforge.models.load import resolve_model
-
-    tok = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
-    torch.manual_seed(0)
+    tok = bundled_tokenizer("minilm-l6")
     cfg = BartConfig(
         vocab_size=tok.vocab_size,
         d_model=64,
@@ -40,10 +38,7 @@ def tiny_bart(tmp_path_factory):
         decoder_start_token_id=tok.sep_token_id,
         forced_eos_token_id=tok.sep_token_id,
     )
-    path = tmp_path_factory.mktemp("tiny-bart")
-    BartForConditionalGeneration(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    return save_tiny(tmp_path_factory, "tiny-bart", BartForConditionalGeneration, cfg, tok)
 
 
 @pytest.fixture(scope="module")
