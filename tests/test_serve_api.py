@@ -342,13 +342,7 @@ def test_cancel_pause_resume(service, alpha, sft_file):
         job = alpha.fine_tuning.jobs.create(
             model=model, training_file=sft_file.id, extra_body={"tuneforge": slow}
         )
-        wait_for(lambda: alpha.fine_tuning.jobs.checkpoints.list(job.id).data, 180, "a first checkpoint")
-        assert alpha.fine_tuning.jobs.pause(job.id).status == "paused"
-        wait_for(
-            lambda: any(e.message.startswith("Training paused") for e in all_events(alpha, job.id)),
-            120,
-            "the pause",
-        )
+        stop_after_a_checkpoint(alpha, job.id, alpha.fine_tuning.jobs.pause, "paused")
     finally:
         server.pace(None)
     paused_at = alpha.fine_tuning.jobs.retrieve(job.id)
@@ -368,17 +362,23 @@ def test_cancel_pause_resume(service, alpha, sft_file):
     other = alpha.fine_tuning.jobs.create(
         model=model, training_file=sft_file.id, extra_body={"tuneforge": endless}
     )
-    wait_for(lambda: alpha.fine_tuning.jobs.checkpoints.list(other.id).data, 180, "a first checkpoint")
-    assert alpha.fine_tuning.jobs.cancel(other.id).status == "cancelled"
-    wait_for(
-        lambda: any(e.message.startswith("Training cancelled") for e in all_events(alpha, other.id)),
-        120,
-        "stop",
-    )
+    stop_after_a_checkpoint(alpha, other.id, alpha.fine_tuning.jobs.cancel, "cancelled")
     run_dir = server.home / "runs" / other.id
     assert any(p.name.startswith("step-") for p in (run_dir / "checkpoints").iterdir())
     assert not (run_dir / "model").exists()
     assert alpha.fine_tuning.jobs.retrieve(other.id).status == "cancelled"
+
+
+def stop_after_a_checkpoint(client, job_id: str, stop, status: str) -> None:
+    """Once the job has a checkpoint, ``stop`` it (pause or cancel: the answer has ``status``) and wait until
+    its training has stopped."""
+    wait_for(lambda: client.fine_tuning.jobs.checkpoints.list(job_id).data, 180, "a first checkpoint")
+    assert stop(job_id).status == status
+    wait_for(
+        lambda: any(e.message.startswith(f"Training {status}") for e in all_events(client, job_id)),
+        120,
+        f"the job {status}",
+    )
 
 
 def _train_steps(client, job_id: str) -> list[int]:
