@@ -26,19 +26,6 @@ import yaml
 
 from tuneforge.errors import ConfigError
 
-METHODS = (
-    "full",
-    "freeze",
-    "unfreeze",
-    "lora",
-    "dora",
-    "ia3",
-    "prefix",
-    "prompt",
-    "qlora",
-    "houlsby",
-    "pfeiffer",
-)
 PEFT_METHODS = (
     "lora",
     "dora",
@@ -49,6 +36,7 @@ PEFT_METHODS = (
     "houlsby",
     "pfeiffer",
 )  # qlora: LoRA on a 4-bit base (GPU)
+METHODS = ("full", "freeze", "unfreeze", *PEFT_METHODS)
 VIRTUAL_TOKEN_METHODS = ("prefix", "prompt")
 DATA_FORMATS = (
     "auto",
