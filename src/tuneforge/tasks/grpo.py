@@ -30,7 +30,7 @@ from tuneforge.tasks.base import Metric, load_splits
 from tuneforge.tasks.lm import LMTask, prompt_text
 from tuneforge.tasks.pairs import Running, pad
 from tuneforge.tasks.rewards import Reward, load_rewards
-from tuneforge.train.losses import group_advantages, grpo_loss, token_logps
+from tuneforge.train.losses import group_advantages, grpo_loss, target_logps, token_logps
 
 log = logging.getLogger(__name__)
 
@@ -344,10 +344,7 @@ class GRPOTask(LMTask):
             use_cache=True,
         ).logits  # (N, C-1, V): completion token t predicts t + 1
         logits = torch.cat([out.logits[:, -1:].repeat_interleave(G, 0), rest], 1).float()  # (N, C, V)
-        logits = logits / self.g.temperature
-        safe = completion.masked_fill(mask == 0, 0)
-        picked = logits.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-        return (picked - torch.logsumexp(logits, -1)) * mask  # (N, C), 0 where the mask is 0
+        return target_logps(logits / self.g.temperature, completion.masked_fill(mask == 0, -100))[0]  # (N, C)
 
     def loss(self, model, batch) -> tuple[torch.Tensor, float]:
         g = self.g

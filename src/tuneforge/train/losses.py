@@ -31,12 +31,16 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
     ``logits`` (B, T, V); ``labels`` (B, T) with -100 where there is no loss (prompt, padding).
     Returns ``(logps, mask)``, both (B, T - 1); logps are 0 where the mask is 0.
     """
-    logits = logits[:, :-1].float()  # (B, T-1, V)
-    targets = labels[:, 1:]  # (B, T-1)
+    return target_logps(logits[:, :-1].float(), labels[:, 1:])  # (B, T-1, V) against (B, T-1)
+
+
+def target_logps(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each target under the logits at the same position (no shift): ``logits`` (B, T, V),
+    ``targets`` (B, T) with -100 where there is none. Returns ``(logps, mask)``, (B, T); logps 0 where masked."""
     mask = targets != -100
     safe = targets.masked_fill(~mask, 0)
-    picked = logits.gather(-1, safe.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
-    logps = picked - torch.logsumexp(logits, dim=-1)  # (B, T-1), without materialising log_softmax
+    picked = logits.gather(-1, safe.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    logps = picked - torch.logsumexp(logits, dim=-1)  # (B, T), without materialising log_softmax
     return logps * mask, mask
 
 
