@@ -264,11 +264,12 @@ def part_plan(tiny: bool) -> tuple[dict, str]:
     rows = []
     for r in out:
         e, m = r["estimate"], r["measured"]
-        mem_err = e["memory"]["total"] / m["peak_rss_mb"] - 1
+        mem_err = e["memory_gb"] * 1024 / m["peak_rss_mb"] - 1
         t_err = e["seconds"] / m["train_seconds"] - 1
         r["memory_error"], r["time_error"] = mem_err, t_err
         rows.append(
             f"| {r['method']} | {r['batch_size']} | {r['max_length']} | {r['precision']} | {e['memory']['total']:,.0f} | "
+            f"{e['memory'].get('measured_peak', 0):,.0f} | {e['memory_gb'] * 1024:,.0f} | "
             f"{m['peak_rss_mb']:,.0f} | {100 * mem_err:+.0f}% | {e['seconds']:,.0f} | {m['train_seconds']:,.0f} | {100 * t_err:+.0f}% |"
         )
     table = "\n".join(
@@ -276,9 +277,9 @@ def part_plan(tiny: bool) -> tuple[dict, str]:
             f"plan's estimates against measured runs (MiniLM-L6, Rotten Tomatoes {base['data']['limit']} rows, 1 epoch, "
             "uncompiled; peak = process RSS, time = training with validation)",
             "",
-            "| method | batch | max length | precision | memory est. (MB) | measured (MB) | error | time est. (s) | "
-            "measured (s) | error |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| method | batch | max length | precision | live est. (MB) | probe peak (MB) | memory est. (MB) | "
+            "measured (MB) | error | time est. (s) | measured (s) | error |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
             f"largest |error|: memory {100 * max(abs(r['memory_error']) for r in out):.0f}%, time "

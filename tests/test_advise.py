@@ -148,6 +148,9 @@ def test_plan_table(tiny_bert, sentiment_file, tmp_path):
     assert lora["trainable_parameters"] < full["trainable_parameters"]
     for row in (full, lora):
         assert row["fits"] and row["memory_gb"] > 0 and row["seconds"] > 0 and row["steps"] == 6
+        # each set-up measured in its own process: the estimate is at least its measured resident peak
+        measured = row["memory"]["measured_peak"]
+        assert 0 < measured <= row["memory_gb"] * 1024 + 1  # (memory_gb is rounded to the MB)
     assert r["recommended"]["method"] == "full"  # the config's method, since it fits
     md = Path(r["files"][1]).read_text()
     assert "peak memory (est.)" in md and "Recommended" in md

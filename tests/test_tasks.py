@@ -499,3 +499,35 @@ def test_grpo_prompt_once_gives_the_log_probs_and_gradients_of_whole_sequences(
     assert g1.keys() == g2.keys() and g1
     for n in g1:
         assert torch.allclose(g1[n], g2[n], rtol=1e-3, atol=1e-6), n
+
+
+def test_grpo_samples_from_a_merged_copy_of_the_policy_or_the_policy_itself(models, files):
+    """grpo.sampler: `merged` samples from a plain copy with the LoRA folded in (the policy's logits, refreshed
+    each step); `policy` from the training model; an adapter that cannot be folded is named."""
+    from tuneforge.errors import TuneforgeError
+
+    cfg = make_config("grpo", "lora", models, files)
+    cfg.grpo.sampler = "merged"
+    task = build(cfg)
+    model = prepared_for(task, cfg).model.eval()
+    ids = torch.tensor([[5, 9, 14, 3, 8]])
+    copy = task.sampling_model(model)
+    assert copy is not model and not hasattr(copy, "peft_config")
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05)
+        copy = task.sampling_model(model)  # the next step's rollout sees the trained weights
+        assert torch.allclose(copy(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4)
+    task.g.sampler = "policy"
+    assert task.sampling_model(model) is model
+    cfg = make_config("grpo", "dora", models, files)
+    task = build(cfg)
+    model = prepared_for(task, cfg).model
+    for choice, expect in (("auto", model), ("merged", None)):
+        task.g.sampler = choice
+        if expect is None:
+            with pytest.raises(TuneforgeError, match="DoRA"):
+                task.sampling_model(model)
+        else:
+            assert task.sampling_model(model) is model

@@ -504,6 +504,14 @@ class GRPOConfig:
         "values repeated; the same log-probs, about half the tokens); false runs every completion's whole "
         "sequence.",
     )
+    sampler: str = _f(
+        "auto",
+        "What rollouts sample from: `policy` (the training model as it is), `merged` (a copy with LoRA folded "
+        "into the weights, in the policy's precision), `merged-bf16` (that copy in bf16), or `auto` "
+        "(merged-bf16 where the device multiplies bf16 natively, else merged; the policy where no copy can be "
+        "made: DoRA, IA3, prompt learning, FSDP). The loss always recomputes log-probs with the policy.",
+        choices=("auto", "policy", "merged", "merged-bf16"),
+    )
 
 
 @dataclass

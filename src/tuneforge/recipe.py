@@ -27,7 +27,7 @@ from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.methods import count_parameters, prepare
 from tuneforge.models.save import MODEL_STEP_FILE, model_step
 from tuneforge.run import Run
-from tuneforge.utils import console, peak_rss_mb, quiet_libraries
+from tuneforge.utils import bf16_native, console, peak_rss_mb, quiet_libraries, release_free_memory
 
 log = logging.getLogger(__name__)
 
@@ -191,14 +191,7 @@ def resolve_precision(precision: str, cpu: bool) -> str:
     """'auto' is bf16 autocast where the hardware runs bf16 matmuls natively (about 2x fp32 here), else fp32."""
     if precision != "auto":
         return precision
-    import torch
-
-    if not cpu:
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    try:
-        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-    except (AttributeError, RuntimeError):
-        return "fp32"
+    return "bf16" if bf16_native(cuda=not cpu) else "fp32"
 
 
 def setup_threads(cfg: RunConfig, main: bool, share) -> int:
@@ -598,6 +591,7 @@ def _run_recipe(
         console.print(
             f"evaluating the final model (step {final_step}) on the test split ...", highlight=False
         )
+        release_free_memory()
         run.evaluate(task=task)
         from tuneforge.probes import finish_run
 

@@ -31,6 +31,43 @@ def peak_rss_mb() -> float:
     return kb / 1024 if sys.platform != "darwin" else kb / 1024 / 1024
 
 
+def bf16_native(cuda: bool) -> bool:
+    """Whether the device multiplies bf16 matrices natively: a GPU that supports bf16, or a CPU with
+    oneDNN's bf16 kernels (AMX / AVX512-BF16): there bf16 matmuls run about 2x fp32."""
+    import torch
+
+    if cuda:
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_LIBC = None
+
+
+def release_free_memory() -> None:
+    """Hand the C allocator's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    PyTorch's CPU tensors come from ``malloc``. glibc keeps the blocks a training step freed (its mmap
+    threshold rises to the size of the tensors freed, so later ones come from the heap) and reuses them next
+    step, which is fast; but a phase with other shapes, such as an evaluation pass, then grows the heap
+    beyond the training steps' peak. Called between phases (before evaluating), where it costs one pass
+    over the heap."""
+    global _LIBC
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        if _LIBC is None:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+        _LIBC.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        _LIBC = False
+
+
 # oneDNN (bf16 matmuls on CPU) keeps a compiled kernel for every matmul shape it has seen, in two caches
 # of 1,024 entries each. Training with dynamic padding sees a new shape at almost every step, so by
 # default those caches grow for the whole run: ~16 MB per new sequence length on SmolLM2-135M, 0.4 GB

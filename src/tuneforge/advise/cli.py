@@ -124,7 +124,10 @@ def add_advise_commands(sub: Any) -> None:
         "--precisions", type=_list(), help="comma list of fp32,bf16 (default: what this machine runs)"
     )
     p.add_argument(
-        "--probe-steps", type=int, default=3, help="optimizer steps measured per set-up (default 3)"
+        "--probe-steps",
+        type=int,
+        default=5,
+        help="optimizer steps measured per set-up, shortest to longest batch (default 5)",
     )
     p.set_defaults(func=cmd_plan)
 

@@ -4,9 +4,13 @@ For each candidate (method x batch size x max length x precision) the model is l
 run would be, then:
 
 - trainable parameters are counted;
-- peak memory comes from the pre-flight estimate (``tuneforge.train.memory.estimate``: weights, gradients,
-  AdamW state, measured activations at the largest micro-batch; on a CPU the runtime part is what the first
-  candidate measures, as a fresh run does: resident memory besides the weights);
+- peak memory: the pre-flight estimate of the live memory (``tuneforge.train.memory.estimate``: weights,
+  gradients, AdamW state, measured activations at the largest micro-batch, the resident memory besides the
+  weights), and on a CPU also the process's measured peak resident memory over the probe steps below. Each
+  set-up is measured in its own fresh process (as a run starts), so that peak is its own: the C allocator
+  keeps the blocks a step frees for the next steps, and over varied batch shapes a run's resident memory
+  settles well above its live tensors (measured: 1.9 GB resident for 1.0 GB live). The larger of the two
+  is the estimate;
 - run time comes from a few measured optimizer steps of real batches (the run's own sampler: grouped by
   length, capped at ``max_batch_tokens``): a line ``seconds = a + b * padded tokens`` fitted through the probe
   steps is summed over every step the run will take, plus the validation passes (a measured forward time per
@@ -23,7 +27,6 @@ It recommends one set-up and prints the overrides that select it.
 
 from __future__ import annotations
 
-import gc
 import math
 import time
 from functools import partial
@@ -39,19 +42,12 @@ from tuneforge.methods import count_parameters, prepare
 from tuneforge.tasks import get_task
 from tuneforge.train.memory import GB, estimate
 from tuneforge.train.optim import build_optimizer
-from tuneforge.utils import console
+from tuneforge.utils import bf16_native, console, peak_rss_mb
+
+PROBE_STEPS = 5  # timed optimizer steps per set-up, from its shortest to its longest batch (after one warm-up)
 
 # the order in which methods are preferred when several fit: most capable first
 CAPABILITY = ("full", "dora", "lora", "unfreeze", "ia3", "freeze", "prefix", "prompt")
-
-
-def bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def candidates(
@@ -61,7 +57,7 @@ def candidates(
     LoRA at every precision this machine runs, plus the config's method at half the batch size (twice the
     accumulation: the same gradient) and at half the max length."""
     t = cfg.training
-    precs = precisions or (["fp32", "bf16"] if bf16_supported(device) else ["fp32"])
+    precs = precisions or (["fp32", "bf16"] if bf16_native(device.type == "cuda") else ["fp32"])
     if methods or batch_sizes or max_lengths or precisions:
         ms = methods or [cfg.method.name]
         out = [
@@ -129,8 +125,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(cfg, device: torch.device, runtime: int | None, probe_steps: int = 3) -> dict:
-    """Trainable parameters, the memory estimate and the time estimate of one set-up (``cfg``)."""
+def measure(cfg, device: torch.device, probe_steps: int = PROBE_STEPS) -> dict:
+    """Trainable parameters, the memory estimate and the time estimate of one set-up (``cfg``), measured in
+    this process (``measure_fresh`` runs it in a process of its own)."""
     t = cfg.training
     task = get_task(cfg.task)(cfg)
     model = task.model
@@ -162,8 +159,6 @@ def measure(cfg, device: torch.device, runtime: int | None, probe_steps: int = 3
         language_model=task.generates(),
         chunked_loss=getattr(task, "chunked_loss", False),
     )
-    if device.type == "cpu" and runtime is not None:
-        est.runtime = runtime  # this process holds earlier candidates' leftovers: the first one's runtime
     model.to(device)
     run_autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=bf16)
     sampler = StepSampler(
@@ -218,12 +213,18 @@ def measure(cfg, device: torch.device, runtime: int | None, probe_steps: int = 3
     per_epoch = float((a + b * tokens).sum())
     train_s = per_epoch * total_steps / max(1, len(epoch))
     eval_s, evals = _eval_time(task, model, cfg, device, run_autocast, total_steps, sampler.steps_per_epoch)
-    row = {  # (the model and optimizer are freed when this returns: the caller collects garbage)
+    peak = est.total
+    memory = est.to_dict()
+    if device.type == "cpu":  # what the probe steps and the evaluation pass held at their peak
+        measured = int(peak_rss_mb() * 2**20) * est.processes
+        memory["measured_peak"] = round(measured / 2**20, 1)
+        peak = max(peak, measured)
+    row = {
         "trainable_parameters": trainable,
         "total_parameters": total,
-        "memory_gb": round(est.total / GB, 3),
-        "memory": est.to_dict(),
-        "fits": est.fits,
+        "memory_gb": round(peak / GB, 3),
+        "memory": memory,
+        "fits": est.available is None or peak <= est.available,
         "steps": total_steps,
         "step_seconds": round(float(secs.mean()), 4),
         "train_seconds": round(train_s, 3),
@@ -258,8 +259,12 @@ def _eval_time(
     else:
         tokens = sum(lengths[i] for i in rows)
     batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    longest = sorted(range(len(lengths)), key=lambda i: lengths[i])[-bs:]
     model.eval()
     with autocast():
+        if isinstance(enc, dict) and hasattr(task, "collate_encoded"):  # the evaluation's largest batch (memory)
+            big = task.collate_encoded(enc, longest)
+            model(**{k: v.to(device) for k, v in big.items() if k in ("input_ids", "attention_mask")})
         model(**batch)  # warm-up
         _sync(device)
         t0 = time.perf_counter()
@@ -292,7 +297,7 @@ def plan(
     batch_sizes: list[int] | None = None,
     max_lengths: list[int] | None = None,
     precisions: list[str] | None = None,
-    probe_steps: int = 3,
+    probe_steps: int = PROBE_STEPS,
     out: str | Path | None = None,
 ) -> dict:
     """Measure the candidate set-ups (see the module docstring), write plan.json and plan.md to ``out``
@@ -338,8 +343,8 @@ def plan(
 def _measure_all(
     cfg, task_cls, device, share, methods, batch_sizes, max_lengths, precisions, probe_steps
 ) -> list[dict]:
-    """Measure every candidate, one after the other (threads: this process's share of the cores)."""
-    runtime = None  # the first candidate measures it as a fresh run would (resident memory besides weights)
+    """Measure every candidate, one after the other, each in a fresh process with this process's share of
+    the cores."""
     rows = []
     for c in candidates(cfg, task_cls.methods, methods, batch_sizes, max_lengths, precisions, device):
         over = overrides_for(c)
@@ -348,16 +353,34 @@ def _measure_all(
             share.rebalance(force=True)
         console.print(f"plan: measuring {label} ...", highlight=False)
         try:
-            row = measure(as_config(cfg, over), device, runtime, probe_steps)
-            if runtime is None:
-                runtime = int(row["memory"]["runtime"] * 2**20)
+            row = measure_fresh(as_config(cfg, over), device, probe_steps)
         except Exception as e:  # one set-up that cannot run is a row, not the end of the plan
             row = {"error": f"{type(e).__name__}: {e}", "fits": False}
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
         rows.append({**c, **row, "overrides": over})
     return rows
+
+
+def measure_fresh(cfg, device: torch.device, probe_steps: int = PROBE_STEPS) -> dict:
+    """``measure`` in a process of its own, started fresh (``spawn``) with this process's threads: its
+    resident memory is this set-up's alone, as a run's is (one process measuring set-up after set-up would
+    carry the blocks the earlier ones freed), and no earlier set-up's kernels or caches warm its steps."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        return pool.submit(
+            _measure_child, cfg.to_dict(), device.type, probe_steps, torch.get_num_threads()
+        ).result()
+
+
+def _measure_child(cfg: dict, device: str, probe_steps: int, threads: int) -> dict:
+    from tuneforge.threads import apply_threads
+    from tuneforge.utils import quiet_libraries
+
+    quiet_libraries()
+    apply_threads(threads)
+    return measure(as_config(cfg), torch.device(device), probe_steps)
 
 
 def table_rows(rows: list[dict]) -> list[list[str]]:

@@ -23,14 +23,16 @@ import torch
 from tuneforge.data.bundled import resolve
 from tuneforge.data.chat import render_prompt
 from tuneforge.data.formats import SHAPES, Example, _messages, detect_format, to_examples
-from tuneforge.errors import DataError
+from tuneforge.errors import DataError, TuneforgeError
 from tuneforge.models.engine import Engine, SamplingParams, supports
 from tuneforge.models.generate import generate, stop_ids
+from tuneforge.models.rollout import MergedCopy, why_not
 from tuneforge.tasks.base import Metric, load_splits
 from tuneforge.tasks.lm import LMTask, prompt_text
 from tuneforge.tasks.pairs import Running, pad
 from tuneforge.tasks.rewards import Reward, load_rewards
 from tuneforge.train.losses import group_advantages, grpo_loss, target_logps, token_logps
+from tuneforge.utils import bf16_native
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,7 @@ class GRPOTask(LMTask):
         self.counts = [g.group_size] * len(self.lengths)
         self.running = Running()
         self._rollouts: dict[tuple[int, ...], dict[str, torch.Tensor]] = {}
+        self._copy: MergedCopy | None = None  # grpo.sampler's merged copy, made at the first rollout
 
     # ---- data
     def read_file(self, spec: str) -> list[Example]:
@@ -238,13 +241,34 @@ class GRPOTask(LMTask):
             n=g.group_size,
         )
         prompts = [self.prompt_ids["train"][i] for i in indices]
-        engine = Engine(raw, max_batch=len(prompts) * g.group_size)  # no tokenizer: rewards decode the tokens
+        sampler = self.sampling_model(raw)
+        engine = Engine(sampler, max_batch=len(prompts) * g.group_size)  # no tokenizer: rewards decode tokens
         rows = [c.token_ids for group in engine.generate(prompts, params) for c in group]
         width = max(len(r) for r in rows)
         completion = torch.full((len(rows), width), pad_id, dtype=torch.long)
         for i, r in enumerate(rows):
             completion[i, : len(r)] = torch.tensor(r)
         return completion.to(prompt_ids.device)
+
+    def sampling_model(self, raw):
+        """What this step's rollout samples from (``grpo.sampler``): the policy itself, or its merged copy
+        (``tuneforge.models.rollout``) refreshed to the policy's current weights."""
+        choice = self.g.sampler
+        if choice == "policy":
+            return raw
+        if self._copy is None or self._copy.policy is not raw:
+            why = why_not(raw)
+            if why:
+                if choice == "auto":
+                    return raw
+                raise TuneforgeError(
+                    f"grpo.sampler={choice}: no merged copy of a model with {why}; use grpo.sampler=policy."
+                )
+            device = next(raw.parameters()).device
+            bf16 = choice == "merged-bf16" or (choice == "auto" and bf16_native(device.type == "cuda"))
+            dtype = torch.bfloat16 if bf16 else raw.get_input_embeddings().weight.dtype
+            self._copy = MergedCopy(raw, dtype)
+        return self._copy.refresh()
 
     def sampling_config(self):
         from transformers import GenerationConfig

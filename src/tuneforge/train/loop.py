@@ -51,7 +51,7 @@ from tuneforge.train.memory import FALLBACK_BATCH_TOKENS
 from tuneforge.train.optim import build_optimizer, build_scheduler, warmup_steps
 from tuneforge.train.runfolder import MetricsLog
 from tuneforge.train.signals import GracefulStop
-from tuneforge.utils import console, progress_bar
+from tuneforge.utils import console, progress_bar, release_free_memory
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +331,7 @@ class _Loop:
         process."""
         started = time.perf_counter()
         metrics = None
+        release_free_memory()  # the training steps' freed blocks, before evaluation's other shapes
         if self.main or self.fsdp:
             with self.acc.autocast():  # the precision training runs in (adapter runs may hold a bf16 base)
                 metrics = self.task.evaluate(self.raw, "validation")
