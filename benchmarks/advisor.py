@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, machine, write  # noqa: E402
+from common import RESULTS, machine, tuneforge_env, write  # noqa: E402
 
 WORK = Path("runs/advisor-bench")
 MINILM = {
@@ -247,6 +247,7 @@ def part_plan(tiny: bool) -> tuple[dict, str]:
                 check=True,
                 capture_output=True,
                 text=True,
+                env=tuneforge_env(),  # the allocator `tuneforge plan` and `tuneforge train` run on
             )
             .stdout.strip()
             .splitlines()[-1]

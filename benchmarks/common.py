@@ -59,7 +59,8 @@ def compare_arms(
     for arm in chosen:
         print(f"running {arm} ...", flush=True)
         t0 = time.perf_counter()
-        results[arm] = run_isolated(script, arm)
+        # tuneforge's arms run as the `tuneforge` command would (its allocator); the others as their users run them
+        results[arm] = run_isolated(script, arm, env=tuneforge_env() if arm.startswith("tuneforge") else None)
         print(f"  {time.perf_counter() - t0:.0f} s: {json.dumps(results[arm])}", flush=True)
     results = {k: results[k] for k in arms if k in results}  # the arms' own order
     m = machine()
@@ -94,12 +95,26 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_isolated(script: str, *args: str) -> dict:
-    """Run one benchmark arm in its own process (so peak RSS is its own) and return its JSON result."""
-    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+def tuneforge_env() -> dict[str, str] | None:
+    """The environment the ``tuneforge`` command runs its training in (jemalloc preloaded where installed:
+    ``tuneforge.allocator``), for arms that stand for it; None where it runs as is."""
+    from tuneforge.allocator import relaunch_command
+
+    command = relaunch_command([])
+    return command[1] if command else None
+
+
+def run_isolated(script: str, *args: str, env: dict[str, str] | None = None) -> dict:
+    """Run one benchmark arm in its own process (so peak RSS is its own) and return its JSON result; the
+    result records the allocator the arm's process ran on."""
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"{script} {args} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result.setdefault(
+        "allocator", "jemalloc" if env and "libjemalloc" in env.get("LD_PRELOAD", "") else "system"
+    )
+    return result
 
 
 def write(name: str, payload: dict, table: str) -> None:

@@ -63,9 +63,7 @@ def test_a_full_fine_tune_is_copied_and_greedy_answers_agree(tiny_llama):
     assert mine == theirs
 
 
-@pytest.mark.parametrize(
-    ("extra", "why"), [({"use_dora": True}, "DoRA"), ({"modules_to_save": None}, None)]
-)
+@pytest.mark.parametrize(("extra", "why"), [({"use_dora": True}, "DoRA"), ({"modules_to_save": None}, None)])
 def test_what_cannot_be_merged_is_named(tiny_llama, extra, why):
     model = policy(tiny_llama, **extra)
     reason = why_not(model)

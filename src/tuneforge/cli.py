@@ -420,7 +420,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# commands that train or hold models: restarted once under jemalloc where installed (tuneforge.allocator)
+RELAUNCHED = {
+    "train",
+    "eval",
+    "demo",
+    "assess",
+    "plan",
+    "probe",
+    "sweep",
+    "serve",
+    "worker",
+    "chat",
+    "generate",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] in RELAUNCHED:  # (not when called in-process)
+        from tuneforge.allocator import relaunch
+
+        relaunch(sys.argv[1:])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # overrides after options (`train CFG --nproc 2 a.b=1`) belong to the overrides

@@ -22,6 +22,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from tuneforge.allocator import active as allocator_in_use
 from tuneforge.config import PEFT_METHODS, RunConfig, apply_overrides, from_dict, load_config
 from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.methods import count_parameters, prepare
@@ -577,6 +578,7 @@ def _run_recipe(
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "processes": accelerator.num_processes,
             "threads": _threads_now(),
+            "allocator": allocator_in_use(),  # jemalloc or the C library's malloc (tuneforge.allocator)
             "device": str(accelerator.device),
             "precision": cfg.training.precision,
             "attention": attention,

@@ -44,7 +44,9 @@ from tuneforge.train.memory import GB, estimate
 from tuneforge.train.optim import build_optimizer
 from tuneforge.utils import bf16_native, console, peak_rss_mb
 
-PROBE_STEPS = 5  # timed optimizer steps per set-up, from its shortest to its longest batch (after one warm-up)
+PROBE_STEPS = (
+    5  # timed optimizer steps per set-up, from its shortest to its longest batch (after one warm-up)
+)
 
 # the order in which methods are preferred when several fit: most capable first
 CAPABILITY = ("full", "dora", "lora", "unfreeze", "ia3", "freeze", "prefix", "prompt")
@@ -262,7 +264,9 @@ def _eval_time(
     longest = sorted(range(len(lengths)), key=lambda i: lengths[i])[-bs:]
     model.eval()
     with autocast():
-        if isinstance(enc, dict) and hasattr(task, "collate_encoded"):  # the evaluation's largest batch (memory)
+        if isinstance(enc, dict) and hasattr(
+            task, "collate_encoded"
+        ):  # the evaluation's largest batch (memory)
             big = task.collate_encoded(enc, longest)
             model(**{k: v.to(device) for k, v in big.items() if k in ("input_ids", "attention_mask")})
         model(**batch)  # warm-up

@@ -65,7 +65,8 @@ class MergedCopy:
         base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
         self.base = base
         config = base.config
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)  # (weights overwritten below)
+        with torch.random.fork_rng(devices=[]):  # its random init must not move the run's generator (resume)
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)  # (weights overwritten below)
         model.to(next(base.parameters()).device)
         model.config._attn_implementation = config._attn_implementation
         model.eval().requires_grad_(False)
@@ -78,7 +79,9 @@ class MergedCopy:
         module = self.base.get_submodule(name)
         saved = getattr(module, "modules_to_save", None)  # PEFT's trained copy of a whole module
         if saved is not None:
-            active = module.active_adapters[0] if hasattr(module, "active_adapters") else module.active_adapter
+            active = (
+                module.active_adapters[0] if hasattr(module, "active_adapters") else module.active_adapter
+            )
             module = saved[active]
         return module
 
@@ -86,14 +89,21 @@ class MergedCopy:
         """Write ``src``'s weights (a LoRA layer's merged, or a plain module's own) into ``dst``."""
         if name in self.lora:
             layer = self.lora[name]
-            weight = layer.get_base_layer().weight.detach().float()
+            base = layer.get_base_layer()
+            dst.weight.copy_(base.weight)
             for adapter in layer.active_adapters:
-                if adapter in layer.lora_A:
-                    weight = weight + layer.get_delta_weight(adapter).detach().float()
-            dst.weight.copy_(weight)
-            bias = layer.get_base_layer().bias
-            if bias is not None:
-                dst.bias.copy_(bias.detach())
+                if adapter not in layer.lora_A:
+                    continue
+                if getattr(layer, "fan_in_fan_out", False):  # (GPT-2's Conv1D layout) PEFT's own delta
+                    dst.weight.add_(layer.get_delta_weight(adapter).to(dst.weight.dtype))
+                    continue
+                # W + scale * B @ A, accumulated in place in the copy's dtype (one pass over W, no fp32 temporary)
+                a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+                dst.weight.addmm_(
+                    b.to(dst.weight.dtype), a.to(dst.weight.dtype), alpha=layer.scaling[adapter]
+                )
+            if base.bias is not None:
+                dst.bias.copy_(base.bias)
             return
         for pname, p in dst.named_parameters(recurse=False):
             p.copy_(getattr(src, pname).detach())
