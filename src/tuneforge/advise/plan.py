@@ -44,9 +44,8 @@ from tuneforge.train.memory import GB, estimate
 from tuneforge.train.optim import build_optimizer
 from tuneforge.utils import bf16_native, console, peak_rss_mb
 
-PROBE_STEPS = (
-    5  # timed optimizer steps per set-up, from its shortest to its longest batch (after one warm-up)
-)
+# timed optimizer steps per set-up, from its shortest to its longest batch (after one warm-up)
+PROBE_STEPS = 5
 
 # the order in which methods are preferred when several fit: most capable first
 CAPABILITY = ("full", "dora", "lora", "unfreeze", "ia3", "freeze", "prefix", "prompt")

@@ -4,7 +4,8 @@ Online RL (GRPO) samples its completions from the policy it trains. Sampling thr
 costs twice over on a CPU: each adapted layer runs the frozen base matmul *and* the two low-rank ones, and
 the float32 weights run without the bf16 matrix units (AMX) of recent CPUs. ``MergedCopy`` keeps a plain
 transformers model of the same architecture beside the policy, with every LoRA delta folded into its weight
-(``W + scale * B @ A``, PEFT's ``get_delta_weight``) and cast to the sampling dtype. ``refresh()`` before a
+(``W + scale * B @ A``, accumulated in place in the sampling dtype; PEFT's ``get_delta_weight`` for
+GPT-2's transposed layout). ``refresh()`` before a
 rollout re-folds only what training changed (the adapted and trainable weights); frozen weights are copied
 once. Log-probabilities for the loss are always recomputed by the policy itself, in its own precision, so
 the copy only decides which tokens are sampled (as a vLLM rollout engine beside a trainer does).
