@@ -8,14 +8,16 @@ adapter switched off in both. Each arm runs in its own process, one after the ot
 its own. Reported:
 
 - real tokens/s over the steps after the first 3 (warm-up, compilation): the chosen and rejected rows'
-  tokens (prompt + answer, no padding) of each step, over the step's wall time;
+  tokens (prompt + answer, no padding) of each step, over the step's wall time, counted the same way in
+  both arms (a pair's prompt counts twice, once in each row, though tuneforge computes it once);
 - peak RSS (``ru_maxrss``) when training has ended, read the same way in both processes;
 - held-out preference accuracy on the 75 test pairs: how often the implicit reward
   ``beta * (log pi - log ref)`` ranks chosen first, computed by the same code for both arms (fp32).
 
-Arms: ``tuneforge`` (the shipped config as it is), ``tuneforge-plain`` (its speed levers off: no packing,
-full logits, no compile, fp32 frozen base), ``trl`` (DPOTrainer's defaults: the reference log-probs
-computed at every step) and ``trl-precompute`` (``precompute_ref_log_probs=True``).
+Arms: ``tuneforge`` (the shipped config as it is), ``tuneforge-plain`` (its speed levers off: each prompt
+computed in both rows of its pair, no packing, full logits, no compile, fp32 frozen base), ``trl``
+(DPOTrainer's defaults: the reference log-probs computed at every step) and ``trl-precompute``
+(``precompute_ref_log_probs=True``).
 
     python benchmarks/dpo.py                  # every arm, writes results/dpo.{json,md} (about 40-60 min alone)
     python benchmarks/dpo.py --quick          # 24 pairs, 3 steps: checks the script, writes nothing
@@ -37,6 +39,7 @@ WARMUP = 1 if QUICK else 3
 if QUICK:
     OVERRIDES += ["data.limit=24", "data.eval_limit=16"]
 PLAIN = [
+    "preference.share_prompts=false",
     "preference.packing=false",
     "sft.fast_loss=false",
     "training.compile=false",

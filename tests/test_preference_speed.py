@@ -40,7 +40,17 @@ def ragged_file(tmp_path):
     return str(path)
 
 
-def make_task(model_path, data, out, loss_type="sigmoid", packing=False, fast=False, method="lora"):
+def make_task(
+    model_path,
+    data,
+    out,
+    loss_type="sigmoid",
+    packing=False,
+    fast=False,
+    method="lora",
+    share=False,
+    attention=None,
+):
     from tuneforge.tasks.dpo import PreferenceTask
 
     cfg = cfg_for(
@@ -48,12 +58,16 @@ def make_task(model_path, data, out, loss_type="sigmoid", packing=False, fast=Fa
         model_path,
         data,
         out,
-        preference={"loss_type": loss_type, "packing": packing},
+        preference={"loss_type": loss_type, "packing": packing, "share_prompts": share},
         sft={"fast_loss": fast},
         method={"name": method},
         data={"max_length": 64},
     )
     task = PreferenceTask(from_dict(cfg))
+    if attention:
+        from tuneforge.train.compile import choose_attention
+
+        assert choose_attention(attention, task.model, 64, torch.device("cpu")) == attention
     task._attention_share = 0.0  # pack whenever it saves positions (the tiny model's cost model rarely would)
     return task
 
@@ -274,3 +288,117 @@ def test_training_with_the_levers_follows_the_plain_run(tiny_llama, ragged_file,
     for a, b in zip(*finals):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3, abs=1e-4)
         assert b["margin"] == pytest.approx(a["margin"], rel=1e-2, abs=1e-4)
+
+
+def test_share_prompts_keeps_every_loss_token_and_computes_each_prompt_once(
+    tiny_llama, ragged_file, tmp_path
+):
+    """Each pair becomes prompt + chosen + rejected: fewer positions, every loss token kept with the
+    position that predicts it in its own row, and the rejected answer never sees the chosen one."""
+    from tuneforge.tasks.dpo import shared_prefix
+    from tuneforge.tasks.pairs import share_prompts
+
+    task = make_task(tiny_llama, ragged_file, tmp_path)
+    indices = [0, 3, 5, 9, 11]
+    batch = task.collate(indices)  # (10, T): 5 chosen then 5 rejected
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    tree = share_prompts(ids, mask, labels, task.pad_id, attention_share=0.0)
+    rows, half = task.train["rows"], len(task.train["rows"]) // 2
+    prefixes = [shared_prefix(rows[i], rows[half + i]) for i in indices]
+    assert all(p > 0 for p in prefixes)
+    assert int((tree["input_ids"] != task.pad_id).sum()) <= int(mask.sum()) - sum(prefixes)
+    flat_ids = tree["input_ids"].flatten()
+    flat_pos = tree["position_ids"].flatten()
+    for k in range(len(ids)):
+        mine = tree["sequence"] == k
+        n = int(mask[k].sum())
+        want = labels[k, 1:n][labels[k, 1:n] != -100]
+        assert tree["targets"][mine].tolist() == want.tolist()
+        # the predicting position holds the token before the target in the original row, at its position
+        before = [t for t in range(1, n) if labels[k, t] != -100]
+        pred = tree["predictors"][mine]
+        assert flat_ids[pred].tolist() == [int(ids[k, t - 1]) for t in before]
+        assert flat_pos[pred].tolist() == [t - 1 for t in before]
+    allowed = tree["tree_mask"]
+    assert allowed.any(-1).all()  # every query sees at least itself (no empty softmax row)
+    width = allowed.shape[-1]
+    for k in range(len(indices)):  # no rejected predictor sees a chosen answer token of its pair
+        rej = tree["predictors"][tree["sequence"] == len(indices) + k]
+        cho = tree["predictors"][tree["sequence"] == k]
+        for q in rej.tolist():
+            for c in cho.tolist():
+                if c % width != q % width and flat_pos[c] >= prefixes[k]:
+                    assert not allowed[q // width, q % width, c % width]
+    assert share_prompts(ids, mask.flip(1), labels) is None  # left padding: not shared
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "tuneforge"])
+@pytest.mark.parametrize("loss_type", ["sigmoid", "orpo"])
+def test_shared_prompts_give_the_plain_loss_and_gradients(
+    tiny_llama, ragged_file, tmp_path, attention, loss_type
+):
+    """A pair's prompt computed once (with and without the fused log-probs): the plain path's loss,
+    gradients and reference log-probs, with each attention implementation's mask."""
+    indices = [0, 3, 5, 9, 11, 14]
+    results = {}
+    for share, fast in [(False, False), (True, False), (True, True)]:
+        task = make_task(
+            tiny_llama, ragged_file, tmp_path, loss_type, True, fast, share=share, attention=attention
+        )
+        model = lora_model(task)
+        results[share, fast] = step_loss_and_grads(task, model, indices)
+        if loss_type != "orpo":
+            ref = task._ref_cache["train"]
+            results[share, fast, "ref"] = ref[~torch.isnan(ref)]
+    for lever in [(True, False), (True, True)]:
+        assert_same(results[lever], results[False, False])
+        if loss_type != "orpo":
+            torch.testing.assert_close(
+                results[(*lever, "ref")], results[False, False, "ref"], rtol=1e-5, atol=1e-4
+            )
+
+
+def test_shared_prompts_fall_back_where_the_attention_takes_no_custom_mask(tiny_llama, ragged_file, tmp_path):
+    """Flash or flex attention takes no custom 4D mask: the rows are computed as they are (same loss)."""
+    task = make_task(tiny_llama, ragged_file, tmp_path, packing=True, fast=True, share=True)
+    model = lora_model(task)
+    batch = task.collate([0, 1, 2])
+    args = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    assert task.shared(model, *args) is not None
+    model.get_base_model().config._attn_implementation = "flash_attention_2"
+    assert task.shared(model, *args) is None
+    model.get_base_model().config._attn_implementation = "sdpa"
+    assert task.token_cost(0) > task.lengths[0]  # counts the data's tokens, computes fewer
+
+
+def test_a_run_with_shared_prompts_follows_the_plain_run(tiny_llama, ragged_file, tmp_path):
+    """A short run with shared prompts ends where the run without them ends (same batches, same updates)."""
+    from tuneforge.recipe import train
+
+    finals = []
+    for share in (False, True):
+        cfg = cfg_for(
+            "dpo",
+            tiny_llama,
+            ragged_file,
+            tmp_path / f"s{share}",
+            preference={"share_prompts": share},
+            sft={"samples": 0},
+            # length grouping would sort by what a pair computes, which sharing changes: the same batches
+            # without it (micro-batches may split differently: the same gradient)
+            training={
+                "max_steps": 4,
+                "eval_every": 4,
+                "log_every": 2,
+                "precision": "fp32",
+                "compile": False,
+                "group_by_length": False,
+            },
+            data={"max_length": 64},
+        )
+        run = train(cfg)
+        finals.append([m for m in run.metrics() if m["split"] == "train"])
+    for a, b in zip(*finals):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3, abs=1e-4)
+        assert b["margin"] == pytest.approx(a["margin"], rel=1e-2, abs=1e-4)
+        assert b["tokens"] == a["tokens"]  # the data's tokens, counted the same way

@@ -449,6 +449,12 @@ class PreferenceConfig:
         "dpo: pack a batch's chosen and rejected sequences into fewer rows when that computes less than padding "
         "them (each still sees only itself; same loss); false pads every row to the longest.",
     )
+    share_prompts: bool = _f(
+        True,
+        "dpo, paired losses (all but kto): compute each pair's prompt once, its chosen and rejected answers "
+        "after one copy of it, each seeing the prompt and itself only (the same log-probs and gradients as two "
+        "rows); false computes the prompt in both rows.",
+    )
     center_rewards: float | None = _f(
         None,
         "reward: weight of a (r_chosen + r_rejected)^2 penalty that keeps rewards near 0; null: none.",

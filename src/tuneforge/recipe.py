@@ -332,6 +332,21 @@ def frozen_to_bf16(model) -> int:
 # ---- finishing
 
 
+def release_training_model(task, prepared, result, accelerator) -> None:
+    """Drop every reference to the training model (and its optimizer and compiled blocks) once ``model/``
+    is written: the final evaluation loads the saved model, so one model is in memory then, not two."""
+    import gc
+
+    import torch
+
+    result.model = prepared.model = None
+    task.end_training()  # the task keeps its tokenizer and any frozen reference copy (full fine-tuning)
+    accelerator.free_memory()  # the prepared model and optimizer accelerate holds
+    if result.compiled_blocks:
+        torch._dynamo.reset()  # compiled graphs hold the blocks' weights
+    gc.collect()
+
+
 def finish_model(run_dir: Path, task, model, result) -> int:
     """Put the final model in ``model/``: the best validation step when there was one, else the last step.
 
@@ -587,8 +602,10 @@ def _run_recipe(
             **({"freeze_probe": freeze_probe} if freeze_probe else {}),
         }
         atomic_write_json(run_dir / "run.json", summary)
+        raw = None
     accelerator.wait_for_everyone()
     run = Run(run_dir)
+    release_training_model(task, prepared, result, accelerator)
     if main:
         console.print(
             f"evaluating the final model (step {final_step}) on the test split ...", highlight=False

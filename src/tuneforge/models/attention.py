@@ -107,3 +107,30 @@ def register() -> str:
     AttentionInterface.register(NAME, lean_attention)
     AttentionMaskInterface.register(NAME, eager_mask)
     return NAME
+
+
+# implementations that take a custom 4D mask as transformers' mask functions would build it: boolean
+# (True: attend) for SDPA, additive (0 or the dtype's minimum) for the eager family
+_BOOL_MASK = {"sdpa"}
+_ADDITIVE_MASK = {"eager", NAME}
+
+
+def custom_mask(model: torch.nn.Module, allowed: torch.Tensor) -> torch.Tensor | None:
+    """``allowed`` (B, T, T) bool (True where a query, the row, may attend to a key, the column) as the
+    4D attention mask the model's attention implementation takes (transformers passes a 4D mask through
+    unchanged), or None when the implementation takes no custom mask (flash attention, flex attention,
+    an unknown kernel) or the model has no transformers config."""
+    raw = getattr(model, "module", model)
+    base = raw.get_base_model() if hasattr(raw, "get_base_model") else raw
+    impl = getattr(getattr(base, "config", None), "_attn_implementation", None)
+    mask = allowed[:, None]  # (B, 1, T, T)
+    if impl in _BOOL_MASK:
+        return mask
+    if impl in _ADDITIVE_MASK:
+        embeddings = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
+        weight = getattr(embeddings, "weight", None)
+        dtype = weight.dtype if weight is not None and weight.is_floating_point() else torch.float32
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+            ~mask, torch.finfo(dtype).min
+        )
+    return None

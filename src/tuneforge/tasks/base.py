@@ -145,6 +145,11 @@ class Task:
         raise NotImplementedError
 
     # ---- training
+    def end_training(self) -> None:
+        """Training is over and the final model saved: drop what only training needed (the training model;
+        GRPO its sampling copy), so the final evaluation, which loads the saved model, holds one model."""
+        self.model = None
+
     def token_cost(self, i: int) -> int:
         """Tokens the step computes for training example ``i`` (GRPO: prompt plus sampled completions)."""
         return self.lengths[i]

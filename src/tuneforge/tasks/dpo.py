@@ -26,6 +26,7 @@ from tuneforge.config import VIRTUAL_TOKEN_METHODS
 from tuneforge.data.chat import EncodedChat, encode_prompt_response
 from tuneforge.data.formats import Example
 from tuneforge.errors import ConfigError, DataError
+from tuneforge.models.attention import custom_mask
 from tuneforge.tasks.base import Metric, load_splits
 from tuneforge.tasks.lm import LMTask, prompt_text
 from tuneforge.tasks.pairs import (
@@ -36,6 +37,7 @@ from tuneforge.tasks.pairs import (
     pad,
     pairwise_accuracy,
     read_examples,
+    share_prompts,
     unpair,
 )
 from tuneforge.train.lm_loss import response_logps
@@ -52,6 +54,17 @@ def n_loss(e: EncodedChat) -> int:
 
 def response_start(e: EncodedChat) -> int:
     return next(i for i, label in enumerate(e.labels) if label != IGNORE)
+
+
+def shared_prefix(a: EncodedChat, b: EncodedChat) -> int:
+    """Tokens at the start of two rows that are the same and carry no loss in either (a pair's prompt):
+    what ``pairs.share_prompts`` computes once."""
+    n = 0
+    for x, y, lx, ly in zip(a.input_ids, b.input_ids, a.labels, b.labels):
+        if x != y or lx != IGNORE or ly != IGNORE:
+            break
+        n += 1
+    return n
 
 
 class PreferenceTask(LMTask):
@@ -113,9 +126,17 @@ class PreferenceTask(LMTask):
             )
         self.train = train
         self.lengths = [len(r.input_ids) for r in train["rows"]]
+        self.pair_tokens = self.lengths  # the tokens of each training example, as the data holds them
         if self.train_paired:  # a pair trains as one example: both of its rows
             half = len(self.lengths) // 2
-            self.lengths = [a + b for a, b in zip(self.lengths[:half], self.lengths[half:])]
+            self.pair_tokens = [a + b for a, b in zip(self.lengths[:half], self.lengths[half:])]
+            self.lengths = self.pair_tokens
+            if self.cfg.preference.share_prompts and cfg.method.name not in VIRTUAL_TOKEN_METHODS:
+                # what a pair computes: its prompt once (the sampler's token cap and the memory estimate)
+                rows = train["rows"]
+                self.lengths = [
+                    n - shared_prefix(rows[i], rows[half + i]) for i, n in enumerate(self.pair_tokens)
+                ]
         self.counts = [1] * len(self.lengths)
         paired_eval = all(
             enc["paired"] for name, enc in self.encoded.items() if name != "train" and enc["rows"]
@@ -234,27 +255,58 @@ class PreferenceTask(LMTask):
         self._step_kl = kto_kl_from_step(totals[0], 0.0, totals[1])
         return None
 
+    def token_cost(self, i: int) -> int:
+        """Tokens of training example ``i`` as the data holds them (a pair: both rows, its prompt in each,
+        as peers count them), whether or not its prompt is computed once."""
+        return self.pair_tokens[i]
+
     # ---- model side
-    def packs(self, model) -> bool:
-        """Whether a batch's rows are packed (preference.packing): not with virtual tokens (prefix/prompt
-        tuning would share them between the sequences of a row)."""
-        if not self.cfg.preference.packing or self.cfg.method.name in VIRTUAL_TOKEN_METHODS:
+    def packs(self, model, sharing: bool = False) -> bool:
+        """Whether a batch's rows are packed (preference.packing), or with ``sharing`` a pair's prompt
+        computed once (preference.share_prompts): not with virtual tokens (prefix/prompt tuning would share
+        them between the sequences of a row)."""
+        if not (sharing or self.cfg.preference.packing) or self.cfg.method.name in VIRTUAL_TOKEN_METHODS:
             return False
         peft_config = getattr(getattr(model, "module", model), "active_peft_config", None)
         return not (peft_config is not None and peft_config.is_prompt_learning)
 
-    def logps(
+    def shared(
         self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor] | None:
+        """A paired batch with each pair's prompt computed once (``pairs.share_prompts``), its mask in the
+        form the model's attention takes; None where that cannot be done (the rows are not right-padded,
+        or the attention implementation takes no custom mask: flash or flex attention)."""
+        if self._attention_share is False:  # measured once, from the model's blocks
+            self._attention_share = attention_share(model)
+        tree = share_prompts(input_ids, attention_mask, labels, self.pad_id, self._attention_share)
+        mask = None if tree is None else custom_mask(model, tree.pop("tree_mask"))
+        if mask is None:
+            return None
+        return {**tree, "attention_mask": mask}
+
+    def logps(
+        self,
+        model,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        paired: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed response log-probs (N,) and response token counts (N,) of right-padded rows (N, T).
+        """Summed response log-probs (N,) and response token counts (N,) of right-padded rows (N, T);
+        ``paired``: the rows are N/2 chosen then their N/2 rejected (a training batch).
 
         The levers, each switchable and tested against the plain path (``plain_logps``):
+        ``preference.share_prompts`` computes each pair's prompt once (``pairs.share_prompts``);
         ``preference.packing`` packs the rows into fewer rows when that computes less than padding them
         (``pairs.pack_padded``); ``sft.fast_loss`` applies the output layer to the response tokens only, chunk by chunk,
         never holding the (N, T, V) logits (``train.lm_loss.response_logps``).
         """
         fast = self.cfg.sft.fast_loss
         packed = None
+        if paired and self.cfg.preference.share_prompts and self.packs(model, sharing=True):
+            packed = self.shared(model, input_ids, attention_mask, labels)
+            if packed is not None:
+                return response_logps(model, packed, len(input_ids), positions_only=fast)
         if self.packs(model):
             if self._attention_share is False:  # measured once, from the model's blocks
                 self._attention_share = attention_share(model)
@@ -298,16 +350,14 @@ class PreferenceTask(LMTask):
         idx = index.cpu()
         if torch.isnan(cache[idx]).any():
             with self.reference(model) as ref:
-                cache[idx] = (
-                    self.logps(ref, batch["input_ids"], batch["attention_mask"], batch["labels"])[0]
-                    .float()
-                    .cpu()
-                )
+                paired = split == "train" and self.train_paired  # a training batch: pairs
+                args = batch["input_ids"], batch["attention_mask"], batch["labels"]
+                cache[idx] = self.logps(ref, *args, paired=paired)[0].float().cpu()
         return cache[idx].to(batch["input_ids"].device)
 
     def loss(self, model, batch) -> tuple[torch.Tensor, int]:
         logps, n_tokens = self.logps(
-            model, batch["input_ids"], batch["attention_mask"], batch["labels"]
+            model, batch["input_ids"], batch["attention_mask"], batch["labels"], paired=self.train_paired
         )  # (N,)
         r = self.running
         if self.loss_type == "orpo":

@@ -270,6 +270,10 @@ class GRPOTask(LMTask):
             self._copy = MergedCopy(raw, dtype)
         return self._copy.refresh()
 
+    def end_training(self) -> None:
+        super().end_training()
+        self._copy = None  # the merged sampling copy: the final evaluation samples from the saved model
+
     def sampling_config(self):
         from transformers import GenerationConfig
 

@@ -83,25 +83,14 @@ def pack_padded(
     not right-padded.
     """
     device = input_ids.device
-    lengths = attention_mask.sum(1)  # (N,)
-    right_padded = torch.arange(attention_mask.shape[1], device=device) < lengths[:, None]  # (N, T)
-    if not torch.equal(attention_mask.bool(), right_padded):
+    sizes = _right_padded_lengths(attention_mask)
+    if sizes is None:
         return None  # left padding or holes: keep the padded batch
-    sizes = lengths.tolist()
-    longest, total = max(sizes), sum(sizes)
-    share = attention_share or 0.0
-    cost = lambda rows, width: rows * width * (1 + share * width)  # noqa: E731
-    best = (cost(len(sizes), input_ids.shape[1]), None, 0)  # the padded batch
-    for k in range(1, len(sizes) + 1):
-        packs = plan_packs(sizes, longest * k)
-        width = max(sum(sizes[i] for i in p) for p in packs)
-        if cost(len(packs), width) < best[0]:
-            best = (cost(len(packs), width), packs, width)
-        if attention_share is None or longest * k >= total:
-            break
-    _, packs, width = best
-    if packs is None:
+    padded = len(sizes) * input_ids.shape[1] * (1 + (attention_share or 0.0) * input_ids.shape[1])
+    plan = cheapest_packs(sizes, attention_share, padded)
+    if plan is None:
         return None
+    packs, width = plan
     shape = (len(packs), width)
     ids = torch.full(shape, pad_id, dtype=input_ids.dtype, device=device)
     out_labels = torch.full(shape, ignore, dtype=labels.dtype, device=device)
@@ -119,6 +108,123 @@ def pack_padded(
             at += n
         positions[r, at:] = torch.arange(width - at, device=device)
     return {"input_ids": ids, "labels": out_labels, "position_ids": positions, "segments": segments}
+
+
+def _right_padded_lengths(attention_mask: torch.Tensor) -> list[int] | None:
+    """Each row's length when every row is right-padded (its tokens first, then padding); else None."""
+    lengths = attention_mask.sum(1)  # (N,)
+    right_padded = torch.arange(attention_mask.shape[1], device=attention_mask.device) < lengths[:, None]
+    return lengths.tolist() if torch.equal(attention_mask.bool(), right_padded) else None
+
+
+def cheapest_packs(
+    sizes: list[int], attention_share: float | None, baseline: float = float("inf")
+) -> tuple[list[list[int]], int] | None:
+    """The cheapest packing of sequences of ``sizes`` into rows, as (packs of indices, row width), or None
+    when none costs less than ``baseline``. A row of width W costs ``W * (1 + attention_share * W)``;
+    capacities of 1, 2, 3 ... times the longest sequence are planned (best-fit decreasing); with
+    ``attention_share=None`` only the longest sequence is tried (no row grows wider than it)."""
+    longest, total = max(sizes), sum(sizes)
+    share = attention_share or 0.0
+    cost = lambda rows, width: rows * width * (1 + share * width)  # noqa: E731
+    best: tuple[float, list[list[int]] | None, int] = (baseline, None, 0)
+    for k in range(1, len(sizes) + 1):
+        packs = plan_packs(sizes, longest * k)
+        width = max(sum(sizes[i] for i in p) for p in packs)
+        if cost(len(packs), width) < best[0]:
+            best = (cost(len(packs), width), packs, width)
+        if attention_share is None or longest * k >= total:
+            break
+    return None if best[1] is None else (best[1], best[2])
+
+
+def share_prompts(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    pad_id: int = 0,
+    attention_share: float | None = 0.0,
+    ignore: int = -100,
+) -> dict[str, torch.Tensor] | None:
+    """Paired right-padded rows (2N, T), N chosen then their N rejected, -> each pair as one sequence whose
+    prompt is computed once, packed into rows; None when the rows are not right-padded.
+
+    A pair's two rows begin with the same prompt tokens (the chat template renders the prompt the same
+    way before either answer). The pair becomes ``prompt + chosen answer + rejected answer``: the
+    rejected answer's positions continue from the prompt's (as in its own row), and a mask lets it see
+    the prompt and itself but never the chosen answer. Every token's hidden state is then the one its own
+    row gives it, so the log-probs and gradients are the padded batch's, with the shared prefix computed
+    once instead of twice (the longest common prefix in which neither row has a loss token).
+
+    Returns ``input_ids`` and ``position_ids`` (R, W); ``tree_mask`` (R, W, W) bool, True where a query
+    (row) may attend to a key (column): causal, within one pair, and never across the two answers (a
+    padding position sees itself only); and for each loss token, flat over (R, W): ``predictors`` (the
+    position whose output predicts it), ``targets`` (its id) and ``sequence`` (its row in the padded
+    batch, 0 .. 2N-1).
+    """
+    device = input_ids.device
+    sizes = _right_padded_lengths(attention_mask)
+    if sizes is None or len(sizes) % 2:
+        return None
+    n = len(sizes) // 2
+    rows = []  # per pair: (ids, positions, branch, labels, sequence of each label, predictor offsets)
+    for i in range(n):
+        c_len, r_len = sizes[i], sizes[n + i]
+        c, r = input_ids[i, :c_len], input_ids[n + i, :r_len]
+        lc, lr = labels[i, :c_len], labels[n + i, :r_len]
+        limit = min(c_len, r_len)
+        same = (c[:limit] == r[:limit]) & (lc[:limit] == ignore) & (lr[:limit] == ignore)
+        p = limit if bool(same.all()) else int((~same).int().argmax())  # shared prefix length
+        ids = torch.cat([c, r[p:]])
+        positions = torch.cat([torch.arange(c_len, device=device), torch.arange(p, r_len, device=device)])
+        branch = torch.cat(
+            [
+                torch.zeros(p, dtype=torch.long, device=device),
+                torch.ones(c_len - p, dtype=torch.long, device=device),
+                torch.full((r_len - p,), 2, dtype=torch.long, device=device),
+            ]
+        )
+        # loss tokens: chosen token t (t >= 1) is predicted by position t - 1; rejected token j >= p sits at
+        # c_len + j - p and is predicted by the one before it in its own row (the prefix's last for j == p)
+        tc = torch.nonzero(lc[1:] != ignore).squeeze(1) + 1
+        tr = torch.nonzero(lr[max(p, 1) :] != ignore).squeeze(1) + max(p, 1)
+        pred_r = torch.where(tr == p, tr - 1, c_len + tr - 1 - p)
+        at = torch.cat([tc, c_len + tr - p])  # where each loss token sits in the pair's sequence
+        pred = torch.cat([tc - 1, pred_r])
+        seq = torch.cat([torch.full_like(tc, i), torch.full_like(tr, n + i)])
+        rows.append((ids, positions, branch, ids[at], seq, pred))
+    plan = cheapest_packs([len(t[0]) for t in rows], attention_share)
+    assert plan is not None
+    packs, width = plan
+    shape = (len(packs), width)
+    out_ids = torch.full(shape, pad_id, dtype=input_ids.dtype, device=device)
+    positions = torch.arange(width, device=device).repeat(len(packs), 1)
+    owner = torch.full(shape, -1, dtype=torch.long, device=device)  # the pair of each position, -1 padding
+    branch = torch.zeros(shape, dtype=torch.long, device=device)
+    predictors, targets, sequence = [], [], []
+    for row, pack in enumerate(packs):
+        at = 0
+        for i in sorted(pack):
+            ids, pos, br, tgt, seq, pred = rows[i]
+            span = slice(at, at + len(ids))
+            out_ids[row, span], positions[row, span], branch[row, span], owner[row, span] = ids, pos, br, i
+            predictors.append(row * width + at + pred)
+            targets.append(tgt)
+            sequence.append(seq)
+            at += len(ids)
+    col = torch.arange(width, device=device)
+    same_pair = (owner[:, :, None] == owner[:, None, :]) & (owner[:, :, None] >= 0)
+    visible = (branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None])
+    causal = col[None, :] <= col[:, None]
+    tree_mask = (same_pair & visible & causal) | torch.eye(width, dtype=torch.bool, device=device)
+    return {
+        "input_ids": out_ids,
+        "position_ids": positions,
+        "tree_mask": tree_mask,
+        "predictors": torch.cat(predictors),
+        "targets": torch.cat(targets),
+        "sequence": torch.cat(sequence),
+    }
 
 
 def attention_share(model) -> float | None:

@@ -275,26 +275,34 @@ def response_logps(
     """Summed log-probs (rows,) and loss-token counts (rows,) of the sequences in a padded or packed batch.
 
     ``batch["segments"]`` (B, T) names the sequence (0 .. rows-1) each token belongs to, -1 on padding,
-    so one row may hold several sequences (``tasks/pairs.pack_padded``). With ``positions_only`` the
-    output layer sees only the loss positions (``linear_token_logps``); otherwise full logits, as the
-    plain path, which is also the fallback where ``lm_loss``'s fast path cannot apply.
+    so one row may hold several sequences (``tasks/pairs.pack_padded``); each label is predicted by the
+    position before it. A batch whose sequences share positions (``tasks/pairs.share_prompts``: a pair's
+    prompt computed once) names its loss tokens instead, flat over (B, T): ``predictors`` (the position
+    that predicts each), ``targets`` and ``sequence``, with a 4D ``attention_mask``. With
+    ``positions_only`` the output layer sees only the predicting positions (``linear_token_logps``);
+    otherwise full logits, as the plain path, which is also the fallback where ``lm_loss``'s fast path
+    cannot apply.
     """
     inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
-    labels = batch["labels"]
-    targets = labels[:, 1:]  # (B, T-1)
-    keep = targets != IGNORE  # (B, T-1)
-    seg = batch["segments"][:, 1:][keep]  # (N,) the sequence of each loss token
+    width = batch["input_ids"].shape[1]
+    if "predictors" in batch:
+        src, tgt, seg = batch["predictors"], batch["targets"], batch["sequence"]  # (N,) each
+    else:
+        labels = batch["labels"]
+        keep = labels[:, 1:] != IGNORE  # (B, T-1): position t predicts label t + 1
+        at = torch.arange(labels.numel(), device=labels.device).view(labels.shape)[:, :-1]
+        src, tgt, seg = at[keep], labels[:, 1:][keep], batch["segments"][:, 1:][keep]
     parts = _body_and_head(model) if positions_only else None
     if parts is not None:
         body, head = parts
         hidden = body(**inputs, use_cache=False).last_hidden_state  # (B, T, H)
-        lp = linear_token_logps(hidden[:, :-1][keep], head, targets[keep])  # (N,)
-    else:  # logits from the earliest loss position on only (prompt tuning adds virtual positions before)
-        first = int(keep.float().argmax(1).min())  # the earliest position that predicts a target
-        width = labels.shape[1] - first  # positions first .. T-1 predict every target
-        logits = model(**inputs, use_cache=False, logits_to_keep=width).logits[:, -width:]  # (B, W, V)
-        picked = logits[:, :-1][keep[:, first:]].float()  # (N, V)
-        lp = picked.gather(1, targets[keep][:, None]).squeeze(1) - torch.logsumexp(picked, dim=-1)
+        lp = linear_token_logps(hidden.flatten(0, 1)[src], head, tgt)  # (N,)
+    else:  # logits from the earliest predicting position on only (prompt tuning adds virtual positions before)
+        first = int((src % width).min()) if len(src) else width - 1
+        keep = width - first  # positions first .. T-1
+        logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits[:, -keep:]  # (B, keep, V)
+        picked = logits.flatten(0, 1)[(src // width) * keep + src % width - first].float()  # (N, V)
+        lp = picked.gather(1, tgt[:, None]).squeeze(1) - torch.logsumexp(picked, dim=-1)
     sums = torch.zeros(rows, dtype=torch.float32, device=lp.device).index_add(0, seg, lp)
     counts = torch.zeros(rows, dtype=torch.long, device=lp.device).index_add(0, seg, torch.ones_like(seg))
     return sums, counts
