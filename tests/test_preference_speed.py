@@ -267,27 +267,51 @@ def test_bf16_frozen_base_gives_the_loss_within_bf16_tolerance(tiny_llama, ragge
         assert cos > 0.99, name
 
 
-def test_training_with_the_levers_follows_the_plain_run(tiny_llama, ragged_file, tmp_path):
-    """A short run with packing and the fused loss ends where the plain run ends (same batches, same updates)."""
+def short_run_logs(model_path, data, out, preference: dict, sft: dict, **training) -> list[dict]:
+    """The training log lines of a 4-step fp32 run (eager blocks) of the ragged pairs."""
     from tuneforge.recipe import train
 
-    finals = []
-    for packing, fast in [(False, False), (True, True)]:
-        cfg = cfg_for(
-            "dpo",
+    cfg = cfg_for(
+        "dpo",
+        model_path,
+        data,
+        out,
+        preference=preference,
+        sft={"samples": 0, **sft},
+        training={
+            "max_steps": 4,
+            "eval_every": 4,
+            "log_every": 2,
+            "precision": "fp32",
+            "compile": False,
+            **training,
+        },
+        data={"max_length": 64},
+    )
+    return [m for m in train(cfg).metrics() if m["split"] == "train"]
+
+
+def assert_same_logs(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-3, abs=1e-4)
+        assert y["margin"] == pytest.approx(x["margin"], rel=1e-2, abs=1e-4)
+        assert y["tokens"] == x["tokens"]  # the data's tokens, counted the same way
+
+
+def test_training_with_the_levers_follows_the_plain_run(tiny_llama, ragged_file, tmp_path):
+    """A short run with packing and the fused loss ends where the plain run ends (same batches, same updates)."""
+    runs = [
+        short_run_logs(
             tiny_llama,
             ragged_file,
-            tmp_path / f"p{packing}",
-            preference={"packing": packing},
-            sft={"fast_loss": fast, "samples": 0},
-            training={"max_steps": 4, "eval_every": 4, "log_every": 2, "precision": "fp32", "compile": False},
-            data={"max_length": 64},
+            tmp_path / f"p{on}",
+            {"packing": on, "share_prompts": False},
+            {"fast_loss": on},
         )
-        run = train(cfg)
-        finals.append([m for m in run.metrics() if m["split"] == "train"])
-    for a, b in zip(*finals):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3, abs=1e-4)
-        assert b["margin"] == pytest.approx(a["margin"], rel=1e-2, abs=1e-4)
+        for on in (False, True)
+    ]
+    assert_same_logs(*runs)
 
 
 def test_share_prompts_keeps_every_loss_token_and_computes_each_prompt_once(
@@ -372,33 +396,13 @@ def test_shared_prompts_fall_back_where_the_attention_takes_no_custom_mask(tiny_
 
 
 def test_a_run_with_shared_prompts_follows_the_plain_run(tiny_llama, ragged_file, tmp_path):
-    """A short run with shared prompts ends where the run without them ends (same batches, same updates)."""
-    from tuneforge.recipe import train
-
-    finals = []
-    for share in (False, True):
-        cfg = cfg_for(
-            "dpo",
-            tiny_llama,
-            ragged_file,
-            tmp_path / f"s{share}",
-            preference={"share_prompts": share},
-            sft={"samples": 0},
-            # length grouping would sort by what a pair computes, which sharing changes: the same batches
-            # without it (micro-batches may split differently: the same gradient)
-            training={
-                "max_steps": 4,
-                "eval_every": 4,
-                "log_every": 2,
-                "precision": "fp32",
-                "compile": False,
-                "group_by_length": False,
-            },
-            data={"max_length": 64},
+    """A short run with shared prompts ends where the run without them ends (same batches, same updates).
+    Length grouping would sort by what a pair computes, which sharing changes: without it the batches are
+    the same (micro-batches may split differently: the same gradient)."""
+    runs = [
+        short_run_logs(
+            tiny_llama, ragged_file, tmp_path / f"s{on}", {"share_prompts": on}, {}, group_by_length=False
         )
-        run = train(cfg)
-        finals.append([m for m in run.metrics() if m["split"] == "train"])
-    for a, b in zip(*finals):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3, abs=1e-4)
-        assert b["margin"] == pytest.approx(a["margin"], rel=1e-2, abs=1e-4)
-        assert b["tokens"] == a["tokens"]  # the data's tokens, counted the same way
+        for on in (False, True)
+    ]
+    assert_same_logs(*runs)
