@@ -319,8 +319,7 @@ def test_share_prompts_keeps_every_loss_token_and_computes_each_prompt_once(
 ):
     """Each pair becomes prompt + chosen + rejected: fewer positions, every loss token kept with the
     position that predicts it in its own row, and the rejected answer never sees the chosen one."""
-    from tuneforge.tasks.dpo import shared_prefix
-    from tuneforge.tasks.pairs import share_prompts
+    from tuneforge.tasks.pairs import share_prompts, shared_prefix
 
     task = make_task(tiny_llama, ragged_file, tmp_path)
     indices = [0, 3, 5, 9, 11]
@@ -328,7 +327,10 @@ def test_share_prompts_keeps_every_loss_token_and_computes_each_prompt_once(
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     tree = share_prompts(ids, mask, labels, task.pad_id, attention_share=0.0)
     rows, half = task.train["rows"], len(task.train["rows"]) // 2
-    prefixes = [shared_prefix(rows[i], rows[half + i]) for i in indices]
+    prefixes = [
+        shared_prefix(rows[i].input_ids, rows[half + i].input_ids, rows[i].labels, rows[half + i].labels)
+        for i in indices
+    ]
     assert all(p > 0 for p in prefixes)
     assert int((tree["input_ids"] != task.pad_id).sum()) <= int(mask.sum()) - sum(prefixes)
     flat_ids = tree["input_ids"].flatten()

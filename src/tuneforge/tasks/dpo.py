@@ -38,6 +38,7 @@ from tuneforge.tasks.pairs import (
     pairwise_accuracy,
     read_examples,
     share_prompts,
+    shared_prefix,
     unpair,
 )
 from tuneforge.train.lm_loss import response_logps
@@ -54,17 +55,6 @@ def n_loss(e: EncodedChat) -> int:
 
 def response_start(e: EncodedChat) -> int:
     return next(i for i, label in enumerate(e.labels) if label != IGNORE)
-
-
-def shared_prefix(a: EncodedChat, b: EncodedChat) -> int:
-    """Tokens at the start of two rows that are the same and carry no loss in either (a pair's prompt):
-    what ``pairs.share_prompts`` computes once."""
-    n = 0
-    for x, y, lx, ly in zip(a.input_ids, b.input_ids, a.labels, b.labels):
-        if x != y or lx != IGNORE or ly != IGNORE:
-            break
-        n += 1
-    return n
 
 
 class PreferenceTask(LMTask):
@@ -133,9 +123,10 @@ class PreferenceTask(LMTask):
             self.lengths = self.pair_tokens
             if self.cfg.preference.share_prompts and cfg.method.name not in VIRTUAL_TOKEN_METHODS:
                 # what a pair computes: its prompt once (the sampler's token cap and the memory estimate)
-                rows = train["rows"]
+                c, r = train["rows"][:half], train["rows"][half:]
                 self.lengths = [
-                    n - shared_prefix(rows[i], rows[half + i]) for i, n in enumerate(self.pair_tokens)
+                    n - shared_prefix(a.input_ids, b.input_ids, a.labels, b.labels)
+                    for n, a, b in zip(self.pair_tokens, c, r)
                 ]
         self.counts = [1] * len(self.lengths)
         paired_eval = all(
@@ -261,14 +252,24 @@ class PreferenceTask(LMTask):
         return self.pair_tokens[i]
 
     # ---- model side
-    def packs(self, model, sharing: bool = False) -> bool:
-        """Whether a batch's rows are packed (preference.packing), or with ``sharing`` a pair's prompt
-        computed once (preference.share_prompts): not with virtual tokens (prefix/prompt tuning would share
-        them between the sequences of a row)."""
-        if not (sharing or self.cfg.preference.packing) or self.cfg.method.name in VIRTUAL_TOKEN_METHODS:
+    def merges_rows(self, model) -> bool:
+        """Whether several sequences may share a row (packing, a pair's prompt computed once): not with
+        virtual tokens (prefix/prompt tuning would share them between the sequences of a row)."""
+        if self.cfg.method.name in VIRTUAL_TOKEN_METHODS:
             return False
         peft_config = getattr(getattr(model, "module", model), "active_peft_config", None)
         return not (peft_config is not None and peft_config.is_prompt_learning)
+
+    def packs(self, model) -> bool:
+        """Whether a batch's rows are packed (preference.packing)."""
+        return self.cfg.preference.packing and self.merges_rows(model)
+
+    def cost_model(self, model) -> float | None:
+        """One query-key pair's cost beside one token's linear layers (``pairs.attention_share``), which
+        decides how sequences are packed into rows; measured once, from the model's blocks."""
+        if self._attention_share is False:
+            self._attention_share = attention_share(model)
+        return self._attention_share
 
     def shared(
         self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
@@ -276,9 +277,7 @@ class PreferenceTask(LMTask):
         """A paired batch with each pair's prompt computed once (``pairs.share_prompts``), its mask in the
         form the model's attention takes; None where that cannot be done (the rows are not right-padded,
         or the attention implementation takes no custom mask: flash or flex attention)."""
-        if self._attention_share is False:  # measured once, from the model's blocks
-            self._attention_share = attention_share(model)
-        tree = share_prompts(input_ids, attention_mask, labels, self.pad_id, self._attention_share)
+        tree = share_prompts(input_ids, attention_mask, labels, self.pad_id, self.cost_model(model))
         mask = None if tree is None else custom_mask(model, tree.pop("tree_mask"))
         if mask is None:
             return None
@@ -303,14 +302,12 @@ class PreferenceTask(LMTask):
         """
         fast = self.cfg.sft.fast_loss
         packed = None
-        if paired and self.cfg.preference.share_prompts and self.packs(model, sharing=True):
+        if paired and self.cfg.preference.share_prompts and self.merges_rows(model):
             packed = self.shared(model, input_ids, attention_mask, labels)
             if packed is not None:
                 return response_logps(model, packed, len(input_ids), positions_only=fast)
         if self.packs(model):
-            if self._attention_share is False:  # measured once, from the model's blocks
-                self._attention_share = attention_share(model)
-            packed = pack_padded(input_ids, attention_mask, labels, self.pad_id, self._attention_share)
+            packed = pack_padded(input_ids, attention_mask, labels, self.pad_id, self.cost_model(model))
         if packed is None and not fast:
             return self.plain_logps(model, input_ids, attention_mask, labels)
         if packed is None:

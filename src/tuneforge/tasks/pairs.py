@@ -86,8 +86,7 @@ def pack_padded(
     sizes = _right_padded_lengths(attention_mask)
     if sizes is None:
         return None  # left padding or holes: keep the padded batch
-    padded = len(sizes) * input_ids.shape[1] * (1 + (attention_share or 0.0) * input_ids.shape[1])
-    plan = cheapest_packs(sizes, attention_share, padded)
+    plan = cheapest_packs(sizes, attention_share, padded=input_ids.shape)
     if plan is None:
         return None
     packs, width = plan
@@ -118,16 +117,17 @@ def _right_padded_lengths(attention_mask: torch.Tensor) -> list[int] | None:
 
 
 def cheapest_packs(
-    sizes: list[int], attention_share: float | None, baseline: float = float("inf")
+    sizes: list[int], attention_share: float | None, padded: tuple[int, int] | None = None
 ) -> tuple[list[list[int]], int] | None:
     """The cheapest packing of sequences of ``sizes`` into rows, as (packs of indices, row width), or None
-    when none costs less than ``baseline``. A row of width W costs ``W * (1 + attention_share * W)``;
-    capacities of 1, 2, 3 ... times the longest sequence are planned (best-fit decreasing); with
-    ``attention_share=None`` only the longest sequence is tried (no row grows wider than it)."""
+    when none costs less than the ``padded`` batch (rows, width) it would replace. A row of width W costs
+    ``W * (1 + attention_share * W)``; capacities of 1, 2, 3 ... times the longest sequence are planned
+    (best-fit decreasing); with ``attention_share=None`` only the longest sequence is tried (no row grows
+    wider than it)."""
     longest, total = max(sizes), sum(sizes)
     share = attention_share or 0.0
     cost = lambda rows, width: rows * width * (1 + share * width)  # noqa: E731
-    best: tuple[float, list[list[int]] | None, int] = (baseline, None, 0)
+    best: tuple[float, list[list[int]] | None, int] = (cost(*padded) if padded else float("inf"), None, 0)
     for k in range(1, len(sizes) + 1):
         packs = plan_packs(sizes, longest * k)
         width = max(sum(sizes[i] for i in p) for p in packs)
@@ -136,6 +136,19 @@ def cheapest_packs(
         if attention_share is None or longest * k >= total:
             break
     return None if best[1] is None else (best[1], best[2])
+
+
+def shared_prefix(
+    ids_a: list[int], ids_b: list[int], labels_a: list[int], labels_b: list[int], ignore: int = -100
+) -> int:
+    """How many tokens two rows begin with that are the same and carry no loss in either (a pair's prompt):
+    what ``share_prompts`` computes once."""
+    n = 0
+    for x, y, lx, ly in zip(ids_a, ids_b, labels_a, labels_b):
+        if x != y or lx != ignore or ly != ignore:
+            break
+        n += 1
+    return n
 
 
 def share_prompts(
@@ -154,7 +167,7 @@ def share_prompts(
     rejected answer's positions continue from the prompt's (as in its own row), and a mask lets it see
     the prompt and itself but never the chosen answer. Every token's hidden state is then the one its own
     row gives it, so the log-probs and gradients are the padded batch's, with the shared prefix computed
-    once instead of twice (the longest common prefix in which neither row has a loss token).
+    once instead of twice (``shared_prefix``).
 
     Returns ``input_ids`` and ``position_ids`` (R, W); ``tree_mask`` (R, W, W) bool, True where a query
     (row) may attend to a key (column): causal, within one pair, and never across the two answers (a
@@ -167,14 +180,12 @@ def share_prompts(
     if sizes is None or len(sizes) % 2:
         return None
     n = len(sizes) // 2
-    rows = []  # per pair: (ids, positions, branch, labels, sequence of each label, predictor offsets)
+    rows = []  # per pair: (ids, positions, branch, targets, sequence of each target, predictor offsets)
     for i in range(n):
         c_len, r_len = sizes[i], sizes[n + i]
         c, r = input_ids[i, :c_len], input_ids[n + i, :r_len]
         lc, lr = labels[i, :c_len], labels[n + i, :r_len]
-        limit = min(c_len, r_len)
-        same = (c[:limit] == r[:limit]) & (lc[:limit] == ignore) & (lr[:limit] == ignore)
-        p = limit if bool(same.all()) else int((~same).int().argmax())  # shared prefix length
+        p = shared_prefix(c.tolist(), r.tolist(), lc.tolist(), lr.tolist(), ignore)
         ids = torch.cat([c, r[p:]])
         positions = torch.cat([torch.arange(c_len, device=device), torch.arange(p, r_len, device=device)])
         branch = torch.cat(
