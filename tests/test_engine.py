@@ -272,6 +272,28 @@ def test_the_cache_grows_past_its_reserve_and_answers_stay_equal(llama):
     assert [c[0].token_ids for c in got] == reference(model, ids, 10)
 
 
+def test_compiled_blocks_decode_eagerly_without_compiling(tiny_llama):
+    """A policy whose blocks are compiled for training (GRPO sampling through it) decodes eagerly: no graph is
+    built for the cache lengths decoding meets, and the answers are the plain model's."""
+    import copy
+
+    import torch._dynamo
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneforge.train.compile import compile_blocks
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    ids = encode(tok)[:3]
+    want = Engine(model, tok).generate(ids, SamplingParams(max_tokens=8))
+    compiled = copy.deepcopy(model)
+    assert compile_blocks(compiled) == 2
+    torch._dynamo.utils.counters.clear()
+    got = Engine(compiled, tok).generate(ids, SamplingParams(max_tokens=8))
+    assert [c[0].token_ids for c in got] == [c[0].token_ids for c in want]
+    assert not torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
 @pytest.mark.e2e
 def test_real_model_greedy_chat_answers_equal_generate():
     """SmolLM2-135M-Instruct (bundled): chat answers on the engine, stopping at the end-of-turn token, equal

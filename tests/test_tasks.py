@@ -467,13 +467,24 @@ def test_a_micro_batch_cut_from_the_steps_rollout_keeps_only_its_own_width():
     assert torch.equal(out["advantages"], roll["advantages"])
 
 
+def grpo_logps_and_grads(task, model, args) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    logps = task.completion_logps(model, *args)
+    (logps * torch.linspace(-1, 1, logps.numel()).view_as(logps)).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return logps.detach(), grads
+
+
 @pytest.mark.parametrize("method", ["lora", "full"])
-@pytest.mark.parametrize("attention", ["tuneforge", "sdpa"])
+@pytest.mark.parametrize("attention", ["tuneforge", "sdpa", "eager"])
 def test_grpo_prompt_once_gives_the_log_probs_and_gradients_of_whole_sequences(
-    attention, method, models, files
+    attention, method, models, files, monkeypatch
 ):
-    """GRPO's update runs each group's prompt once and repeats its keys/values for the group's completions:
-    the same per-token log-probs and the same gradients as running every whole sequence."""
+    """GRPO's update runs each group as one sequence, its prompt once and every completion after it (each
+    seeing the prompt and itself only): the same per-token log-probs and the same gradients as running every
+    whole sequence, with and without gradient checkpointing; an attention kernel that takes no custom mask
+    runs the whole sequences."""
+    from tuneforge.tasks import grpo as grpo_module
     from tuneforge.train.compile import choose_attention
 
     cfg = make_config("grpo", method, models, files)
@@ -483,22 +494,30 @@ def test_grpo_prompt_once_gives_the_log_probs_and_gradients_of_whole_sequences(
     choose_attention(attention, model, 64, torch.device("cpu"))
     task.begin_step(model, [[0, 1, 2]], None)
     b = task.collate([0, 1, 2])
+    C = b["completion"].shape[1]
+    assert C >= 3 and task.shares_prompts(model, b["input_ids"], b["completion"])
+    b["completion_mask"][1, 2:] = 0  # the second completion stopped after 2 tokens: padding in its block
+    b["attention_mask"][1, -C + 2 :] = 0
     args = (b["input_ids"], b["attention_mask"], b["completion"], b["completion_mask"])
-    assert b["completion"].shape[1] >= 2 and task.shares_prompts(model, b["input_ids"], b["completion"])
     model.train()
-    results = []
-    for share in (True, False):
-        task.g.share_prompts = share
-        logps = task.completion_logps(model, *args)
-        (logps * torch.linspace(-1, 1, logps.numel()).view_as(logps)).sum().backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        model.zero_grad(set_to_none=True)
-        results.append((logps.detach(), grads))
-    (shared, g1), (whole, g2) = results
-    assert torch.allclose(shared, whole, atol=2e-5), (shared - whole).abs().max()
-    assert g1.keys() == g2.keys() and g1
-    for n in g1:
-        assert torch.allclose(g1[n], g2[n], rtol=1e-3, atol=1e-6), n
+    task.g.share_prompts = False
+    whole, g_whole = grpo_logps_and_grads(task, model, args)
+    task.g.share_prompts = True
+    with torch.no_grad():
+        assert task.shared_prompt_logps(model, *args) is not None  # the one-sequence path, not the fallback
+    results = [grpo_logps_and_grads(task, model, args)]
+    raw = model.get_base_model() if hasattr(model, "get_base_model") else model
+    raw.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    results.append(grpo_logps_and_grads(task, model, args))
+    raw.gradient_checkpointing_disable()
+    for shared, grads in results:
+        assert torch.allclose(shared, whole, atol=2e-5), (shared - whole).abs().max()
+        assert grads.keys() == g_whole.keys() and grads
+        for n in grads:
+            assert torch.allclose(grads[n], g_whole[n], rtol=1e-3, atol=1e-6), n
+    monkeypatch.setattr(grpo_module, "custom_mask", lambda model, allowed: None)  # flash/flex attention
+    assert task.shared_prompt_logps(model, *args) is None
+    torch.testing.assert_close(task.completion_logps(model, *args).detach(), whole)
 
 
 def test_grpo_samples_from_a_merged_copy_of_the_policy_or_the_policy_itself(models, files):

@@ -461,8 +461,11 @@ class Engine(SchedulerThread):
     # ---- one step
     @torch.inference_mode()
     def step(self) -> None:
-        """Admit waiting sequences (prefill), then decode one token for every running sequence."""
-        with self.step_lock:
+        """Admit waiting sequences (prefill), then decode one token for every running sequence.
+
+        Runs eagerly even where the model's blocks are compiled for training (GRPO samples through the
+        policy): every decode step meets a new cache length, and each would recompile."""
+        with self.step_lock, torch.compiler.set_stance("force_eager"):
             was_training = self.model.training
             if was_training:  # (a recursive walk over the modules: only when needed)
                 self.model.eval()

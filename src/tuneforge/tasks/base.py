@@ -61,7 +61,9 @@ class Task:
     probes: ClassVar[frozenset[str]] = frozenset({"lengths"})
     sections: ClassVar[tuple[str, ...]] = ()  # optional config sections it reads (of OPTIONAL_SECTIONS)
     methods: ClassVar[tuple[str, ...]] = ALL_METHODS
-    samples_during_training: ClassVar[bool] = False  # generates inside the step (online RL): no compile
+    samples_during_training: ClassVar[bool] = (
+        False  # generates inside each step (online RL): auto compiles only long runs
+    )
     encoder_decoder: ClassVar[bool] = False  # trains an encoder-decoder (reads model.seq2seq_warm_start)
 
     # ---- what the training loop reads (set by __init__)

@@ -24,6 +24,7 @@ from tuneforge.data.bundled import resolve
 from tuneforge.data.chat import render_prompt
 from tuneforge.data.formats import SHAPES, Example, _messages, detect_format, to_examples
 from tuneforge.errors import DataError, TuneforgeError
+from tuneforge.models.attention import custom_mask
 from tuneforge.models.engine import Engine, SamplingParams, supports
 from tuneforge.models.generate import generate, stop_ids
 from tuneforge.models.rollout import MergedCopy, why_not
@@ -315,17 +316,23 @@ class GRPOTask(LMTask):
     ) -> torch.Tensor:
         """Per-token log-probs of the completion tokens under ``model``, at the sampling temperature: (N, C).
 
-        The ``group_size`` completions of a prompt share it, so the prompt runs once per group and its keys
-        and values are repeated for the group's completions (:meth:`shared_prompt_logps`; the gradient flows
-        back through them): a step computes ``B * P + N * C`` tokens instead of ``N * (P + C)``, about half on
-        GRPO's usual shapes. A model that cannot take that path (prompt-learning adapters, sliding windows,
-        gradient checkpointing, several processes) runs the whole sequences."""
+        The ``group_size`` completions of a prompt share it, so each group runs as one sequence, the prompt
+        once and its completions after it, each seeing the prompt and itself (:meth:`shared_prompt_logps`): a
+        step computes ``B * P + N * C`` tokens instead of ``N * (P + C)``, about half on GRPO's usual shapes.
+        A model that cannot take that path (prompt-learning adapters, sliding-window layers, an attention
+        kernel without custom masks) runs the whole sequences."""
         if self.shares_prompts(model, ids, completion):
-            return self.shared_prompt_logps(model, ids, attention, completion, mask)
+            logps = self.shared_prompt_logps(model, ids, attention, completion, mask)
+            if logps is not None:
+                return logps
         width = completion.shape[1]
         position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding: positions as generate saw them
         logits = model(
-            input_ids=ids, attention_mask=attention, position_ids=position_ids, logits_to_keep=width + 1
+            input_ids=ids,
+            attention_mask=attention,
+            position_ids=position_ids,
+            logits_to_keep=width + 1,
+            use_cache=False,
         ).logits[:, -(width + 1) :]  # (N, C+1, V)
         labels = torch.cat(
             [torch.full_like(completion[:, :1], -100), completion.masked_fill(mask == 0, -100)], 1
@@ -335,43 +342,61 @@ class GRPOTask(LMTask):
     def shares_prompts(self, model, ids: torch.Tensor, completion: torch.Tensor) -> bool:
         """Whether the prompt-once path applies: groups of identical prompts, a model it is exact for."""
         G = self.g.group_size
-        if not self.g.share_prompts or G < 2 or ids.shape[0] % G or completion.shape[1] < 2:
+        if not self.g.share_prompts or G < 2 or ids.shape[0] % G or completion.shape[1] < 1:
             return False
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return False  # DDP/FSDP expect one forward per backward
-        raw = getattr(model, "module", model)
-        if supports(raw) is not None or getattr(raw, "is_gradient_checkpointing", False):
-            return False
+        if supports(getattr(model, "module", model)) is not None:
+            return False  # prompt learning (virtual tokens before the prompt) or sliding-window layers
         prompts = ids[:, : ids.shape[1] - completion.shape[1]].view(-1, G, ids.shape[1] - completion.shape[1])
         return bool((prompts == prompts[:, :1]).all())
 
     def shared_prompt_logps(
         self, model, ids: torch.Tensor, attention: torch.Tensor, completion: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        """:meth:`completion_logps` with each group's prompt computed once: (N, C)."""
+    ) -> torch.Tensor | None:
+        """:meth:`completion_logps` with each group as one sequence, ``prompt + completion 1 + ... +
+        completion G``: (N, C), or None when the model's attention takes no custom mask (flash, flex).
+
+        Each completion's positions continue from the prompt's, as in its own row, and a (B, W, W) mask lets
+        it see the prompt and itself, never another completion, so every token's hidden state is the one its
+        own row gives it. One plain forward (no cache), so compiled blocks, gradient checkpointing and DDP
+        take it as they take any batch."""
         G, C = self.g.group_size, completion.shape[1]
-        P = ids.shape[1] - C
+        N, P = ids.shape[0], ids.shape[1] - C
+        B, device = N // G, ids.device
         prompt_att = attention[::G, :P]  # (B, P), left-padded
-        out = model(
-            input_ids=ids[::G, :P],
-            attention_mask=prompt_att,
-            position_ids=(prompt_att.cumsum(-1) - 1).clamp(min=0),
-            use_cache=True,
-            logits_to_keep=1,
+        valid = torch.cat([prompt_att, mask.reshape(B, G * C)], 1).bool()  # (B, W)
+        width = P + G * C
+        branch = torch.cat(  # 0 for the prompt, j for the j-th completion
+            [torch.zeros(P, dtype=torch.long), torch.arange(1, G + 1).repeat_interleave(C)]
+        ).to(device)
+        col = torch.arange(width, device=device)
+        rule = (col[None, :] <= col[:, None]) & (
+            (branch[None, :] == 0) | (branch[None, :] == branch[:, None])
         )
-        cache = out.past_key_values
-        for layer in cache.layers:  # (B, H, P, D) -> (N, H, P, D): each completion of the group reads them
-            layer.keys = layer.keys.repeat_interleave(G, 0)
-            layer.values = layer.values.repeat_interleave(G, 0)
-        start = prompt_att.sum(-1).repeat_interleave(G, 0)[:, None]  # (N, 1) the first completion position
-        rest = model(
-            input_ids=completion[:, :-1],
-            attention_mask=attention[:, : P + C - 1],
-            position_ids=start + torch.arange(C - 1, device=ids.device),
-            past_key_values=cache,
-            use_cache=True,
-        ).logits  # (N, C-1, V): completion token t predicts t + 1
-        logits = torch.cat([out.logits[:, -1:].repeat_interleave(G, 0), rest], 1).float()  # (N, C, V)
+        allowed = (rule[None] & valid[:, None, :]) | torch.eye(width, dtype=torch.bool, device=device)
+        attention_mask = custom_mask(model, allowed)  # a padding position sees itself only
+        if attention_mask is None:
+            return None
+        positions = torch.cat(
+            [
+                (prompt_att.cumsum(-1) - 1).clamp(min=0),
+                prompt_att.sum(-1, keepdim=True) + torch.arange(C, device=device).repeat(G),
+            ],
+            1,
+        )  # (B, W)
+        t = torch.arange(C, device=device)
+        predictors = (
+            torch.where(  # completion token t is predicted by its own t - 1, the first by the prompt's end
+                t == 0, P - 1, P + torch.arange(G, device=device)[:, None] * C + t - 1
+            ).reshape(-1)
+        )  # (G * C,)
+        logits = model(
+            input_ids=torch.cat([ids[::G, :P], completion.reshape(B, G * C)], 1),
+            attention_mask=attention_mask,
+            position_ids=positions,
+            logits_to_keep=predictors,
+            use_cache=False,
+        ).logits  # (B, G * C, V)
+        logits = logits.reshape(N, C, -1).float()
         return target_logps(logits / self.g.temperature, completion.masked_fill(mask == 0, -100))[0]  # (N, C)
 
     def loss(self, model, batch) -> tuple[torch.Tensor, float]:
