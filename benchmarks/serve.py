@@ -5,7 +5,8 @@ against a live server (uvicorn on 127.0.0.1): aggregate generated tokens/s, time
 latency (median and p95). Reference arms, in this process: transformers ``model.generate`` one request at a
 time, and ``model.generate`` on static batches of 16. Multi-LoRA arm: 16 clients whose requests go to 4
 different LoRA adapters of the same base (one batch) against 16 clients on the base alone. llama.cpp
-(``llama-cpp-python`` on a GGUF file given with ``--gguf``) when it is installed.
+(``llama-cpp-python``, one request at a time) on the model exported by tuneforge's GGUF writer in f16, or on
+a file given with ``--gguf``, when it is installed.
 
     python benchmarks/serve.py            # the full run (alone on the machine: timings)
     python benchmarks/serve.py --quick    # a seconds-long check of the script (tiny settings; figures worthless)
@@ -109,20 +110,45 @@ def _generated(row: list[int], pad: int, stops: list[int]) -> int:
     return len(row)
 
 
-def llama_cpp_arm(gguf: str | None, prompts: list[str], new_tokens: int) -> dict:
+def llama_cpp_arm(model_name: str, gguf: str | None, prompts: list[str], new_tokens: int) -> dict:
+    """llama.cpp one request at a time on the model's GGUF file (``--gguf``, or the model exported here with
+    tuneforge's writer), with as many threads as torch uses: {file kind: result}."""
     try:
         import llama_cpp
     except ImportError:
-        return {"skipped": "llama-cpp-python is not installed"}
-    if not gguf:
-        return {"skipped": "no --gguf file given (tuneforge export RUN model.gguf --quant f16)"}
-    llm = llama_cpp.Llama(model_path=gguf, n_ctx=2048, verbose=False)
-    tokens, t0 = 0, time.perf_counter()
-    for p in prompts:
-        r = llm.create_chat_completion([{"role": "user", "content": p}], max_tokens=new_tokens, temperature=0)
-        tokens += r["usage"]["completion_tokens"]
-    wall = time.perf_counter() - t0
-    return {"tokens": tokens, "seconds": wall, "tokens_per_s": tokens / wall}
+        return {"gguf": {"skipped": "llama-cpp-python is not installed (it builds llama.cpp from source)"}}
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"gguf": gguf} if gguf else export_ggufs(model_name, Path(tmp))
+        out = {}
+        for quant, path in files.items():
+            llm = llama_cpp.Llama(
+                model_path=str(path), n_ctx=2048, n_threads=torch.get_num_threads(), verbose=False
+            )
+            llm.create_chat_completion([{"role": "user", "content": prompts[0]}], max_tokens=4, temperature=0)
+            tokens, t0 = 0, time.perf_counter()
+            for p in prompts:
+                r = llm.create_chat_completion(
+                    [{"role": "user", "content": p}], max_tokens=new_tokens, temperature=0
+                )
+                tokens += r["usage"]["completion_tokens"]
+            wall = time.perf_counter() - t0
+            out[quant] = {"tokens": tokens, "seconds": wall, "tokens_per_s": tokens / wall}
+            print(quant, json.dumps(out[quant]), flush=True)
+            del llm
+    return out
+
+
+def export_ggufs(model_name: str, folder: Path) -> dict[str, Path]:
+    """The model written as a GGUF file by tuneforge's exporter, in f16. (q8_0 is left out: llama-cpp-python
+    0.3.36 built here crashes evaluating any q8_0 file on this CPU, its own quantisation of the same f16 file
+    too.)"""
+    from tuneforge.models.gguf_write import write_gguf
+    from tuneforge.models.load import load_causal_lm, load_tokenizer
+
+    model, tok = load_causal_lm(model_name), load_tokenizer(model_name)
+    return {q: write_gguf(model, tok, folder / f"model-{q}.gguf", quant=q) for q in ("f16",)}
 
 
 # -------------------------------------------------------------------------------------------- the live server
@@ -281,7 +307,7 @@ def main() -> None:
     t["reference"] = reference_arms(args.model, prompts, new_tokens, batch=max(clients))
     print(json.dumps(t["reference"]), flush=True)
     t["serve"] = serve_arms(args.model, prompts, new_tokens, clients, adapters, max_batch=32)
-    t["llama_cpp"] = llama_cpp_arm(args.gguf, prompts, new_tokens)
+    t["llama_cpp"] = llama_cpp_arm(args.model, args.gguf, prompts, new_tokens)
     top = t["serve"][f"engine_{max(clients)}_clients"]
     ref = t["reference"]
     static = ref[f"generate_static_batch_{max(clients)}"]["tokens_per_s"]
@@ -313,12 +339,12 @@ def table(t: dict) -> str:
             f"{r['clients']} | {r['tokens_per_s']:.1f} | {r['ttft_median_s']:.2f} / {r['ttft_p95_s']:.2f} | "
             f"{r['tpot_median_ms']:.0f} / {r['tpot_p95_ms']:.0f} |"
         )
-    lc = t["llama_cpp"]
-    lines.append(
-        f"| llama.cpp (one at a time) | 1 | {lc['tokens_per_s']:.1f} | - | - |"
-        if "tokens_per_s" in lc
-        else f"| llama.cpp | - | skipped: {lc['skipped']} | - | - |"
-    )
+    for quant, lc in t["llama_cpp"].items():
+        lines.append(
+            f"| llama.cpp {quant} (one at a time) | 1 | {lc['tokens_per_s']:.1f} | - | - |"
+            if "tokens_per_s" in lc
+            else f"| llama.cpp | - | skipped: {lc['skipped']} | - | - |"
+        )
     r = t["ratios"]
     lines += [
         "",
