@@ -520,6 +520,37 @@ def test_grpo_prompt_once_gives_the_log_probs_and_gradients_of_whole_sequences(
     torch.testing.assert_close(task.completion_logps(model, *args).detach(), whole)
 
 
+@pytest.mark.slow
+def test_grpo_prompt_once_under_compiled_blocks(models, files):
+    """training.compile on GRPO: the one-sequence-per-group update through compiled blocks gives the eager
+    log-probs and gradients, and the rollout on the same policy decodes without compiling."""
+    import torch._dynamo
+
+    from tuneforge.train.compile import can_compile, compile_blocks, compile_settings
+
+    if not can_compile(torch.device("cpu"))[0]:
+        pytest.skip("no compiler here")
+    cfg = make_config("grpo", "lora", models, files)
+    cfg.grpo.max_new_tokens = 6
+    cfg.grpo.sampler = "policy"
+    task = build(cfg)
+    model = prepared_for(task, cfg).model
+    task.begin_step(model, [[0, 1, 2]], None)
+    b = task.collate([0, 1, 2])
+    args = (b["input_ids"], b["attention_mask"], b["completion"], b["completion_mask"])
+    model.train()
+    eager = grpo_logps_and_grads(task, model, args)
+    with compile_settings():
+        assert compile_blocks(model) == 2
+        compiled = grpo_logps_and_grads(task, model, args)
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        task.begin_step(model, [[3, 4]], None)  # sampling through the compiled policy: eager decoding
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-4, atol=1e-5)
+    for n in eager[1]:
+        torch.testing.assert_close(compiled[1][n], eager[1][n], rtol=1e-3, atol=1e-5)
+
+
 def test_grpo_samples_from_a_merged_copy_of_the_policy_or_the_policy_itself(models, files):
     """grpo.sampler: `merged` samples from a plain copy with the LoRA folded in (the policy's logits, refreshed
     each step); `policy` from the training model; an adapter that cannot be folded is named."""
