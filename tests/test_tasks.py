@@ -489,6 +489,7 @@ def test_grpo_prompt_once_gives_the_log_probs_and_gradients_of_whole_sequences(
 
     cfg = make_config("grpo", method, models, files)
     cfg.grpo.max_new_tokens = 6
+    cfg.grpo.group_size = 4
     task = build(cfg)
     model = prepared_for(task, cfg).model
     choose_attention(attention, model, 64, torch.device("cpu"))
@@ -505,7 +506,10 @@ def test_grpo_prompt_once_gives_the_log_probs_and_gradients_of_whole_sequences(
     task.g.share_prompts = True
     with torch.no_grad():
         assert task.shared_prompt_logps(model, *args) is not None  # the one-sequence path, not the fallback
-    results = [grpo_logps_and_grads(task, model, args)]
+    results = []
+    for per_row in (4, 2):  # the whole group in a row; two rows of two completions, each with the prompt
+        monkeypatch.setattr(task, "completions_per_row", lambda *a, k=per_row: k)
+        results.append(grpo_logps_and_grads(task, model, args))
     raw = model.get_base_model() if hasattr(model, "get_base_model") else model
     raw.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     results.append(grpo_logps_and_grads(task, model, args))
@@ -518,6 +522,24 @@ def test_grpo_prompt_once_gives_the_log_probs_and_gradients_of_whole_sequences(
     monkeypatch.setattr(grpo_module, "custom_mask", lambda model, allowed: None)  # flash/flex attention
     assert task.shared_prompt_logps(model, *args) is None
     torch.testing.assert_close(task.completion_logps(model, *args).detach(), whole)
+
+
+def test_grpo_puts_as_many_completions_behind_a_prompt_as_pays(models, files):
+    """completions_per_row: the whole group behind one prompt on GRPO's usual shapes; fewer completions a row
+    when long completions would make a row's attention cost more than the prompt copies it saves."""
+    cfg = make_config("grpo", "lora", models, files)
+    cfg.grpo.group_size = 4
+    task = build(cfg)
+    task._attention_share = 6.6e-4  # SmolLM2-135M's blocks (pairs.attention_share)
+    assert task.completions_per_row(None, 40, 32) == 4  # the shipped config's shapes
+    task.g.group_size = 16
+    assert (
+        task.completions_per_row(None, 40, 32) == 8
+    )  # a row of 552 positions: attention outgrows the saving
+    assert 1 < task.completions_per_row(None, 1024, 1024) < 8
+    assert task.completions_per_row(None, 16, 4096) == 1  # long answers, a short prompt: rows of their own
+    task._attention_share = None  # no blocks found: count tokens only
+    assert task.completions_per_row(None, 16, 4096) == 16
 
 
 @pytest.mark.slow
@@ -534,10 +556,13 @@ def test_grpo_prompt_once_under_compiled_blocks(models, files):
     cfg.grpo.max_new_tokens = 6
     cfg.grpo.sampler = "policy"
     task = build(cfg)
+    task._attention_share = None  # count tokens only: the whole group in a row (the tiny model's attention
+    # share would put each completion in its own row)
     model = prepared_for(task, cfg).model
     task.begin_step(model, [[0, 1, 2]], None)
     b = task.collate([0, 1, 2])
     args = (b["input_ids"], b["attention_mask"], b["completion"], b["completion_mask"])
+    assert task.completions_per_row(model, 8, 6) == cfg.grpo.group_size
     model.train()
     eager = grpo_logps_and_grads(task, model, args)
     with compile_settings():

@@ -508,7 +508,8 @@ class GRPOConfig:
         True,
         "Compute each prompt once for its group's completions in the update and reference passes (one "
         "sequence per group, each completion masked from the others; the same log-probs, about half the "
-        "tokens); false runs every completion's whole sequence.",
+        "tokens; long completions are split over a few rows where a row's attention would cost more); false "
+        "runs every completion's whole sequence.",
     )
     sampler: str = _f(
         "auto",

@@ -30,7 +30,7 @@ from tuneforge.models.generate import generate, stop_ids
 from tuneforge.models.rollout import MergedCopy, why_not
 from tuneforge.tasks.base import Metric, load_splits
 from tuneforge.tasks.lm import LMTask, prompt_text
-from tuneforge.tasks.pairs import Running, pad
+from tuneforge.tasks.pairs import Running, attention_share, pad
 from tuneforge.tasks.rewards import Reward, load_rewards
 from tuneforge.train.losses import group_advantages, grpo_loss, target_logps, token_logps
 from tuneforge.utils import bf16_native
@@ -131,6 +131,7 @@ class GRPOTask(LMTask):
         self.running = Running()
         self._rollouts: dict[tuple[int, ...], dict[str, torch.Tensor]] = {}
         self._copy: MergedCopy | None = None  # grpo.sampler's merged copy, made at the first rollout
+        self._attention_share: float | None | bool = False  # measured from the model at the first update
 
     # ---- data
     def read_file(self, spec: str) -> list[Example]:
@@ -322,7 +323,12 @@ class GRPOTask(LMTask):
         A model that cannot take that path (prompt-learning adapters, sliding-window layers, an attention
         kernel without custom masks) runs the whole sequences."""
         if self.shares_prompts(model, ids, completion):
-            logps = self.shared_prompt_logps(model, ids, attention, completion, mask)
+            per_row = self.completions_per_row(model, ids.shape[1] - completion.shape[1], completion.shape[1])
+            logps = (
+                None
+                if per_row == 1
+                else self.shared_prompt_logps(model, ids, attention, completion, mask, per_row)
+            )
             if logps is not None:
                 return logps
         width = completion.shape[1]
@@ -349,17 +355,41 @@ class GRPOTask(LMTask):
         prompts = ids[:, : ids.shape[1] - completion.shape[1]].view(-1, G, ids.shape[1] - completion.shape[1])
         return bool((prompts == prompts[:, :1]).all())
 
+    def completions_per_row(self, model, prompt_len: int, completion_len: int) -> int:
+        """How many of a group's completions share a row behind one copy of the prompt: the divisor k of
+        ``group_size`` that computes least, a row of width ``W = P + k * C`` costing its tokens plus
+        ``attention_share * W**2`` for attention (every query against every key, masked or not). The whole
+        group in one row on GRPO's usual shapes; fewer for long completions, where a row's attention would
+        outgrow the prompt it saves (1: every completion in its own row)."""
+        if self._attention_share is False:
+            self._attention_share = attention_share(model)
+        share = self._attention_share or 0.0
+        G, P, C = self.g.group_size, prompt_len, completion_len
+
+        def cost(k: int) -> float:  # per completion
+            width = P + k * C
+            return (width + share * width * width) / k
+
+        return min((k for k in range(1, G + 1) if G % k == 0), key=lambda k: (cost(k), -k))
+
     def shared_prompt_logps(
-        self, model, ids: torch.Tensor, attention: torch.Tensor, completion: torch.Tensor, mask: torch.Tensor
+        self,
+        model,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        completion: torch.Tensor,
+        mask: torch.Tensor,
+        per_row: int | None = None,
     ) -> torch.Tensor | None:
         """:meth:`completion_logps` with each group as one sequence, ``prompt + completion 1 + ... +
-        completion G``: (N, C), or None when the model's attention takes no custom mask (flash, flex).
+        completion G`` (or ``per_row`` completions a row, a divisor of ``group_size``): (N, C), or None when
+        the model's attention takes no custom mask (flash, flex).
 
         Each completion's positions continue from the prompt's, as in its own row, and a (B, W, W) mask lets
         it see the prompt and itself, never another completion, so every token's hidden state is the one its
         own row gives it. One plain forward (no cache), so compiled blocks, gradient checkpointing and DDP
         take it as they take any batch."""
-        G, C = self.g.group_size, completion.shape[1]
+        G, C = per_row or self.g.group_size, completion.shape[1]  # completions a row
         N, P = ids.shape[0], ids.shape[1] - C
         B, device = N // G, ids.device
         prompt_att = attention[::G, :P]  # (B, P), left-padded
