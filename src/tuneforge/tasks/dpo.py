@@ -31,7 +31,6 @@ from tuneforge.tasks.base import Metric, load_splits
 from tuneforge.tasks.lm import LMTask, prompt_text
 from tuneforge.tasks.pairs import (
     Running,
-    attention_share,
     is_paired,
     pack_padded,
     pad,
@@ -135,7 +134,6 @@ class PreferenceTask(LMTask):
         self.paired_eval = paired_eval
         self.running = Running()
         self.pad_id = self.tokenizer.pad_token_id or 0
-        self._attention_share: float | None | bool = False  # packing's cost model (pairs.attention_share)
         self.chunked_loss = cfg.sft.fast_loss  # the memory estimate: one chunk of logits at a time
         self._ref_cache: dict[
             str, torch.Tensor
@@ -263,13 +261,6 @@ class PreferenceTask(LMTask):
     def packs(self, model) -> bool:
         """Whether a batch's rows are packed (preference.packing)."""
         return self.cfg.preference.packing and self.merges_rows(model)
-
-    def cost_model(self, model) -> float | None:
-        """One query-key pair's cost beside one token's linear layers (``pairs.attention_share``), which
-        decides how sequences are packed into rows; measured once, from the model's blocks."""
-        if self._attention_share is False:
-            self._attention_share = attention_share(model)
-        return self._attention_share
 
     def shared(
         self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor

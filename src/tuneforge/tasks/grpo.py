@@ -30,7 +30,7 @@ from tuneforge.models.generate import generate, stop_ids
 from tuneforge.models.rollout import MergedCopy, why_not
 from tuneforge.tasks.base import Metric, load_splits
 from tuneforge.tasks.lm import LMTask, prompt_text
-from tuneforge.tasks.pairs import Running, attention_share, pad
+from tuneforge.tasks.pairs import Running, pad, row_cost
 from tuneforge.tasks.rewards import Reward, load_rewards
 from tuneforge.train.losses import group_advantages, grpo_loss, target_logps, token_logps
 from tuneforge.utils import bf16_native
@@ -131,7 +131,6 @@ class GRPOTask(LMTask):
         self.running = Running()
         self._rollouts: dict[tuple[int, ...], dict[str, torch.Tensor]] = {}
         self._copy: MergedCopy | None = None  # grpo.sampler's merged copy, made at the first rollout
-        self._attention_share: float | None | bool = False  # measured from the model at the first update
 
     # ---- data
     def read_file(self, spec: str) -> list[Example]:
@@ -361,15 +360,8 @@ class GRPOTask(LMTask):
         ``attention_share * W**2`` for attention (every query against every key, masked or not). The whole
         group in one row on GRPO's usual shapes; fewer for long completions, where a row's attention would
         outgrow the prompt it saves (1: every completion in its own row)."""
-        if self._attention_share is False:
-            self._attention_share = attention_share(model)
-        share = self._attention_share or 0.0
-        G, P, C = self.g.group_size, prompt_len, completion_len
-
-        def cost(k: int) -> float:  # per completion
-            width = P + k * C
-            return (width + share * width * width) / k
-
+        share, G = self.cost_model(model), self.g.group_size
+        cost = lambda k: row_cost(prompt_len + k * completion_len, share) / k  # noqa: E731 (per completion)
         return min((k for k in range(1, G + 1) if G % k == 0), key=lambda k: (cost(k), -k))
 
     def shared_prompt_logps(

@@ -19,6 +19,7 @@ from tuneforge.models.load import load_causal_lm, load_tokenizer, require_causal
 from tuneforge.models.save import save_model_folder
 from tuneforge.models.templates import ensure_template
 from tuneforge.tasks.base import Task
+from tuneforge.tasks.pairs import attention_share
 
 
 class LMTask(Task):
@@ -27,6 +28,15 @@ class LMTask(Task):
     sections = ("sft",)  # generation settings: samples, max_new_tokens, temperature, system_prompt
     probes = frozenset({"lengths", "bias", "forgetting", "lm_eval", "samples"})
     keeps_frozen_copy = False  # full fine-tuning keeps a frozen reference copy (the loss needs it each step)
+    _attention_share: float | None | bool = False  # cost_model's measure, False until measured
+
+    def cost_model(self, model) -> float | None:
+        """One query-key pair's cost beside one token's linear layers (``pairs.attention_share``), which
+        decides how sequences share rows (DPO's packing and shared prompts, GRPO's completions a row);
+        measured once, from the model's blocks."""
+        if self._attention_share is False:
+            self._attention_share = attention_share(model)
+        return self._attention_share
 
     def setup_lm(self, load_model: bool, template: bool = True) -> None:
         """The tokenizer (with a chat template unless the data is raw text) and, when asked, the model."""

@@ -116,6 +116,12 @@ def _right_padded_lengths(attention_mask: torch.Tensor) -> list[int] | None:
     return lengths.tolist() if torch.equal(attention_mask.bool(), right_padded) else None
 
 
+def row_cost(width: int, attention_share: float | None) -> float:
+    """What a row of ``width`` positions computes, in token-equivalents: its tokens through the linear
+    layers plus every query-key pair of its attention (``attention_share`` each)."""
+    return width * (1 + (attention_share or 0.0) * width)
+
+
 def cheapest_packs(
     sizes: list[int], attention_share: float | None, padded: tuple[int, int] | None = None
 ) -> tuple[list[list[int]], int] | None:
@@ -125,8 +131,7 @@ def cheapest_packs(
     (best-fit decreasing); with ``attention_share=None`` only the longest sequence is tried (no row grows
     wider than it)."""
     longest, total = max(sizes), sum(sizes)
-    share = attention_share or 0.0
-    cost = lambda rows, width: rows * width * (1 + share * width)  # noqa: E731
+    cost = lambda rows, width: rows * row_cost(width, attention_share)  # noqa: E731
     best: tuple[float, list[list[int]] | None, int] = (cost(*padded) if padded else float("inf"), None, 0)
     for k in range(1, len(sizes) + 1):
         packs = plan_packs(sizes, longest * k)
