@@ -1,9 +1,11 @@
 """Serving benchmark: tuneforge's engine behind the live OpenAI API against transformers' generate.
 
 SmolLM2-135M-Instruct, fixed chat prompts, 128 new tokens (greedy), 1, 4 and 16 concurrent streaming clients
-against a live server (uvicorn on 127.0.0.1): aggregate generated tokens/s, time to first token and per-token
-latency (median and p95). Reference arms, in this process: transformers ``model.generate`` one request at a
-time, and ``model.generate`` on static batches of 16. Multi-LoRA arm: 16 clients whose requests go to 4
+(the official ``openai`` client, in a separate process as real clients are) against a live server (uvicorn on
+127.0.0.1): aggregate generated tokens/s, time to first token and per-token latency (median and p95). Every arm
+runs the weights in one dtype (``--dtype``, default bfloat16: the checkpoint's own, which transformers 5 loads
+by default). Reference arms, in this process: transformers ``model.generate`` one request at a time, and
+``model.generate`` on static batches of 16. Multi-LoRA arm: 16 clients whose requests go to 4
 different LoRA adapters of the same base (one batch) against 16 clients on the base alone. llama.cpp
 (``llama-cpp-python``, one request at a time) on the model exported by tuneforge's GGUF writer in f16, or on
 a file given with ``--gguf``, when it is installed.
@@ -29,6 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, write  # noqa: E402
+
+from tuneforge.threads import release_openmp_workers  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 PROMPTS = [
@@ -61,7 +65,7 @@ def pct(values: list[float], q: float) -> float:
 # ------------------------------------------------------------------------------------------- reference arms
 
 
-def reference_arms(model_name: str, prompts: list[str], new_tokens: int, batch: int) -> dict:
+def reference_arms(model_name: str, prompts: list[str], new_tokens: int, batch: int, dtype: str) -> dict:
     """transformers generate: one request at a time, and static batches of ``batch`` (left-padded)."""
     import torch
 
@@ -69,7 +73,7 @@ def reference_arms(model_name: str, prompts: list[str], new_tokens: int, batch: 
     from tuneforge.models.generate import stop_ids
     from tuneforge.models.load import load_causal_lm, load_tokenizer
 
-    model = load_causal_lm(model_name).eval()
+    model = load_causal_lm(model_name, dtype).eval()
     tok = load_tokenizer(model_name)
     texts = [render_prompt(tok, [{"role": "user", "content": p}]) for p in prompts]
     kw = dict(
@@ -252,7 +256,27 @@ async def load_test(url: str, models: list[str], prompts: list[str], clients: in
     }
 
 
-def serve_arms(model_name, prompts, new_tokens, client_counts, adapters: int, max_batch: int) -> dict:
+def client_process(url: str, models: list[str], prompts: list[str], clients: int, new_tokens: int) -> dict:
+    """``load_test`` in a child process: the clients' own work (SSE parsing, the SDK's objects) is not the
+    server's, as with real clients; they still share the machine's cores."""
+    import subprocess
+
+    code = (
+        "import asyncio, json, sys; sys.path.insert(0, sys.argv[1]); import serve; "
+        "a = json.loads(sys.argv[2]); print(json.dumps(asyncio.run(serve.load_test(*a))))"
+    )
+    args = json.dumps([url, models, prompts, clients, new_tokens])
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent), args], capture_output=True, text=True
+    )
+    if done.returncode:
+        raise RuntimeError(f"the load-test process failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def serve_arms(
+    model_name, prompts, new_tokens, client_counts, adapters: int, max_batch: int, dtype: str
+) -> dict:
     from fastapi import FastAPI
 
     from tuneforge.serve.completions import ModelPool, completions_router
@@ -262,21 +286,19 @@ def serve_arms(model_name, prompts, new_tokens, client_counts, adapters: int, ma
     runs = {p.name: p for p in lora_runs(model_name, root, adapters)} if adapters else {}
     app = FastAPI()
     install_handlers(app)
-    pool = ModelPool(max_batch=max_batch)
+    pool = ModelPool(max_batch=max_batch, dtype=dtype)
     app.include_router(completions_router(lambda: "bench", lambda _, name: runs.get(name, name), pool))
     url, server, thread = start_server(app)
     out = {}
     try:
         for c in client_counts:
             reqs = prompts * max(1, (2 * c) // len(prompts) or 1)  # at least two requests per client at 16
-            out[f"engine_{c}_clients"] = asyncio.run(load_test(url, [model_name], reqs, c, new_tokens))
+            out[f"engine_{c}_clients"] = client_process(url, [model_name], reqs, c, new_tokens)
             print(json.dumps(out[f"engine_{c}_clients"]), flush=True)
         if adapters:
             c = max(client_counts)
             reqs = prompts * max(1, (2 * c) // len(prompts) or 1)
-            out[f"engine_{c}_clients_{adapters}_loras"] = asyncio.run(
-                load_test(url, list(runs), reqs, c, new_tokens)
-            )
+            out[f"engine_{c}_clients_{adapters}_loras"] = client_process(url, list(runs), reqs, c, new_tokens)
             print(json.dumps(out[f"engine_{c}_clients_{adapters}_loras"]), flush=True)
     finally:
         server.should_exit = True
@@ -293,6 +315,9 @@ def main() -> None:
     ap.add_argument("--model", default=MODEL)
     ap.add_argument("--gguf", default=None, help="a GGUF file of the model for the llama.cpp arm")
     ap.add_argument("--out", default="serve", help="result name under benchmarks/results/")
+    ap.add_argument(
+        "--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="the weights' dtype in every arm"
+    )
     args = ap.parse_args()
     import torch
 
@@ -304,9 +329,13 @@ def main() -> None:
     t["torch_threads"] = torch.get_num_threads()
     t["quick"] = args.quick
     t["adapters"] = adapters
-    t["reference"] = reference_arms(args.model, prompts, new_tokens, batch=max(clients))
+    t["dtype"] = args.dtype
+    t["reference"] = reference_arms(args.model, prompts, new_tokens, max(clients), args.dtype)
     print(json.dumps(t["reference"]), flush=True)
-    t["serve"] = serve_arms(args.model, prompts, new_tokens, clients, adapters, max_batch=32)
+    # The reference arms ran torch in this thread; a server process would not have: give its OpenMP workers
+    # back, as a serving process's loading thread does (Engine.start), so the engine's thread is not slowed.
+    release_openmp_workers()
+    t["serve"] = serve_arms(args.model, prompts, new_tokens, clients, adapters, 32, args.dtype)
     t["llama_cpp"] = llama_cpp_arm(args.model, args.gguf, prompts, new_tokens)
     top = t["serve"][f"engine_{max(clients)}_clients"]
     ref = t["reference"]
@@ -324,7 +353,8 @@ def main() -> None:
 def table(t: dict) -> str:
     m = t["machine"]
     lines = [
-        f"Serving {t['model']}: {t['prompts']} chat prompts, {t['new_tokens']} new tokens (greedy); "
+        f"Serving {t['model']}: {t['prompts']} chat prompts, {t['new_tokens']} new tokens (greedy), "
+        f"{t.get('dtype', 'float32')} weights in every arm; "
         f"{m['date']}, {m['cpu']} ({m['cores']} cores, {t['torch_threads']} torch threads)"
         + (" — QUICK CHECK, figures worthless" if t["quick"] else ""),
         "",

@@ -67,23 +67,29 @@ def make_adapter(model, path, seed: int, r: int = 4, targets=("q_proj", "v_proj"
     peft.save_pretrained(path)
 
 
-def test_greedy_batched_equals_generate(llama):
+FAST = pytest.mark.parametrize("fast", [False, True], ids=["model-forward", "fast-decoder"])
+
+
+@FAST
+def test_greedy_batched_equals_generate(llama, fast):
     model, tok = llama
     ids = encode(tok)
     want = reference(model, ids, 12)
-    engine = Engine(model, tok, max_batch=8)
+    engine = Engine(model, tok, max_batch=8, fast=fast)
+    assert (engine.fast is not None) == fast
     got = engine.generate(ids, SamplingParams(max_tokens=12))
     assert [c[0].token_ids for c in got] == want
     assert all(c[0].finish_reason == "length" for c in got)
 
 
-def test_greedy_continuous_with_a_mid_batch_join(llama):
+@FAST
+def test_greedy_continuous_with_a_mid_batch_join(llama, fast):
     """Two rows run for a few steps, then three more join; a small max_batch makes others wait and join as
     rows leave. Every answer equals model.generate's."""
     model, tok = llama
     ids = encode(tok)
     want = reference(model, ids, 10)
-    engine = Engine(model, tok, max_batch=3)
+    engine = Engine(model, tok, max_batch=3, fast=fast)
     first = [engine.submit(p, SamplingParams(max_tokens=m)) for p, m in zip(ids[:2], (10, 3))]
     for _ in range(4):
         engine.step()
@@ -170,7 +176,8 @@ def test_scheduler_thread_serves_concurrent_requests(llama):
         engine.stop()
 
 
-def test_per_row_adapters_give_each_adapter_models_logits(llama, tmp_path):
+@FAST
+def test_per_row_adapters_give_each_adapter_models_logits(llama, tmp_path, fast):
     """Rows with adapter 1, adapter 2 and none in one batch: each row's logits are those of PeftModel with its
     own adapter alone (1e-4), and greedy answers equal PeftModel.generate's."""
     import copy
@@ -201,7 +208,7 @@ def test_per_row_adapters_give_each_adapter_models_logits(llama, tmp_path):
         n = len(ids[i])
         assert torch.allclose(got[i, :n], want[:n], atol=1e-4), (i, (got[i, :n] - want[:n]).abs().max())
 
-    engine = Engine(base, tok, multilora=ml)
+    engine = Engine(base, tok, multilora=ml, fast=fast)
     answers = engine.generate(ids, SamplingParams(max_tokens=8), adapters=rows)
     for i, slot in enumerate(rows):
         ref = model if slot == 0 else PeftModel.from_pretrained(copy.deepcopy(model), paths[slot - 1]).eval()
@@ -263,10 +270,11 @@ def test_chat_streams_through_the_engine(llama):
     assert answer == generate(model, tok, [PROMPTS[0]], max_new_tokens=6)[0]
 
 
-def test_the_cache_grows_past_its_reserve_and_answers_stay_equal(llama):
+@FAST
+def test_the_cache_grows_past_its_reserve_and_answers_stay_equal(llama, fast):
     model, tok = llama
     ids = encode(tok)[:2]
-    engine = Engine(model, tok)
+    engine = Engine(model, tok, fast=fast)
     engine.reserve = 3  # far less than the answers need: the buffers double as they fill
     got = engine.generate(ids, SamplingParams(max_tokens=10))
     assert [c[0].token_ids for c in got] == reference(model, ids, 10)
@@ -295,7 +303,8 @@ def test_compiled_blocks_decode_eagerly_without_compiling(tiny_llama):
 
 
 @pytest.mark.e2e
-def test_real_model_greedy_chat_answers_equal_generate():
+@FAST
+def test_real_model_greedy_chat_answers_equal_generate(fast):
     """SmolLM2-135M-Instruct (bundled): chat answers on the engine, stopping at the end-of-turn token, equal
     transformers' generate, batched with different lengths."""
     from tuneforge.data.chat import render_prompt
@@ -309,7 +318,7 @@ def test_real_model_greedy_chat_answers_equal_generate():
         for q in questions
     ]
     stops = stop_ids(tok)
-    got = Engine(model, tok).generate(ids, SamplingParams(max_tokens=24, stop_token_ids=stops))
+    got = Engine(model, tok, fast=fast).generate(ids, SamplingParams(max_tokens=24, stop_token_ids=stops))
     assert [c[0].token_ids for c in got] == reference(model, ids, 24, stops)
     assert any(c[0].finish_reason == "stop" for c in got)
 

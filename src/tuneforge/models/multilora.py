@@ -46,6 +46,14 @@ class _Rows:
         self.used = max(slots) + 1
         self._masks = {}
 
+    def mask_of_all(self, slots: int, r: int, dtype: torch.dtype) -> torch.Tensor:
+        """(B, 1, slots * r): 1 on the ``r`` columns of each row's own slot among all ``slots``."""
+        key = (r, dtype, slots)
+        if key not in self._masks:
+            hot = nn.functional.one_hot(self.index, slots).to(dtype)  # (B, slots)
+            self._masks[key] = hot.repeat_interleave(r, 1)[:, None, :]
+        return self._masks[key]
+
     def mask(self, r: int, dtype: torch.dtype) -> torch.Tensor:
         """(B, 1, used * r): 1 on the rank columns of each row's own slot."""
         key = (r, dtype)
@@ -66,21 +74,25 @@ class MultiLoRALinear(nn.Module):
         self.lora_A = torch.zeros(slots, base.in_features, 0, dtype=w.dtype, device=w.device)
         self.lora_B = torch.zeros(slots, 0, base.out_features, dtype=w.dtype, device=w.device)
         self.a_cat = torch.zeros(base.in_features, 0, dtype=w.dtype, device=w.device)  # (in, S*r)
+        self.version = 0  # changes with every slot written (a fused copy of A and B knows when to rebuild)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (B, T, in)
         y = self.base_layer(x)  # (B, T, out)
+        delta = self.delta(x)
+        return y if delta is None else y + delta
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Each row's adapter delta (B, T, out) for input x (B, T, in); None when no row has an adapter."""
         rows = self.rows
-        if rows.index is None or self.lora_A.shape[-1] == 0:
-            return y
+        if rows.index is None or self.lora_A.shape[-1] == 0 or rows.single == 0:
+            return None
         if rows.single is not None:
-            if rows.single == 0:
-                return y
-            return y + (x @ self.lora_A[rows.single]) @ self.lora_B[rows.single]
+            return (x @ self.lora_A[rows.single]) @ self.lora_B[rows.single]
         # every used slot's A at once, then each row keeps its own slot's rank columns: two plain matmuls
         r, u = self.lora_A.shape[-1], rows.used
         h = x @ self.a_cat[:, : u * r]  # (B, T, u*r)
         h = h * rows.mask(r, h.dtype)
-        return y + h @ self.lora_B[:u].reshape(u * r, -1)  # (B, T, out)
+        return h @ self.lora_B[:u].reshape(u * r, -1)  # (B, T, out)
 
     def set_slot(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None) -> None:
         """Write an adapter's A (in, r) and scaled B (r, out) into ``slot`` (None clears it)."""
@@ -96,6 +108,7 @@ class MultiLoRALinear(nn.Module):
             self.lora_B[slot, :r] = b.to(self.lora_B)
         s, n_in, rank = self.lora_A.shape
         self.a_cat = self.lora_A.permute(1, 0, 2).reshape(n_in, s * rank)  # (in, S*r), slot-major columns
+        self.version += 1
 
 
 class MultiLoRA:

@@ -139,6 +139,7 @@ def create_app(
     lease_seconds: float | None = None,
     engine: str = "tuneforge",
     max_batch: int = 32,
+    dtype: str | None = None,
 ):
     """The service as an ASGI app.
 
@@ -146,8 +147,8 @@ def create_app(
     (``postgresql://...``; default SQLite in the home); ``runs``: more folders of runs for the dashboard;
     ``models``: run folders to serve as models by their folder name; ``worker``: also train jobs in this
     process (``jobs`` at a time); ``max_upload_mb``: the largest upload accepted; ``engine``: the generation
-    engine behind chat/completions ("tuneforge", or "vllm" on a GPU machine with vLLM) and ``max_batch`` the
-    sequences it decodes together.
+    engine behind chat/completions ("tuneforge", or "vllm" on a GPU machine with vLLM), ``max_batch`` the
+    sequences it decodes together and ``dtype`` the served weights' dtype (None: each run's own).
     """
     require_extra()
     from fastapi import FastAPI, Request
@@ -210,7 +211,7 @@ def create_app(
     else:
         from tuneforge.serve.completions import ModelPool
 
-        ctx.pool = ModelPool(max_batch=max_batch, engine=engine)
+        ctx.pool = ModelPool(max_batch=max_batch, engine=engine, dtype=dtype)
         app.include_router(completions_router(require_project, ctx.resolve_model, pool=ctx.pool))
     try:
         from tuneforge.serve.dashboard import dashboard_router

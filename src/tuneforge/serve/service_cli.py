@@ -39,7 +39,7 @@ def cmd_serve(args) -> None:
     app = create_app(
         args.home, args.database, runs=args.runs or [], models=args.model or [], worker=not args.no_worker,
         jobs=args.jobs, max_upload_mb=args.max_upload_mb, lease_seconds=args.lease_seconds,
-        engine=args.engine, max_batch=args.max_batch,
+        engine=args.engine, max_batch=args.max_batch, dtype=args.dtype,
     )  # fmt: skip
     ctx = app.state.ctx
     keys = ctx.store.has_keys()
@@ -149,6 +149,12 @@ def add_service_commands(sub) -> None:
         help="generation engine for chat/completions (vllm: GPU machines with vLLM installed)",
     )
     p.add_argument("--max-batch", type=int, default=32, help="sequences the engine decodes together")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="served weights' dtype (default: each run's own; bfloat16 decodes ~1.7x faster on CPUs with AMX)",
+    )
     p.add_argument("--max-upload-mb", type=float, default=512.0, help="largest upload accepted, in MiB")
     p.add_argument("--lease-seconds", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="warning", help="uvicorn's log level (info shows every request)")
