@@ -284,6 +284,9 @@ def serve_arms(
 
     root = Path(tempfile.mkdtemp(prefix="tuneforge-bench-serve-"))
     runs = {p.name: p for p in lora_runs(model_name, root, adapters)} if adapters else {}
+    # This thread ran torch (the reference arms, the adapters); a server process's main thread would not have:
+    # give its OpenMP workers back, as the server's loading thread does, so the engine's thread is not slowed.
+    release_openmp_workers()
     app = FastAPI()
     install_handlers(app)
     pool = ModelPool(max_batch=max_batch, dtype=dtype)
@@ -332,9 +335,6 @@ def main() -> None:
     t["dtype"] = args.dtype
     t["reference"] = reference_arms(args.model, prompts, new_tokens, max(clients), args.dtype)
     print(json.dumps(t["reference"]), flush=True)
-    # The reference arms ran torch in this thread; a server process would not have: give its OpenMP workers
-    # back, as a serving process's loading thread does (Engine.start), so the engine's thread is not slowed.
-    release_openmp_workers()
     t["serve"] = serve_arms(args.model, prompts, new_tokens, clients, adapters, 32, args.dtype)
     t["llama_cpp"] = llama_cpp_arm(args.model, args.gguf, prompts, new_tokens)
     top = t["serve"][f"engine_{max(clients)}_clients"]

@@ -118,6 +118,75 @@ def test_adapters_share_one_base_engine_and_full_is_its_own(client):
     assert sum(s.adapter is not None for s in served) == 2
 
 
+def test_served_engines_run_the_fast_forward(client):
+    """Both served engines (the adapters' shared base, the full fine-tune) decode through the lean forward."""
+    chat(client, model="full", temperature=0)
+    engines = {id(s.engine): s.engine for s in client.app.state.pool._served.values()}
+    assert engines and all(e.fast is not None for e in engines.values())
+
+
+def test_a_served_dtype_loads_the_weights_in_it(runs):
+    from tuneforge.models.engine import SamplingParams
+    from tuneforge.serve.completions import ModelPool
+
+    pool = ModelPool(max_batch=4, dtype="bfloat16")
+    try:
+        for name in ("lora-a", "full"):
+            engine = pool.get(runs[name]).engine
+            assert next(engine.model.parameters()).dtype == torch.bfloat16
+            answer = engine.generate([[1, 2, 3]], SamplingParams(max_tokens=3))
+            assert len(answer[0][0].token_ids) == 3
+    finally:
+        pool.close()
+
+
+def test_a_step_wakes_the_event_loop_once_for_all_its_deltas(runs, monkeypatch):
+    """Three streamed requests on one engine: every delta arrives, in order, and the loop is woken at most once
+    per engine step, not once per delta."""
+    import asyncio
+
+    from tuneforge.models.engine import SamplingParams
+    from tuneforge.serve import completions
+    from tuneforge.serve.completions import ModelPool, _Relay
+
+    wakes = []
+    real = completions._deliver
+    monkeypatch.setattr(completions, "_deliver", lambda items: (wakes.append(len(items)), real(items)))
+    pool = ModelPool(max_batch=4)
+    try:
+        engine = pool.get(runs["full"]).engine
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            relay = _Relay.of(engine, loop)
+            assert _Relay.of(engine, loop) is relay
+            queues = [asyncio.Queue() for _ in range(3)]
+            steps = engine.steps
+            handles = [
+                engine.submit(
+                    [5, 6, 7 + i], SamplingParams(max_tokens=6), on_event=lambda e, q=q: relay.put(q, e)
+                )
+                for i, q in enumerate(queues)
+            ]
+            got = []
+            for q, h in zip(queues, handles):
+                tokens = []
+                while True:
+                    delta = await q.get()
+                    tokens += delta.token_ids
+                    if delta.finish_reason:
+                        break
+                got.append((tokens, h.result()[0].token_ids))
+            return got, engine.steps - steps
+
+        got, steps = asyncio.run(main())
+    finally:
+        pool.close()
+    assert all(streamed == final and len(final) == 6 for streamed, final in got)
+    assert len(wakes) <= steps + 1  # one hand-over per step at most
+    assert sum(wakes) > len(wakes)  # (a step's deltas of several requests went over together)
+
+
 def test_streaming_equals_the_plain_answer_with_usage(client):
     plain = chat(client, temperature=0.8, seed=3, n=2, max_tokens=10).json()
     r = chat(

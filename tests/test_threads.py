@@ -215,3 +215,27 @@ def test_trainings_on_one_machine_share_its_cores(tmp_path, monkeypatch):
         assert not any(tmp_path.iterdir()) and threads.rebalance() is None  # unregistered on exit
     finally:
         torch.set_num_threads(before)
+
+
+def test_releasing_openmp_workers_keeps_torch_working_in_every_thread():
+    """The engine's loading thread gives its idle OpenMP workers back (torch ships GNU OpenMP on Linux);
+    parallel ops afterwards, here and in another thread, start workers again and give the same results."""
+    import sys
+    import threading
+
+    import torch
+
+    from tuneforge.threads import release_openmp_workers
+
+    x = torch.randn(256, 4096)
+    want = x @ x.T
+    released = release_openmp_workers()
+    assert isinstance(released, bool)
+    if sys.platform == "linux":
+        assert released
+    assert torch.equal(x @ x.T, want)
+    out = []
+    t = threading.Thread(target=lambda: out.append(torch.equal(x @ x.T, want)))
+    t.start()
+    t.join()
+    assert out == [True]

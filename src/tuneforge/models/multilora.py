@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tuneforge.threads import release_openmp_workers
+
 
 class UnsupportedAdapter(ValueError):
     """An adapter the per-row path cannot apply (the message says why)."""
@@ -149,7 +151,9 @@ class MultiLoRA:
             self._write(slot, a_b)
             self.loaded[key] = slot
             self.in_use[slot] = self.in_use.get(slot, 0) + 1
-            return slot
+        if next(self.model.parameters()).device.type == "cpu":
+            release_openmp_workers()  # loading ran parallel ops here: don't leave the engine's thread throttled
+        return slot
 
     def release(self, slot: int) -> None:
         with self.lock:
