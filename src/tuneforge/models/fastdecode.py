@@ -96,10 +96,10 @@ class FusedLinear:
             except RuntimeError:  # an unusual shape or build: the plain matmul
                 self.packed = False
         self.weight = weight
-        self._lora_key: tuple | None = (
-            None  # the wrappers (and their versions) the fused A and B were built from
-        )
-        self._lora: tuple | None = None  # (rows, slots, R, A (S*R, in), B (out, S*R), packed)
+        # the wrappers (and their versions) the fused adapters were built from, and those adapters:
+        # (rows, slots, R, A (S*R, in), B (out, S*R), packed)
+        self._lora_key: tuple | None = None
+        self._lora: tuple | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = _linear(x, self.weight, self.bias, self.packed)
@@ -109,9 +109,8 @@ class FusedLinear:
         rows, slots, rank, a, b, packed = lora
         if rows.index is None or rows.single == 0:
             return y
-        h = _linear(x, a, None, packed) * rows.mask_of_all(
-            slots, rank, x.dtype
-        )  # each row: its slot's columns
+        h = _linear(x, a, None, packed)
+        h = h * rows.mask_of_all(slots, rank, x.dtype)  # each row keeps its own slot's columns
         return y + _linear(h, b, None, packed)
 
     def _adapters(self) -> tuple | None:

@@ -105,7 +105,7 @@ class ModelPool:
         max_batch: sequences an engine decodes together.
         engine: "tuneforge" (ours) or "vllm" (``serve/vllm_backend.py``, GPU machines with vllm installed).
         adapter_slots: LoRA adapters held in memory per base model (least recently used evicted beyond).
-        dtype: the weights' dtype when served ("float32", "bfloat16", "float16"); None: a run's own training
+        dtype: the weights' dtype when served ("float32" or "bfloat16"); None: a run's own training
             dtype, float32 for a base model. bfloat16 roughly halves a CPU decode step where the CPU has
             native bf16 matmuls (AMX, AVX512-BF16).
     """
@@ -114,6 +114,8 @@ class ModelPool:
         self, max_batch: int = 32, engine: str = "tuneforge", adapter_slots: int = 8, dtype: str | None = None
     ):
         self.max_batch, self.kind, self.adapter_slots = max_batch, engine, adapter_slots
+        if dtype not in (None, "float32", "bfloat16"):
+            raise ValueError(f"dtype must be float32 or bfloat16 (or None: each run's own), got {dtype!r}")
         self.dtype = dtype
         self._served: dict[str, Served] = {}
         self._bases: dict[tuple[str, str], Served] = {}
