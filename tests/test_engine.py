@@ -350,3 +350,18 @@ def test_filtering_matches_transformers_warpers():
         if p < 1:
             want = TopPLogitsWarper(p)(None, want)
         assert torch.equal(filter_logits(x.clone(), k, p).isinf(), want.isinf()), (k, p)
+
+
+def test_a_failing_prefill_fails_its_requests_instead_of_hanging(llama, monkeypatch):
+    """Sequences taken from the queue for a prefill that raises are neither waiting nor running: they fail with
+    the error (before, generate() looped forever on their unfinished handles)."""
+    model, tok = llama
+    engine = Engine(model, tok)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the forward pass broke")
+
+    monkeypatch.setattr(engine, "_forward", broken)
+    with pytest.raises(RuntimeError, match="the forward pass broke"):
+        engine.generate(encode(tok)[:2], SamplingParams(max_tokens=4, n=2))
+    assert not engine._admitting and not engine._running and not engine._waiting

@@ -168,3 +168,17 @@ def test_bf16_packed_logits_stay_close_to_the_models():
         want = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.float()
     real = mask.bool()
     assert (got[real] - want[real]).abs().max() < 0.05 * want[real].abs().max()
+
+
+def test_under_autocast_the_fast_forward_keeps_the_weights_dtype(tiny_llama):
+    """A training loop evaluates under bf16 autocast: the packed fp32 weights take fp32 inputs only, so the lean
+    forward switches autocast off (it ran the oneDNN primitive on bf16 inputs and failed)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in ("Hello there", "Name three colours.")]
+    want = Engine(model, tok, fast=True).generate(ids, SamplingParams(max_tokens=6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = Engine(model, tok, fast=True).generate(ids, SamplingParams(max_tokens=6))
+    assert [c[0].token_ids for c in got] == [c[0].token_ids for c in want]

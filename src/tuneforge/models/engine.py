@@ -384,6 +384,7 @@ class Engine(SchedulerThread):
         self._waiting: list[_Seq] = []
         self._running: list[_Seq] = []
         self._cache: BatchCache | None = None
+        self._admitting: list[_Seq] = []  # taken from the queue for the prefill under way
         self._mask: torch.Tensor | None = None  # (B, T) 1 for real tokens
         self.init_scheduler()
         self.reserve = 1024  # most columns reserved ahead of the current length
@@ -497,10 +498,15 @@ class Engine(SchedulerThread):
             try:
                 self._step()
             except Exception as e:  # fail every request in flight rather than hang its client
-                for s in self._running + self._take_waiting():
-                    s.handle._fail(e)
+                failed = {}  # each handle once (a request with n > 1 has several sequences)
+                for s in self._admitting + self._running + self._take_waiting():
+                    failed[id(s.handle)] = s.handle
+                for handle in failed.values():
+                    if not handle.done:
+                        handle._fail(e)
                 self._running, self._cache, self._mask = [], None, None
             finally:
+                self._admitting = []
                 if was_training:
                     self.model.train()
         for listener in list(self.step_listeners):
@@ -517,7 +523,9 @@ class Engine(SchedulerThread):
             room = self.max_batch - len(self._running)
             new, self._waiting = self._waiting[:room], self._waiting[room:]
         if new:
+            self._admitting = new  # neither waiting nor running until the prefill merges them in
             self._prefill(new)
+            self._admitting = []
         if self._running:
             self._decode()
 

@@ -192,6 +192,12 @@ class FastDecoder:
     ) -> torch.Tensor:
         """Logits (B, T or 1, V) of ``ids`` (B, T) at ``positions`` (B, T), appending their keys and values
         to ``cache`` (a BatchCache whose columns ``mask`` (B, cached + T), 1 for real tokens, describes)."""
+        # in the weights' own dtype, whatever autocast surrounds the call (a training loop's evaluation): the
+        # packed weights take inputs of their dtype only
+        with torch.autocast(ids.device.type, enabled=False):
+            return self._forward(ids, mask, positions, cache, last_only)
+
+    def _forward(self, ids, mask, positions, cache, last_only: bool) -> torch.Tensor:
         b, t = ids.shape
         h, kv, d = self.heads, self.kv_heads, self.head_dim
         x = self.inner.embed_tokens(ids)
