@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers.models.llama.modeling_llama import rotate_half
 
 from tuneforge.models.multilora import MultiLoRALinear
 
@@ -110,7 +111,7 @@ class FusedLinear:
         if rows.index is None or rows.single == 0:
             return y
         h = _linear(x, a, None, packed)
-        h = h * rows.mask_of_all(slots, rank, x.dtype)  # each row keeps its own slot's columns
+        h = h * rows.mask(rank, x.dtype, slots)  # each row keeps its own slot's columns
         return y + _linear(h, b, None, packed)
 
     def _adapters(self) -> tuple | None:
@@ -216,7 +217,7 @@ class FastDecoder:
                 qk = torch.cat((attn.q_norm(y[:, :, :h]), attn.k_norm(y[:, :, h : h + kv])), 2)
             else:
                 qk = y[:, :, : h + kv]
-            qk = (qk * cos + _rotate_half(qk) * sin).transpose(1, 2)  # queries and keys rotated at once
+            qk = (qk * cos + rotate_half(qk) * sin).transpose(1, 2)  # queries and keys rotated at once
             q, k = qk[:, :h], qk[:, h:]
             v = y[:, :, h + kv :].transpose(1, 2)
             k, v = cache.layers[i].update(k, v)
@@ -230,8 +231,3 @@ class FastDecoder:
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.inner.norm(x))
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

@@ -48,19 +48,13 @@ class _Rows:
         self.used = max(slots) + 1
         self._masks = {}
 
-    def mask_of_all(self, slots: int, r: int, dtype: torch.dtype) -> torch.Tensor:
-        """(B, 1, slots * r): 1 on the ``r`` columns of each row's own slot among all ``slots``."""
+    def mask(self, r: int, dtype: torch.dtype, slots: int | None = None) -> torch.Tensor:
+        """(B, 1, slots * r): 1 on the rank columns of each row's own slot, among the first ``slots`` slots
+        (default: the used ones)."""
+        slots = self.used if slots is None else slots
         key = (r, dtype, slots)
         if key not in self._masks:
             hot = nn.functional.one_hot(self.index, slots).to(dtype)  # (B, slots)
-            self._masks[key] = hot.repeat_interleave(r, 1)[:, None, :]
-        return self._masks[key]
-
-    def mask(self, r: int, dtype: torch.dtype) -> torch.Tensor:
-        """(B, 1, used * r): 1 on the rank columns of each row's own slot."""
-        key = (r, dtype)
-        if key not in self._masks:
-            hot = nn.functional.one_hot(self.index, self.used).to(dtype)  # (B, used)
             self._masks[key] = hot.repeat_interleave(r, 1)[:, None, :]
         return self._masks[key]
 

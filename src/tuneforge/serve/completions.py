@@ -198,7 +198,9 @@ class ModelPool:
                 pass
         model = run.load_model()
         if self.dtype is not None:
-            model = model.to(_torch_dtype(self.dtype))
+            from tuneforge.models.load import _dtype
+
+            model = model.to(_dtype(self.dtype))
         if hasattr(model, "merge_and_unload") and not _prompt_learning(model):
             model = model.merge_and_unload()  # DoRA, IA3: folded into a copy of the weights
         try:
@@ -207,12 +209,6 @@ class ModelPool:
         except TuneforgeError as e:
             raise bad_request(f"{run_dir.name}: {e}", "model", "model_not_supported") from None
         return _served(engine, tok)
-
-
-def _torch_dtype(name: str):
-    import torch
-
-    return getattr(torch, name)
 
 
 def _prompt_learning(model) -> bool:
