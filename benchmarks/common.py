@@ -88,6 +88,12 @@ def machine() -> dict:
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        # the vector units matmuls run on (AVX2, AVX512...): machines of the same name differ, and bf16 is
+        # emulated (~4x slower than fp32) where the CPU has no native bf16
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": bool(
+            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        ),
     }
 
 

@@ -365,3 +365,65 @@ def test_a_failing_prefill_fails_its_requests_instead_of_hanging(llama, monkeypa
     with pytest.raises(RuntimeError, match="the forward pass broke"):
         engine.generate(encode(tok)[:2], SamplingParams(max_tokens=4, n=2))
     assert not engine._admitting and not engine._running and not engine._waiting
+
+
+@FAST
+def test_a_joining_request_takes_a_finished_rows_place(llama, tmp_path, fast):
+    """A short answer ends; a request that comes before the next step is prefilled into its free row (the
+    cache buffers are neither copied nor rebuilt), with adapters per row; every answer equals its model's."""
+    import copy
+
+    from peft import PeftModel
+
+    model, tok = llama
+    paths = [tmp_path / "a1", tmp_path / "a2"]
+    make_adapter(model, paths[0], 1)
+    make_adapter(model, paths[1], 2, targets=("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"))
+    base = copy.deepcopy(model)
+    ml = MultiLoRA(base, slots=2)
+    assert [ml.slot(str(p)) for p in paths] == [1, 2]
+    ids = encode(tok)
+    engine = Engine(base, tok, max_batch=4, multilora=ml, fast=fast)
+    long, short = ids[2], ids[1]  # the joiner's prompt (ids[4]) is shorter than the columns already there
+    first = [
+        engine.submit(long, SamplingParams(max_tokens=12), adapter=1),
+        engine.submit(short, SamplingParams(max_tokens=3), adapter=2),
+    ]
+    for _ in range(2):  # (the prefill and a decode step, then a decode step: three tokens)
+        engine.step()
+    assert first[1].done and not first[0].done and engine._rows[1] is None
+    buffer = engine._cache.layers[0].k_buf
+    joiner = engine.submit(ids[4], SamplingParams(max_tokens=6), adapter=2)
+    engine.step()
+    assert engine.placed == 1 and engine.compactions == 0 and engine._cache.layers[0].k_buf is buffer
+    while not (first[0].done and joiner.done):
+        engine.step()
+    models = [PeftModel.from_pretrained(copy.deepcopy(model), p).eval() for p in paths]
+    assert first[0].result()[0].token_ids == reference(models[0], [long], 12)[0]
+    assert first[1].result()[0].token_ids == reference(models[1], [short], 3)[0]
+    assert joiner.result()[0].token_ids == reference(models[1], [ids[4]], 6)[0]
+
+
+def test_free_rows_are_compacted_when_no_request_comes(llama):
+    """In the scheduler thread a finished row waits ``linger`` steps for a joiner, then the batch drops it;
+    generate() (every request in at once) drops it at the next step."""
+    model, tok = llama
+    ids = encode(tok)[:2]
+    engine = Engine(model, tok, max_batch=4).start()
+    try:
+        handles = [engine.submit(p, SamplingParams(max_tokens=m)) for p, m in zip(ids, (20, 2))]
+        [h.result(timeout=60) for h in handles]
+    finally:
+        engine.stop()
+    assert engine.compactions == 1 and engine.placed == 0
+    want = reference(model, ids, 20)
+    assert [h.result()[0].token_ids for h in handles] == [want[0], want[1][:2]]
+    engine = Engine(model, tok, max_batch=4)
+    handles = [engine.submit(p, SamplingParams(max_tokens=m)) for p, m in zip(ids, (20, 2))]
+    engine.step()  # the prefill gives each its first token, the decode its second: the short answer ends
+    assert handles[1].done and engine._rows[1] is None
+    engine.step()
+    assert len(engine._rows) == 1 and engine.compactions == 1
+    while not handles[0].done:
+        engine.step()
+    assert handles[0].result()[0].token_ids == want[0]

@@ -244,6 +244,15 @@ class BatchCache(Cache):
             values = torch.cat([_left_pad(mine.values, t), _left_pad(theirs.values, t)], 0)
             mine.set(keys, values, capacity)
 
+    def place(self, rows: list[int], other: BatchCache) -> None:
+        """Write ``other``'s rows (in order) into ``rows``, ending at the current last column (columns before
+        theirs keep stale values: the mask hides them)."""
+        index = torch.tensor(rows, device=other.layers[0].keys.device)
+        for mine, theirs in zip(self.layers, other.layers):
+            start = mine.length - theirs.length
+            mine.k_buf[index, :, start : mine.length] = theirs.keys
+            mine.v_buf[index, :, start : mine.length] = theirs.values
+
     def keep(self, rows: torch.Tensor, drop_columns: int, capacity: int) -> None:
         """Keep only ``rows`` (in that order) and drop the first ``drop_columns`` columns (padding of all)."""
         for layer in self.layers:
@@ -382,13 +391,19 @@ class Engine(SchedulerThread):
         self.multilora = multilora
         self.device = next(model.parameters()).device
         self._waiting: list[_Seq] = []
-        self._running: list[_Seq] = []
+        # the running batch, one entry per cache row; None: a free row (its sequence ended) that a joining
+        # sequence takes over, or that compaction drops when none comes within ``linger`` steps
+        self._rows: list[_Seq | None] = []
+        self._free_since = 0  # the step at which the oldest free row was freed
+        self.linger = 2
         self._cache: BatchCache | None = None
         self._admitting: list[_Seq] = []  # taken from the queue for the prefill under way
         self._mask: torch.Tensor | None = None  # (B, T) 1 for real tokens
         self.init_scheduler()
         self.reserve = 1024  # most columns reserved ahead of the current length
         self.steps = 0  # decode steps taken (for tests and stats)
+        self.placed = 0  # sequences that joined into a free row (no cache copy)
+        self.compactions = 0  # free rows dropped (a copy of the cache)
         self.step_lock = threading.Lock()  # held while a step runs (a caller that changes weights takes it)
         # called after every step: a server hands all of a step's deltas to its event loop at once
         self.step_listeners: list[Callable[[], None]] = []
@@ -474,7 +489,7 @@ class Engine(SchedulerThread):
         return super().start()
 
     def has_work(self) -> bool:
-        return bool(self._waiting or self._running)
+        return bool(self._waiting or self._rows)
 
     def run_once(self) -> None:
         self.step()
@@ -483,6 +498,11 @@ class Engine(SchedulerThread):
     def busy(self) -> int:
         """Sequences waiting or running."""
         return len(self._waiting) + len(self._running)
+
+    @property
+    def _running(self) -> list[_Seq]:
+        """The sequences being decoded (the batch's rows that are not free)."""
+        return [s for s in self._rows if s is not None]
 
     # ---- one step
     @torch.inference_mode()
@@ -504,7 +524,7 @@ class Engine(SchedulerThread):
                 for handle in failed.values():
                     if not handle.done:
                         handle._fail(e)
-                self._running, self._cache, self._mask = [], None, None
+                self._rows, self._cache, self._mask = [], None, None
             finally:
                 self._admitting = []
                 if was_training:
@@ -526,7 +546,7 @@ class Engine(SchedulerThread):
             self._admitting = new  # neither waiting nor running until the prefill merges them in
             self._prefill(new)
             self._admitting = []
-        if self._running:
+        if self._rows:
             self._decode()
 
     def _drop_cancelled(self) -> None:
@@ -539,7 +559,7 @@ class Engine(SchedulerThread):
             s.finish = "stop"
             s.handle._finish(Completion(s.index, s.text, list(s.tokens), s.finish))
         if running:
-            self._compact()
+            self._free_finished()
 
     def _capacity(self, seqs: list[_Seq], length: int) -> int:
         """Columns to allocate: current length + the most tokens a row may still add, so every row finishes
@@ -547,9 +567,11 @@ class Engine(SchedulerThread):
         doubling instead of reserving the context for every row)."""
         return length + min(max(s.max_new - len(s.tokens) for s in seqs), self.reserve) + 1
 
-    def _set_adapters(self, seqs: list[_Seq]) -> None:
+    def _set_adapters(self, seqs: list[_Seq | None]) -> None:
         if self.multilora is not None:
-            self.multilora.set_rows([s.adapter for s in seqs], self.device)
+            # a free row runs a live row's adapter: a batch on one adapter stays on the one-adapter path
+            spare = next((s.adapter for s in seqs if s is not None), 0)
+            self.multilora.set_rows([spare if s is None else s.adapter for s in seqs], self.device)
 
     def _prefill(self, new: list[_Seq]) -> None:
         """One forward pass over the new prompts (left-padded); samples their first tokens, merges them in.
@@ -575,29 +597,60 @@ class Engine(SchedulerThread):
             rows = torch.tensor(row_of, device=self.device)
             logits, mask = logits[rows], mask[rows]
             cache.keep(rows, 0, width)
+        free = [i for i, s in enumerate(self._rows) if s is None]
         if self._cache is None:
             self._cache, self._mask = cache, mask
             for layer in cache.layers:  # size the buffers up front for the whole answers
                 layer.set(layer.keys, layer.values, self._capacity(new, width))
+            self._rows = list(new)
+        elif self._fits(new, free, width):  # into free rows: no copy of the running rows' cache
+            rows = free[: len(new)]
+            self._cache.place(rows, cache)
+            t = self._mask.shape[1]
+            self._mask[rows] = torch.nn.functional.pad(mask, (t - width, 0))
+            for r, s in zip(rows, new):
+                self._rows[r] = s
+            self.placed += len(new)
         else:
+            if free:
+                self._compact()
             total = self._running + new
             t = max(self._mask.shape[1], width)
             self._cache.merge(cache, self._capacity(total, t))
             pad = lambda m: torch.nn.functional.pad(m, (t - m.shape[1], 0))  # noqa: E731
             self._mask = torch.cat([pad(self._mask), pad(mask)], 0)
-        self._running += new
-        self._accept(new, self._sample(logits, new), rows_from=len(self._running) - len(new))
+            self._rows += new
+        self._accept(new, self._sample(logits, new))
+
+    def _fits(self, new: list[_Seq], free: list[int], width: int) -> bool:
+        """Whether ``new`` (prefilled ``width`` columns wide) can take over free rows of the running batch: one
+        row each, their prompts within the columns already there, their answers within the buffers."""
+        if len(new) > len(free) or width > self._mask.shape[1]:
+            return False
+        layer = self._cache.layers[0]
+        return self._capacity(new, layer.length) <= layer.capacity
 
     def _decode(self) -> None:
-        """One token for every running sequence."""
-        seqs = self._running
-        ids = torch.tensor([[s.tokens[-1]] for s in seqs], device=self.device)  # (B, 1)
-        positions = torch.tensor([[s.position] for s in seqs], device=self.device)  # (B, 1)
+        """One token for every running sequence. A free row computes a throwaway token (it sees only its own
+        new column) until a joining sequence takes it or compaction drops it: its sequence ended less than
+        ``linger`` steps ago, or one is waiting for it."""
+        free = [i for i, s in enumerate(self._rows) if s is None]
+        linger = self.linger if self._thread is not None else 0  # generate(): every request is in already
+        if free and not self._waiting and self.steps - self._free_since >= linger:
+            self._compact()
+            free = []
+        rows = self._rows
+        ids = torch.tensor([[s.tokens[-1] if s else 0] for s in rows], device=self.device)  # (B, 1)
+        positions = torch.tensor([[s.position if s else 0] for s in rows], device=self.device)  # (B, 1)
         self._mask = torch.nn.functional.pad(self._mask, (0, 1), value=1)  # (B, T + 1)
-        self._set_adapters(seqs)
+        self._set_adapters(rows)
         logits = self._forward(ids, self._mask, positions, self._cache)  # (B, V)
         self.steps += 1
-        self._accept(seqs, self._sample(logits, seqs), rows_from=0)
+        seqs = self._running
+        if free:
+            live = torch.tensor([i for i, s in enumerate(rows) if s is not None], device=self.device)
+            logits = logits.index_select(0, live)
+        self._accept(seqs, self._sample(logits, seqs))
 
     def _forward(self, ids, mask, positions, cache, last_only: bool = False) -> torch.Tensor:
         """The last position's logits (B, V) of ``ids`` (B, T), their keys and values added to ``cache``."""
@@ -637,7 +690,7 @@ class Engine(SchedulerThread):
                 out[i] = t
         return out
 
-    def _accept(self, seqs: list[_Seq], tokens: list[int], rows_from: int) -> None:
+    def _accept(self, seqs: list[_Seq], tokens: list[int]) -> None:
         """Append each sequence's new token, stream its text, end it when a stop token/string or the length
         comes; finished rows leave the batch."""
         ended = False
@@ -650,7 +703,7 @@ class Engine(SchedulerThread):
             self._stream(s)
             ended |= s.finish is not None
         if ended:
-            self._compact()
+            self._free_finished()
 
     def _stream(self, s: _Seq) -> None:
         """Send the text that is certain (not a possible start of a stop string, not a cut character)."""
@@ -680,15 +733,22 @@ class Engine(SchedulerThread):
         if done is not None:
             s.handle._finish(done)
 
+    def _free_finished(self) -> None:
+        """Finished sequences leave: their rows become free (the batch ends when no row is left running)."""
+        had_free = any(s is None for s in self._rows)
+        self._rows = [None if s is None or s.finish is not None else s for s in self._rows]
+        if all(s is None for s in self._rows):
+            self._rows, self._cache, self._mask = [], None, None
+        elif not had_free:
+            self._free_since = self.steps
+
     def _compact(self) -> None:
-        """Drop finished rows from the batch and the columns only padding uses."""
-        keep = [i for i, s in enumerate(self._running) if s.finish is None]
-        self._running = [self._running[i] for i in keep]
-        if not keep:
-            self._cache, self._mask = None, None
-            return
+        """Drop the free rows from the batch and the columns only padding uses (a copy of the cache)."""
+        keep = [i for i, s in enumerate(self._rows) if s is not None]
         rows = torch.tensor(keep, device=self.device)
+        self.compactions += 1
+        self._rows = [self._rows[i] for i in keep]
         mask = self._mask[rows]
         drop = int((mask.sum(0) == 0).long().cumprod(0).sum())  # leading all-padding columns
         self._mask = mask[:, drop:]
-        self._cache.keep(rows, drop, self._capacity(self._running, self._mask.shape[1]))
+        self._cache.keep(rows, drop, self._capacity(self._rows, self._mask.shape[1]))

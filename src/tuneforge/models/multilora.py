@@ -48,13 +48,13 @@ class _Rows:
         self.used = max(slots) + 1
         self._masks = {}
 
-    def mask(self, r: int, dtype: torch.dtype, slots: int | None = None) -> torch.Tensor:
-        """(B, 1, slots * r): 1 on the rank columns of each row's own slot, among the first ``slots`` slots
-        (default: the used ones)."""
+    def mask(self, r: int, dtype: torch.dtype, slots: int | None = None, first: int = 1) -> torch.Tensor:
+        """(B, 1, (slots - first) * r): 1 on the rank columns of each row's own slot, among slots ``first`` to
+        ``slots - 1`` (default: the used ones after the base's slot 0, whose delta is zero)."""
         slots = self.used if slots is None else slots
-        key = (r, dtype, slots)
+        key = (r, dtype, slots, first)
         if key not in self._masks:
-            hot = nn.functional.one_hot(self.index, slots).to(dtype)  # (B, slots)
+            hot = nn.functional.one_hot(self.index, slots)[:, first:].to(dtype)  # (B, slots - first)
             self._masks[key] = hot.repeat_interleave(r, 1)[:, None, :]
         return self._masks[key]
 
@@ -84,11 +84,12 @@ class MultiLoRALinear(nn.Module):
             return None
         if rows.single is not None:
             return (x @ self.lora_A[rows.single]) @ self.lora_B[rows.single]
-        # every used slot's A at once, then each row keeps its own slot's rank columns: two plain matmuls
+        # every used adapter slot's A at once (slot 0, the base, adds nothing), then each row keeps its own
+        # slot's rank columns: two plain matmuls
         r, u = self.lora_A.shape[-1], rows.used
-        h = x @ self.a_cat[:, : u * r]  # (B, T, u*r)
+        h = x @ self.a_cat[:, r : u * r]  # (B, T, (u-1)*r)
         h = h * rows.mask(r, h.dtype)
-        return h @ self.lora_B[:u].reshape(u * r, -1)  # (B, T, out)
+        return h @ self.lora_B[1:u].reshape((u - 1) * r, -1)  # (B, T, out)
 
     def set_slot(self, slot: int, a: torch.Tensor | None, b: torch.Tensor | None) -> None:
         """Write an adapter's A (in, r) and scaled B (r, out) into ``slot`` (None clears it)."""
