@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -427,3 +429,63 @@ def test_free_rows_are_compacted_when_no_request_comes(llama):
     while not handles[0].done:
         engine.step()
     assert handles[0].result()[0].token_ids == want[0]
+
+
+@FAST
+def test_prompts_that_start_alike_are_prefilled_from_the_prompt_cache(llama, tmp_path, fast):
+    """A shared start (a system prompt) and a repeated prompt are read from the prompt cache: fewer tokens
+    computed, the same greedy answers as model.generate, per adapter (a slot's next adapter misses)."""
+    import copy
+
+    from peft import PeftModel
+
+    model, tok = llama
+    system = "You are a careful assistant who answers every question in one short sentence. "
+    prompts = encode(tok, [system + p for p in PROMPTS])
+    engine = Engine(model, tok, max_batch=8, fast=fast, prompt_cache_mb=64)
+    engine.min_prefix = 4
+    want = reference(model, prompts, 6)
+    shared = len(os.path.commonprefix(prompts))
+    assert shared >= 10
+    first = engine.generate(prompts[:2], SamplingParams(max_tokens=6))  # the shared start computed once
+    cache = engine.prompt_cache
+    start = len(os.path.commonprefix(prompts[:2]))
+    assert cache.hits == 2 * start and cache.misses == len(prompts[0]) + len(prompts[1]) - start
+    hits = cache.hits
+    later = engine.generate(prompts[1:], SamplingParams(max_tokens=6))  # the same prompt again, and 3 alike
+    assert cache.hits - hits >= len(prompts[1]) - 1 + 3 * shared
+    assert [c[0].token_ids for c in first + later] == want[:2] + want[1:]
+
+    # per adapter: a row on an adapter does not read the base's keys and values, nor those of the slot's
+    # earlier adapter
+    base = copy.deepcopy(model)
+    ml = MultiLoRA(base, slots=1)
+    make_adapter(model, tmp_path / "a1", 1)
+    make_adapter(model, tmp_path / "a2", 2)
+    engine = Engine(base, tok, max_batch=8, fast=fast, multilora=ml, prompt_cache_mb=64)
+    engine.min_prefix = 4
+    engine.generate(prompts[:1], SamplingParams(max_tokens=6))
+    for name in ("a1", "a2"):
+        slot = ml.slot(str(tmp_path / name))
+        hits = engine.prompt_cache.hits
+        got = engine.generate(prompts[:1], SamplingParams(max_tokens=6), adapters=[slot])
+        assert engine.prompt_cache.hits == hits  # nothing cached for this adapter yet
+        assert ml.slot(str(tmp_path / name)) == slot  # (a request holds its slot until it ends)
+        again = engine.generate(prompts[:1], SamplingParams(max_tokens=6), adapters=[slot])
+        assert engine.prompt_cache.hits == hits + len(prompts[0]) - 1
+        peft = PeftModel.from_pretrained(copy.deepcopy(model), tmp_path / name).eval()
+        assert got[0][0].token_ids == again[0][0].token_ids == reference(peft, prompts[:1], 6)[0]
+
+
+def test_the_prompt_cache_keeps_to_its_budget():
+    from tuneforge.models.engine import PromptCache
+
+    layer = lambda t: [(torch.zeros(2, t, 4), torch.zeros(2, t, 4))]  # noqa: E731  (64 bytes a token)
+    cache = PromptCache(max_bytes=64 * 10)  # 10 tokens' worth
+    cache.put(0, (1, 2, 3, 4), layer(4))
+    cache.put(0, (1, 2, 3, 5, 6), layer(5))
+    assert cache.match(0, [1, 2, 3, 5, 9]) == (4, (0, (1, 2, 3, 5, 6)))
+    assert cache.match(1, [1, 2, 3, 5, 9]) == (0, None)  # another adapter's
+    cache.put(0, (7, 8, 9), layer(3))  # over the budget: the least recently used goes
+    assert list(cache.entries) == [(0, (1, 2, 3, 5, 6)), (0, (7, 8, 9))] and cache.bytes == 64 * 8
+    assert cache.get((0, (1, 2, 3, 5, 6)), 2)[0][0].shape == (2, 2, 4)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -264,6 +265,61 @@ def _left_pad(x: torch.Tensor, length: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, 0, length - x.shape[-2], 0))
 
 
+class PromptCache:
+    """Keys and values of recent prompts, for automatic prefix caching: a new prompt that starts like a cached
+    one (a shared system prompt, the earlier turns of a conversation, the same question again) is prefilled
+    from where they part, its first tokens' keys and values copied from the cache. Entries are per adapter
+    (an adapter changes keys and values), least recently used dropped beyond ``max_bytes``. Valid only while
+    the weights stay as they are."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        # (adapter key, prompt tokens) -> one (keys (H, T, D), values (H, T, D)) per layer
+        self.entries: OrderedDict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self.hits = 0  # prompt tokens read from the cache
+        self.misses = 0  # prompt tokens computed
+
+    def match(self, adapter, prompt: list[int]) -> tuple[int, tuple | None]:
+        """The longest cached start of ``prompt`` (its length and entry) among entries of ``adapter``."""
+        best, key = 0, None
+        for k in self.entries:
+            if k[0] != adapter or len(k[1]) <= best:
+                continue
+            n = _common_start(k[1], prompt)
+            if n > best:
+                best, key = n, k
+        return best, key
+
+    def get(self, key: tuple, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        self.entries.move_to_end(key)
+        return [(k[:, :length], v[:, :length]) for k, v in self.entries[key]]
+
+    def put(self, adapter, prompt: tuple[int, ...], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        key = (adapter, prompt)
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return
+        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+        if size > self.max_bytes:
+            return
+        self.entries[key] = layers
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, dropped = self.entries.popitem(last=False)
+            self.bytes -= sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in dropped)
+
+
+def _common_start(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many first tokens ``a`` and ``b`` share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def supports(model) -> str | None:
     """Why the engine cannot run ``model`` (None when it can): prompt-learning adapters and sliding windows."""
     peft_config = getattr(model, "peft_config", None)
@@ -363,6 +419,9 @@ class Engine(SchedulerThread):
         fast: run Llama-family models through :mod:`~tuneforge.models.fastdecode` (fused, prepacked
             projections; other models run their own forward). Only for weights that stay as they are while
             the engine lives (serving, chat, generation): the packed copy is made once.
+        prompt_cache_mb: keep the keys and values of recent prompts, up to this many MB, and prefill a prompt
+            that starts like one of them (at least ``min_prefix`` tokens) from where they part
+            (:class:`PromptCache`); 0: off. Like ``fast``, only for weights that stay as they are.
     """
 
     def __init__(
@@ -373,6 +432,7 @@ class Engine(SchedulerThread):
         max_context: int | None = None,
         multilora=None,
         fast: bool = False,
+        prompt_cache_mb: float = 0,
     ):
         why = supports(model)
         if why:
@@ -403,6 +463,8 @@ class Engine(SchedulerThread):
         self.reserve = 1024  # most columns reserved ahead of the current length
         self.steps = 0  # decode steps taken (for tests and stats)
         self.placed = 0  # sequences that joined into a free row (no cache copy)
+        self.prompt_cache = PromptCache(int(prompt_cache_mb * 2**20)) if prompt_cache_mb > 0 else None
+        self.min_prefix = 16  # shorter shared starts are computed again
         self.compactions = 0  # free rows dropped (a copy of the cache)
         self.step_lock = threading.Lock()  # held while a step runs (a caller that changes weights takes it)
         # called after every step: a server hands all of a step's deltas to its event loop at once
@@ -582,17 +644,12 @@ class Engine(SchedulerThread):
         for r, s in zip(row_of, new):
             first.setdefault(r, s)
         unique = [first[r] for r in range(len(first))]
-        width = max(len(s.prompt) for s in unique)
-        ids = torch.full((len(unique), width), 0, dtype=torch.long)
-        mask = torch.zeros((len(unique), width), dtype=torch.long)
-        for i, s in enumerate(unique):
-            ids[i, width - len(s.prompt) :] = torch.tensor(s.prompt)
-            mask[i, width - len(s.prompt) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (u, P)
-        cache = BatchCache(self.num_layers, width)
+        ids, mask, positions, cache = self._prefill_inputs(unique)
+        width = mask.shape[1]
         self._set_adapters(unique)
         logits = self._forward(ids, mask, positions, cache, last_only=True)  # (u, V)
+        if self.prompt_cache is not None:
+            self._remember(unique, mask, cache)
         if len(unique) < len(new):  # copy the shared rows out: (u, ...) -> (b, ...)
             rows = torch.tensor(row_of, device=self.device)
             logits, mask = logits[rows], mask[rows]
@@ -621,6 +678,89 @@ class Engine(SchedulerThread):
             self._mask = torch.cat([pad(self._mask), pad(mask)], 0)
             self._rows += new
         self._accept(new, self._sample(logits, new))
+
+    def _prefill_inputs(self, unique: list[_Seq]):
+        """The prefill's ids (u, S), mask (u, W), positions (u, S) and cache: each row's prompt, minus the start
+        found in the prompt cache, left-padded to S; the cache holds the cached starts (right-aligned in
+        their P = W - S columns, so a row's columns read [padding, cached start, padding, rest of prompt])."""
+        starts = [(0, None)] * len(unique)
+        if self.prompt_cache is not None:
+            self._cache_shared_starts(unique)
+            starts = []
+            for s in unique:
+                n, key = self.prompt_cache.match(self._adapter_key(s.adapter), s.prompt)
+                n = min(n, len(s.prompt) - 1)  # the last prompt token is always computed (its logits)
+                starts.append((n, key) if n >= self.min_prefix else (0, None))
+        p = max(n for n, _ in starts)
+        rest = [s.prompt[n:] for s, (n, _) in zip(unique, starts)]
+        t = max(len(r) for r in rest)
+        ids = torch.zeros((len(unique), t), dtype=torch.long)
+        mask = torch.zeros((len(unique), p + t), dtype=torch.long)
+        positions = torch.zeros((len(unique), t), dtype=torch.long)
+        for i, (r, (n, _)) in enumerate(zip(rest, starts)):
+            ids[i, t - len(r) :] = torch.tensor(r)
+            mask[i, p - n : p] = 1
+            mask[i, p + t - len(r) :] = 1
+            positions[i, t - len(r) :] = torch.arange(n, n + len(r))
+        cache = BatchCache(self.num_layers, p + t)
+        if p:
+            found = {i: self.prompt_cache.get(key, n) for i, (n, key) in enumerate(starts) if n}
+            for layer_index, layer in enumerate(cache.layers):
+                k, v = next(iter(found.values()))[layer_index]
+                keys = k.new_zeros(len(unique), k.shape[0], p, k.shape[-1])
+                values = v.new_zeros(len(unique), v.shape[0], p, v.shape[-1])
+                for i, cached in found.items():
+                    k, v = cached[layer_index]
+                    keys[i, :, p - k.shape[1] :] = k
+                    values[i, :, p - v.shape[1] :] = v
+                layer.set(keys, values, p + t)
+            self.prompt_cache.hits += sum(n for n, _ in starts)
+        if self.prompt_cache is not None:
+            self.prompt_cache.misses += sum(len(r) for r in rest)
+        return ids.to(self.device), mask.to(self.device), positions.to(self.device), cache
+
+    def _cache_shared_starts(self, unique: list[_Seq]) -> None:
+        """Prompts of one adapter that start alike (at least ``min_prefix`` tokens) and arrive together: their
+        shared start is computed once, as its own one-row prefill, into the prompt cache (else each row would
+        compute it: the first batch of a server's requests with one system prompt)."""
+        groups: dict = {}
+        for s in unique:
+            groups.setdefault(self._adapter_key(s.adapter), []).append(s)
+        for key, seqs in groups.items():
+            if len(seqs) < 2:
+                continue
+            shared = min(len(s.prompt) for s in seqs) - 1
+            for s in seqs[1:]:
+                shared = min(shared, _common_start(seqs[0].prompt, s.prompt))
+            if shared < self.min_prefix or self.prompt_cache.match(key, seqs[0].prompt)[0] >= shared:
+                continue
+            start = seqs[0].prompt[:shared]
+            cache = BatchCache(self.num_layers, shared)
+            ids = torch.tensor([start], device=self.device)
+            self._set_adapters(seqs[:1])
+            self._forward(
+                ids, torch.ones_like(ids), torch.arange(shared, device=self.device)[None], cache, True
+            )
+            self.prompt_cache.put(
+                key, tuple(start), [(layer.keys[0], layer.values[0]) for layer in cache.layers]
+            )
+            self.prompt_cache.misses += shared
+
+    def _remember(self, unique: list[_Seq], mask: torch.Tensor, cache: BatchCache) -> None:
+        """Put each prefilled prompt's keys and values (its mask's columns) into the prompt cache."""
+        for i, s in enumerate(unique):
+            columns = mask[i].nonzero().squeeze(1)
+            layers = [
+                (layer.keys[i].index_select(1, columns), layer.values[i].index_select(1, columns))
+                for layer in cache.layers
+            ]
+            self.prompt_cache.put(self._adapter_key(s.adapter), tuple(s.prompt), layers)
+
+    def _adapter_key(self, slot: int):
+        """What the keys and values of a row on adapter ``slot`` depend on: the slot and what was loaded in it."""
+        if not slot or self.multilora is None:
+            return 0
+        return slot, self.multilora.loads.get(slot, 0)
 
     def _fits(self, new: list[_Seq], free: list[int], width: int) -> bool:
         """Whether ``new`` (prefilled ``width`` columns wide) can take over free rows of the running batch: one

@@ -118,6 +118,8 @@ class MultiLoRA:
         self.wrappers: dict[str, MultiLoRALinear] = {}
         self.loaded: OrderedDict[str, int] = OrderedDict()  # adapter key -> slot (most recent last)
         self.in_use: dict[int, int] = {}  # slot -> sequences using it
+        self.loads: dict[int, int] = {}  # slot -> adapters written into it so far (a cache of keys and values
+        # computed with a slot's adapter knows it from the next one loaded there)
         self.lock = threading.Lock()
 
     # ---- per forward pass
@@ -155,6 +157,7 @@ class MultiLoRA:
             self.in_use[slot] = self.in_use.get(slot, 1) - 1
 
     def _write(self, slot: int, weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.loads[slot] = self.loads.get(slot, 0) + 1
         for name in weights:
             if name not in self.wrappers:
                 self._wrap(name)

@@ -140,6 +140,7 @@ def create_app(
     engine: str = "tuneforge",
     max_batch: int = 32,
     dtype: str | None = None,
+    prompt_cache_mb: float = 256,
 ):
     """The service as an ASGI app.
 
@@ -148,7 +149,8 @@ def create_app(
     ``models``: run folders to serve as models by their folder name; ``worker``: also train jobs in this
     process (``jobs`` at a time); ``max_upload_mb``: the largest upload accepted; ``engine``: the generation
     engine behind chat/completions ("tuneforge", or "vllm" on a GPU machine with vLLM), ``max_batch`` the
-    sequences it decodes together and ``dtype`` the served weights' dtype (None: each run's own).
+    sequences it decodes together, ``dtype`` the served weights' dtype (None: each run's own) and
+    ``prompt_cache_mb`` the keys and values of recent prompts each engine keeps for prompts that start alike.
     """
     require_extra()
     from fastapi import FastAPI, Request
@@ -211,7 +213,7 @@ def create_app(
     else:
         from tuneforge.serve.completions import ModelPool
 
-        ctx.pool = ModelPool(max_batch=max_batch, engine=engine, dtype=dtype)
+        ctx.pool = ModelPool(max_batch=max_batch, engine=engine, dtype=dtype, prompt_cache_mb=prompt_cache_mb)
         app.include_router(completions_router(require_project, ctx.resolve_model, pool=ctx.pool))
     try:
         from tuneforge.serve.dashboard import dashboard_router

@@ -108,12 +108,21 @@ class ModelPool:
         dtype: the weights' dtype when served ("float32" or "bfloat16"); None: a run's own training
             dtype, float32 for a base model. bfloat16 roughly halves a CPU decode step where the CPU has
             native bf16 matmuls (AMX, AVX512-BF16).
+        prompt_cache_mb: keys and values of recent prompts kept per engine, so a prompt that starts like one
+            of them (a shared system prompt, a conversation's earlier turns) is prefilled from where they part
+            (``Engine(prompt_cache_mb=)``); 0: off.
     """
 
     def __init__(
-        self, max_batch: int = 32, engine: str = "tuneforge", adapter_slots: int = 8, dtype: str | None = None
+        self,
+        max_batch: int = 32,
+        engine: str = "tuneforge",
+        adapter_slots: int = 8,
+        dtype: str | None = None,
+        prompt_cache_mb: float = 256,
     ):
         self.max_batch, self.kind, self.adapter_slots = max_batch, engine, adapter_slots
+        self.prompt_cache_mb = prompt_cache_mb
         if dtype not in (None, "float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16 (or None: each run's own), got {dtype!r}")
         self.dtype = dtype
@@ -169,7 +178,14 @@ class ModelPool:
             model = load_causal_lm(name, dtype).to(self._device()).eval().requires_grad_(False)
             tok = load_tokenizer(name)
             ml = MultiLoRA(model, self.adapter_slots)
-            engine = Engine(model, tok, max_batch=self.max_batch, multilora=ml, fast=True).start()
+            engine = Engine(
+                model,
+                tok,
+                max_batch=self.max_batch,
+                multilora=ml,
+                fast=True,
+                prompt_cache_mb=self.prompt_cache_mb,
+            ).start()
             self._bases[key] = _served(engine, tok)
         base = self._bases[key]
         return base if tokenizer is None else _served(base.engine, tokenizer)
@@ -205,7 +221,9 @@ class ModelPool:
             model = model.merge_and_unload()  # DoRA, IA3: folded into a copy of the weights
         try:
             model = model.eval().requires_grad_(False)
-            engine = Engine(model, tok, max_batch=self.max_batch, fast=True).start()
+            engine = Engine(
+                model, tok, max_batch=self.max_batch, fast=True, prompt_cache_mb=self.prompt_cache_mb
+            ).start()
         except TuneforgeError as e:
             raise bad_request(f"{run_dir.name}: {e}", "model", "model_not_supported") from None
         return _served(engine, tok)
@@ -546,6 +564,7 @@ def serving_app(
     engine: str = "tuneforge",
     max_batch: int = 32,
     dtype: str | None = None,
+    prompt_cache_mb: float = 256,
 ):
     """A FastAPI app serving these runs (``tuneforge serve --model RUN_DIR ...``): /v1/models and the completion
     routes. A model is named by its run folder's name (its full path works too). ``keys``: bearer keys that may
@@ -592,7 +611,7 @@ def serving_app(
         path = Path(name).resolve()
         return path if path in runs.values() else None
 
-    pool = ModelPool(max_batch=max_batch, engine=engine, dtype=dtype)
+    pool = ModelPool(max_batch=max_batch, engine=engine, dtype=dtype, prompt_cache_mb=prompt_cache_mb)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -31,6 +31,8 @@ def cmd_serve(args) -> None:
 
     if args.jobs < 1:
         raise TuneforgeError(f"--jobs must be at least 1, got {args.jobs}.")
+    if args.prompt_cache_mb < 0:
+        raise TuneforgeError(f"--prompt-cache-mb must be 0 (off) or more, got {args.prompt_cache_mb}.")
     for m in args.model or []:
         if not (Path(m) / "config.yaml").exists():
             raise TuneforgeError(
@@ -39,7 +41,7 @@ def cmd_serve(args) -> None:
     app = create_app(
         args.home, args.database, runs=args.runs or [], models=args.model or [], worker=not args.no_worker,
         jobs=args.jobs, max_upload_mb=args.max_upload_mb, lease_seconds=args.lease_seconds,
-        engine=args.engine, max_batch=args.max_batch, dtype=args.dtype,
+        engine=args.engine, max_batch=args.max_batch, dtype=args.dtype, prompt_cache_mb=args.prompt_cache_mb,
     )  # fmt: skip
     ctx = app.state.ctx
     keys = ctx.store.has_keys()
@@ -69,6 +71,8 @@ def cmd_worker(args) -> None:
 
     if args.jobs < 1:
         raise TuneforgeError(f"--jobs must be at least 1, got {args.jobs}.")
+    if args.prompt_cache_mb < 0:
+        raise TuneforgeError(f"--prompt-cache-mb must be 0 (off) or more, got {args.prompt_cache_mb}.")
     store, home = _store(args)
     for sub in ("files", "runs", "jobs"):
         (home / sub).mkdir(exist_ok=True)
@@ -154,6 +158,13 @@ def add_service_commands(sub) -> None:
         choices=["float32", "bfloat16"],
         default=None,
         help="served weights' dtype (default: each run's own; bfloat16 decodes ~1.7x faster on CPUs with AMX)",
+    )
+    p.add_argument(
+        "--prompt-cache-mb",
+        type=float,
+        default=256.0,
+        help="MiB of recent prompts' keys and values each engine keeps: a prompt that starts like one of them "
+        "(a shared system prompt, earlier turns) is prefilled from where they part (0: off)",
     )
     p.add_argument("--max-upload-mb", type=float, default=512.0, help="largest upload accepted, in MiB")
     p.add_argument("--lease-seconds", type=float, default=None, help=argparse.SUPPRESS)
