@@ -275,7 +275,14 @@ def client_process(url: str, models: list[str], prompts: list[str], clients: int
 
 
 def serve_arms(
-    model_name, prompts, new_tokens, client_counts, adapters: int, max_batch: int, dtype: str
+    model_name,
+    prompts,
+    new_tokens,
+    client_counts,
+    adapters: int,
+    max_batch: int,
+    dtype: str,
+    prompt_cache_mb=256,
 ) -> dict:
     from fastapi import FastAPI
 
@@ -289,20 +296,28 @@ def serve_arms(
     release_openmp_workers()
     app = FastAPI()
     install_handlers(app)
-    pool = ModelPool(max_batch=max_batch, dtype=dtype)
+    pool = ModelPool(max_batch=max_batch, dtype=dtype, prompt_cache_mb=prompt_cache_mb)
     app.include_router(completions_router(lambda: "bench", lambda _, name: runs.get(name, name), pool))
     url, server, thread = start_server(app)
     out = {}
+
+    def arm(name: str, models: list[str], c: int) -> None:
+        """One load test on a cold prompt cache; records how many prompt tokens it read from the cache."""
+        for served in pool._bases.values():
+            if served.engine.prompt_cache is not None:
+                served.engine.prompt_cache.clear()
+        reqs = prompts * max(1, (2 * c) // len(prompts) or 1)  # at least two requests per client at 16
+        out[name] = client_process(url, models, reqs, c, new_tokens)
+        caches = [s.engine.prompt_cache for s in pool._bases.values() if s.engine.prompt_cache is not None]
+        out[name]["prompt_tokens_cached"] = sum(pc.hits for pc in caches)
+        out[name]["prompt_tokens_computed"] = sum(pc.misses for pc in caches)
+        print(json.dumps(out[name]), flush=True)
+
     try:
         for c in client_counts:
-            reqs = prompts * max(1, (2 * c) // len(prompts) or 1)  # at least two requests per client at 16
-            out[f"engine_{c}_clients"] = client_process(url, [model_name], reqs, c, new_tokens)
-            print(json.dumps(out[f"engine_{c}_clients"]), flush=True)
+            arm(f"engine_{c}_clients", [model_name], c)
         if adapters:
-            c = max(client_counts)
-            reqs = prompts * max(1, (2 * c) // len(prompts) or 1)
-            out[f"engine_{c}_clients_{adapters}_loras"] = client_process(url, list(runs), reqs, c, new_tokens)
-            print(json.dumps(out[f"engine_{c}_clients_{adapters}_loras"]), flush=True)
+            arm(f"engine_{max(client_counts)}_clients_{adapters}_loras", list(runs), max(client_counts))
     finally:
         server.should_exit = True
         thread.join(10)
@@ -321,6 +336,12 @@ def main() -> None:
     ap.add_argument(
         "--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="the weights' dtype in every arm"
     )
+    ap.add_argument(
+        "--prompt-cache-mb",
+        type=float,
+        default=256.0,
+        help="the server's prompt cache (0: off); each arm starts with it empty",
+    )
     args = ap.parse_args()
     import torch
 
@@ -335,7 +356,10 @@ def main() -> None:
     t["dtype"] = args.dtype
     t["reference"] = reference_arms(args.model, prompts, new_tokens, max(clients), args.dtype)
     print(json.dumps(t["reference"]), flush=True)
-    t["serve"] = serve_arms(args.model, prompts, new_tokens, clients, adapters, 32, args.dtype)
+    t["prompt_cache_mb"] = args.prompt_cache_mb
+    t["serve"] = serve_arms(
+        args.model, prompts, new_tokens, clients, adapters, 32, args.dtype, args.prompt_cache_mb
+    )
     t["llama_cpp"] = llama_cpp_arm(args.model, args.gguf, prompts, new_tokens)
     top = t["serve"][f"engine_{max(clients)}_clients"]
     ref = t["reference"]
@@ -350,6 +374,14 @@ def main() -> None:
     write(args.out, t, table(t))
 
 
+def _cached(r: dict) -> str:
+    """Prompt tokens read from the server's prompt cache, of all the arm's prompt tokens."""
+    if "prompt_tokens_cached" not in r:
+        return "-"
+    total = r["prompt_tokens_cached"] + r["prompt_tokens_computed"]
+    return f"{r['prompt_tokens_cached'] / max(total, 1):.0%} of {total}"
+
+
 def table(t: dict) -> str:
     m = t["machine"]
     lines = [
@@ -358,22 +390,22 @@ def table(t: dict) -> str:
         f"{m['date']}, {m['cpu']} ({m['cores']} cores, {t['torch_threads']} torch threads)"
         + (" — QUICK CHECK, figures worthless" if t["quick"] else ""),
         "",
-        "| arm | clients | tokens/s | TTFT median / p95 (s) | per-token median / p95 (ms) |",
-        "|---|---|---|---|---|",
+        "| arm | clients | tokens/s | TTFT median / p95 (s) | per-token median / p95 (ms) | prompt tokens cached |",
+        "|---|---|---|---|---|---|",
     ]
     for name, r in t["reference"].items():
-        lines.append(f"| transformers {name.replace('_', ' ')} | - | {r['tokens_per_s']:.1f} | - | - |")
+        lines.append(f"| transformers {name.replace('_', ' ')} | - | {r['tokens_per_s']:.1f} | - | - | - |")
     for name, r in t["serve"].items():
         lines.append(
             f"| tuneforge engine{' (' + name.split('clients_')[1].replace('_loras', ' LoRA adapters') + ')' if 'loras' in name else ''} | "
             f"{r['clients']} | {r['tokens_per_s']:.1f} | {r['ttft_median_s']:.2f} / {r['ttft_p95_s']:.2f} | "
-            f"{r['tpot_median_ms']:.0f} / {r['tpot_p95_ms']:.0f} |"
+            f"{r['tpot_median_ms']:.0f} / {r['tpot_p95_ms']:.0f} | {_cached(r)} |"
         )
     for quant, lc in t["llama_cpp"].items():
         lines.append(
-            f"| llama.cpp {quant} (one at a time) | 1 | {lc['tokens_per_s']:.1f} | - | - |"
+            f"| llama.cpp {quant} (one at a time) | 1 | {lc['tokens_per_s']:.1f} | - | - | - |"
             if "tokens_per_s" in lc
-            else f"| llama.cpp | - | skipped: {lc['skipped']} | - | - |"
+            else f"| llama.cpp | - | skipped: {lc['skipped']} | - | - | - |"
         )
     r = t["ratios"]
     lines += [

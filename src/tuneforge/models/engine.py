@@ -280,6 +280,11 @@ class PromptCache:
         self.hits = 0  # prompt tokens read from the cache
         self.misses = 0  # prompt tokens computed
 
+    def clear(self) -> None:
+        """Forget every entry and the counts."""
+        self.entries.clear()
+        self.bytes = self.hits = self.misses = 0
+
     def match(self, adapter, prompt: list[int]) -> tuple[int, tuple | None]:
         """The longest cached start of ``prompt`` (its length and entry) among entries of ``adapter``."""
         best, key = 0, None
