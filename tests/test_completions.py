@@ -125,6 +125,24 @@ def test_served_engines_run_the_fast_forward(client):
     assert engines and all(e.fast is not None for e in engines.values())
 
 
+def test_a_repeated_prompt_is_prefilled_from_the_servers_prompt_cache(client):
+    """The served engines keep a prompt cache; the same conversation again reads its start from it, on the
+    adapters' shared base and on a full fine-tune, and answers the same."""
+    messages = [
+        {"role": "user", "content": "Please tell me, in a few words, what the weather is like today."}
+    ]
+    for model in ("lora-a", "full"):
+        first = chat(client, model=model, messages=messages, temperature=0).json()
+        engine = next(s.engine for s in client.app.state.pool._served.values() if s.engine.prompt_cache)
+        engines = {id(s.engine): s.engine for s in client.app.state.pool._served.values()}
+        hits = {k: e.prompt_cache.hits for k, e in engines.items()}
+        again = chat(client, model=model, messages=messages, temperature=0).json()
+        gained = [e.prompt_cache.hits - hits[k] for k, e in engines.items()]
+        assert max(gained) >= first["usage"]["prompt_tokens"] - 1, model
+        assert again["choices"][0]["message"] == first["choices"][0]["message"]
+    assert engine.prompt_cache.max_bytes == 256 * 2**20
+
+
 def test_a_served_dtype_loads_the_weights_in_it(runs):
     from tuneforge.models.engine import SamplingParams
     from tuneforge.serve.completions import ModelPool

@@ -43,6 +43,11 @@ def test_serve_refuses_a_public_address_without_keys(tmp_path):
     assert "no API keys" in out.stderr and "tuneforge keys create --project NAME" in out.stderr
 
 
+def test_serve_refuses_a_negative_prompt_cache(tmp_path):
+    out = _cli("serve", "--prompt-cache-mb", "-1", "--home", str(tmp_path))
+    assert out.returncode == 2 and "--prompt-cache-mb must be 0 (off) or more" in out.stderr
+
+
 def test_create_app_is_exported_lazily(tmp_path):
     import tuneforge.serve as serve
 
