@@ -143,6 +143,18 @@ def test_a_repeated_prompt_is_prefilled_from_the_servers_prompt_cache(client):
     assert engine.prompt_cache.max_bytes == 256 * 2**20
 
 
+def test_a_bf16_run_is_served_in_fp32_where_the_device_has_no_native_bf16(monkeypatch):
+    from tuneforge.serve import completions
+    from tuneforge.serve.completions import ModelPool
+
+    monkeypatch.setattr(completions, "bf16_native", lambda cuda: False)
+    assert ModelPool()._weights_dtype("bfloat16") == "float32"  # emulated bf16: ~4x slower than fp32
+    assert ModelPool(dtype="bfloat16")._weights_dtype("float32") == "bfloat16"  # asked for: as asked
+    monkeypatch.setattr(completions, "bf16_native", lambda cuda: True)
+    assert ModelPool()._weights_dtype("bfloat16") == "bfloat16"
+    assert ModelPool()._weights_dtype("float32") == "float32"
+
+
 def test_a_served_dtype_loads_the_weights_in_it(runs):
     from tuneforge.models.engine import SamplingParams
     from tuneforge.serve.completions import ModelPool

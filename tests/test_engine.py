@@ -272,6 +272,26 @@ def test_chat_streams_through_the_engine(llama):
     assert answer == generate(model, tok, [PROMPTS[0]], max_new_tokens=6)[0]
 
 
+def test_a_conversations_next_turn_reads_the_earlier_turns_from_the_prompt_cache(llama):
+    import io
+
+    from tuneforge.data.chat import render_prompt
+    from tuneforge.serve.chat import chat_engine, stream_answer
+
+    model, tok = llama
+    engine = chat_engine(model, tok)
+    messages = [{"role": "user", "content": PROMPTS[2]}]
+    ids = lambda: tok(render_prompt(tok, messages), add_special_tokens=False)["input_ids"]  # noqa: E731
+    answer = stream_answer(model, tok, messages, max_new_tokens=6, out=io.StringIO(), engine=engine)
+    first = ids()
+    messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": PROMPTS[0]}]
+    hits = engine.prompt_cache.hits
+    again = stream_answer(model, tok, messages, max_new_tokens=6, out=io.StringIO(), engine=engine)
+    shared = len(os.path.commonprefix([first, ids()]))
+    assert shared >= len(first) - 2 and engine.prompt_cache.hits - hits == shared
+    assert again == stream_answer(model, tok, messages, max_new_tokens=6, out=io.StringIO())  # a fresh engine
+
+
 @FAST
 def test_the_cache_grows_past_its_reserve_and_answers_stay_equal(llama, fast):
     model, tok = llama

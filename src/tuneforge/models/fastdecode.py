@@ -98,11 +98,11 @@ class FusedLinear:
                 self.packed = False
         self.weight = weight
         # the wrappers (and their versions) the fused adapters were built from, and those adapters by the slot
-        # range they hold: {(first, stop): (A (in, (stop - first) * R), B ((stop - first) * R, out))}
+        # range they hold (``_fused``)
         self._lora_key: tuple | None = None
-        self._lora: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._lora: dict[tuple[int, int], tuple[torch.Tensor, list[tuple]]] = {}
         self._wrapped: list[tuple[int, int, MultiLoRALinear]] = []
-        self._rank = 0
+        self._ranks: tuple[int, ...] = ()  # each wrapped part's rank
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = _linear(x, self.weight, self.bias, self.packed)
@@ -111,13 +111,15 @@ class FusedLinear:
             return y
         x2 = x.reshape(-1, x.shape[-1])
         if rows.single is not None:  # one adapter for every row: its own A and B, no mask
-            a, b = self._fused(rows.single, rows.single + 1)
+            a, parts = self._fused(rows.single, rows.single + 1)
             h = torch.mm(x2, a)
         else:
-            a, b = self._fused(1, rows.used)  # the used adapter slots (slot 0, the base, adds nothing)
+            a, parts = self._fused(1, rows.used)  # the used adapter slots (slot 0, the base, adds nothing)
             h = torch.mm(x2, a)
-            h.view(*x.shape[:-1], -1).mul_(rows.mask(self._rank, x.dtype, rows.used))  # each row: its slot
-        y.view(-1, y.shape[-1]).addmm_(h, b)  # the deltas added in place
+            h.view(*x.shape[:-1], -1).mul_(rows.mask(self._ranks, x.dtype, rows.used))  # each row: its slot
+        y2 = y.view(-1, y.shape[-1])
+        for c0, c1, at, size, b in parts:  # each part's delta added in place to its own output columns
+            y2[:, at : at + size].addmm_(h[:, c0:c1], b)
         return y
 
     def _adapters(self):
@@ -135,31 +137,31 @@ class FusedLinear:
         key = tuple((id(m), m.version) for _, _, m in wrapped)
         if key != self._lora_key:
             self._lora_key, self._lora, self._wrapped = key, {}, wrapped
-            self._rank = sum(m.lora_A.shape[-1] for _, _, m in wrapped)
+            self._ranks = tuple(m.lora_A.shape[-1] for _, _, m in wrapped)
         return wrapped[0][2].rows
 
-    def _fused(self, first: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Slots ``first`` to ``stop - 1`` of the wrapped parts fused like the base weights: A (in, (stop -
-        first) * R) with columns slot by slot (each slot: every wrapped part's rank columns), B ((stop - first)
-        * R, out) holding each part's B at its own output columns (zeros elsewhere). Every part's per-row delta
-        is then two matmuls of the fused input, not two per part on a strided slice (measured: 4 adapters on
-        16 rows cost 0.66x the base's throughput done per part, ~0.8x fused). Only the slots a batch uses: a
-        server's 8 idle slots would cost more than its 4 busy ones. Plain row-major matrices for ``mm``, not
-        prepacked: at these sizes oneDNN's packed matmul is 2-3x slower than ``mm`` (measured: 16x576 by
-        576x24, 56 against 19 us)."""
+    def _fused(self, first: int, stop: int) -> tuple[torch.Tensor, list[tuple]]:
+        """Slots ``first`` to ``stop - 1`` of the wrapped parts: one A (in, (stop - first) * sum of ranks) for
+        all of them, columns part by part and slot by slot within a part, so every part's per-row delta starts
+        with one matmul of the fused input (4 adapters on 16 rows cost 0.66x the base's throughput done per
+        part, ~0.8x fused); then each part's B ((stop - first) * r, out) on its own columns of A's product,
+        added in place to its own output columns: no zero blocks (a B spanning every part's outputs was 2/3
+        zeros for q/k/v). Only the slots a batch uses (a server's 8 idle slots would cost more than its 4
+        busy ones). Plain row-major matrices for ``mm``, not prepacked: at these sizes oneDNN's packed matmul
+        is 2-3x slower than ``mm`` (16x576 by 576x24: 56 against 19 us). Returns (A, [(first column, last
+        column, first output, outputs, B) per part])."""
         if (first, stop) not in self._lora:
-            rank, out = self._rank, sum(self.sizes)
             lead = self._wrapped[0][2].lora_A
-            a = lead.new_zeros(lead.shape[1], (stop - first) * rank)
-            b = lead.new_zeros((stop - first) * rank, out)
-            for s in range(first, stop):
-                col = (s - first) * rank
-                for at, size, m in self._wrapped:
-                    r = m.lora_A.shape[-1]
-                    a[:, col : col + r] = m.lora_A[s]
-                    b[col : col + r, at : at + size] = m.lora_B[s]
-                    col += r
-            self._lora[(first, stop)] = (a, b)
+            n = stop - first
+            a = lead.new_zeros(lead.shape[1], n * sum(self._ranks))
+            parts = []
+            col = 0
+            for at, size, m in self._wrapped:
+                r = m.lora_A.shape[-1]
+                a[:, col : col + n * r] = m.lora_A[first:stop].permute(1, 0, 2).reshape(lead.shape[1], n * r)
+                parts.append((col, col + n * r, at, size, m.lora_B[first:stop].reshape(n * r, size).clone()))
+                col += n * r
+            self._lora[(first, stop)] = (a, parts)
         return self._lora[(first, stop)]
 
 

@@ -25,9 +25,11 @@ def stream_answer(
     max_new_tokens: int = 256,
     temperature: float = 0.0,
     out: TextIO | None = None,
+    engine=None,
 ) -> str:
     """Generate the next assistant turn on the generation engine, writing text to ``out`` as it comes; returns
-    the answer."""
+    the answer. ``engine``: one kept for the whole conversation (``chat_engine``), so each turn reads the
+    earlier turns' keys and values from its prompt cache instead of computing them again."""
     from tuneforge.models.engine import Delta, Engine, SamplingParams, supports
 
     out = out or sys.stdout
@@ -46,13 +48,23 @@ def stream_answer(
             out.write(event.text)
             out.flush()
 
-    engine = Engine(model, tokenizer, max_batch=1)
+    engine = engine or Engine(model, tokenizer, max_batch=1)
     handle = engine.submit(ids, params, on_event=show)
     while not handle.done:
         engine.step()
     answer = handle.result()[0].text
     out.write("\n")
     return answer.strip()
+
+
+def chat_engine(model, tokenizer):
+    """The engine of a conversation (None where the engine cannot run the model): one row, a prompt cache
+    for the earlier turns."""
+    from tuneforge.models.engine import Engine, supports
+
+    if supports(model) is not None:
+        return None
+    return Engine(model, tokenizer, max_batch=1, prompt_cache_mb=64)
 
 
 def _stream_hf(
@@ -104,6 +116,7 @@ def chat(
     model.eval()
     out.write(HELP + "\n")
     messages: list[dict] = []
+    engine = chat_engine(model, tokenizer)
     while True:
         try:
             text = input_fn("you> ").strip()
@@ -121,5 +134,5 @@ def chat(
         messages = as_conversation(messages + [{"role": "user", "content": text}], system_prompt)
         out.write("bot> ")
         out.flush()
-        answer = stream_answer(model, tokenizer, messages, max_new_tokens, temperature, out)
+        answer = stream_answer(model, tokenizer, messages, max_new_tokens, temperature, out, engine)
         messages.append({"role": "assistant", "content": answer})

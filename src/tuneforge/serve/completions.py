@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tuneforge.errors import TuneforgeError
+from tuneforge.utils import bf16_native
 
 try:
     from fastapi import Request
@@ -106,7 +107,7 @@ class ModelPool:
         engine: "tuneforge" (ours) or "vllm" (``serve/vllm_backend.py``, GPU machines with vllm installed).
         adapter_slots: LoRA adapters held in memory per base model (least recently used evicted beyond).
         dtype: the weights' dtype when served ("float32" or "bfloat16"); None: a run's own training
-            dtype, float32 for a base model. bfloat16 roughly halves a CPU decode step where the CPU has
+            dtype (fp32 where it is bf16 and the device has no native bf16 matmuls), float32 for a base model. bfloat16 roughly halves a CPU decode step where the CPU has
             native bf16 matmuls (AMX, AVX512-BF16).
         prompt_cache_mb: keys and values of recent prompts kept per engine, so a prompt that starts like one
             of them (a shared system prompt, a conversation's earlier turns) is prefilled from where they part
@@ -162,6 +163,15 @@ class ModelPool:
             return self._load_run(target)
         return self._base(target, self.dtype or "float32", None)
 
+    def _weights_dtype(self, own: str) -> str:
+        """The dtype a model is served in: the pool's, else the model's own, except bf16 where the device has
+        no native bf16 matmuls (an AVX2-only CPU emulates them, ~4x slower than fp32): fp32 there."""
+        if self.dtype is not None:
+            return self.dtype
+        if own == "bfloat16" and not bf16_native(self._device().type == "cuda"):
+            return "float32"
+        return own
+
     def _device(self):
         import torch
 
@@ -207,16 +217,17 @@ class ModelPool:
         if run.is_adapter:
             try:
                 read_lora(model_dir)  # per-row LoRA on the shared base when the adapter allows it
-                served = self._base(run.config.model.name, self.dtype or run.config.model.dtype, tok)
+                served = self._base(run.config.model.name, self._weights_dtype(run.config.model.dtype), tok)
                 served.adapter = str(model_dir)
                 return served
             except UnsupportedAdapter:
                 pass
         model = run.load_model()
-        if self.dtype is not None:
+        own = str(next(model.parameters()).dtype).removeprefix("torch.")
+        if self._weights_dtype(own) != own:
             from tuneforge.models.load import _dtype
 
-            model = model.to(_dtype(self.dtype))
+            model = model.to(_dtype(self._weights_dtype(own)))
         if hasattr(model, "merge_and_unload") and not _prompt_learning(model):
             model = model.merge_and_unload()  # DoRA, IA3: folded into a copy of the weights
         try:
