@@ -344,7 +344,12 @@ def test_smollm2_fsdp_equals_one_process(method, tmp_path):
     assert out.returncode == 0, show(out)
     one = one_process({**cfg, "training": {**cfg["training"], "distributed": "auto"}}, tmp_path / "one")
     run_dir = tmp_path / "fsdp" / "run"
-    assert_same_logs(run_dir, one.path, "train")
+    # Full fine-tuning: Adam's first step moves every weight by ~lr whatever its gradient's size, so a gradient
+    # near zero that the two layouts round differently (a machine's own matmul kernels and reduction order)
+    # can move its weight the other way; the second step's grad norm carries that (measured 4e-4 relative on
+    # an AVX2 machine, 44.668 against 44.686), the losses still agree within 1e-4.
+    tol = {"grad_norm": 2e-3} if method["name"] == "full" else None
+    assert_same_logs(run_dir, one.path, "train", tol)
     assert len(log_lines(run_dir, "train")) == 2
 
 
