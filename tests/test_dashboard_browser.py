@@ -56,8 +56,13 @@ def artifacts(tmp_path_factory) -> Path:
 
 def shot(page, artifacts: Path, name: str, docs: str | None = None, docs_full: bool = False) -> Path:
     """A full-page screenshot as a test artifact (and as the README's image when TUNEFORGE_DOCS_IMAGES=1)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     path = artifacts / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    try:  # an artifact, not a check: a page kept busy by a training job on 2 cores may not settle in 30 s
+        page.screenshot(path=str(path), full_page=True, timeout=90_000)
+    except PlaywrightTimeout:
+        page.screenshot(path=str(path), timeout=90_000)  # the viewport only
     if docs and os.environ.get("TUNEFORGE_DOCS_IMAGES"):
         target = ROOT / "docs" / "img" / docs
         target.parent.mkdir(parents=True, exist_ok=True)
