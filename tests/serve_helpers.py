@@ -141,6 +141,19 @@ class WorkerProc:
             cmd, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT, env=_env(pace_file(home))
         )
 
+    def started(self, timeout: float = 90) -> WorkerProc:
+        """Wait for the worker's banner; a worker that exits first fails here with its log (not as a job that
+        stays queued)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            log = self.log_path.read_text(errors="replace")
+            if "tuneforge worker" in log:
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tuneforge worker exited ({self.proc.returncode}): {log[-2000:]}")
+            time.sleep(0.3)
+        raise RuntimeError(f"tuneforge worker did not start in {timeout}s: {log[-2000:]}")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

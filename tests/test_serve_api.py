@@ -42,6 +42,8 @@ def service(request, tmp_path_factory, tiny_llama):
     if pg:
         workers = [WorkerProc(home, database), WorkerProc(home, database)]
     try:
+        for w in workers:
+            w.started()
         yield server, keys, request.param, data, tiny_llama
     finally:
         server.stop()

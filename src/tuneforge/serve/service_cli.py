@@ -71,8 +71,6 @@ def cmd_worker(args) -> None:
 
     if args.jobs < 1:
         raise TuneforgeError(f"--jobs must be at least 1, got {args.jobs}.")
-    if args.prompt_cache_mb < 0:
-        raise TuneforgeError(f"--prompt-cache-mb must be 0 (off) or more, got {args.prompt_cache_mb}.")
     store, home = _store(args)
     for sub in ("files", "runs", "jobs"):
         (home / sub).mkdir(exist_ok=True)
