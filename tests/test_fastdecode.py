@@ -84,6 +84,56 @@ def test_prefill_and_decode_logits_equal_the_models_forward(kind):
         assert torch.allclose(mine.layers[0].keys, theirs.layers[0].keys, atol=1e-6)
 
 
+def test_folded_adapters_equal_the_wrappers_forward(tmp_path):
+    """Adapters' A folded into the fused base weight (Qwen2: with q/k/v biases): for rows on several slots
+    (some idle among the loaded), on one slot, on the base, and after a slot is rewritten, the lean forward's
+    logits equal the MultiLoRA-wrapped model's own forward (fp32, 1e-5)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny("qwen2")
+    paths = []
+    for k, (r, targets) in enumerate(
+        [(4, "all-linear"), (8, ["q_proj", "v_proj", "up_proj"]), (2, ["o_proj"])]
+    ):
+        torch.manual_seed(10 + k)
+        peft = get_peft_model(
+            copy.deepcopy(model),
+            LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, init_lora_weights=False),
+        )
+        peft.save_pretrained(tmp_path / f"a{k}")
+        paths.append(tmp_path / f"a{k}")
+    ml = MultiLoRA(model, slots=3)
+    slots = [ml.slot(str(p)) for p in paths]
+    assert slots == [1, 2, 3]
+    fast = fast_decoder(model)
+    ids, mask = left_padded(ROWS)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def same(rows):
+        ml.set_rows(rows, "cpu")
+        with torch.inference_mode():
+            got = fast(ids, mask, positions, BatchCache(2, 16))
+            want = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        real = mask.bool()
+        assert torch.allclose(got[real], want[real], atol=1e-5), (rows, (got[real] - want[real]).abs().max())
+        return got
+
+    plain = same([0, 0, 0])
+    same([1, 0, 2])  # slots 1-2 used, 3 loaded and idle
+    same([3, 1, 3])
+    assert not torch.allclose(same([2, 2, 2]), plain, atol=1e-3)  # the adapter changes the logits
+    for s in slots:
+        ml.release(s)
+    torch.manual_seed(20)
+    peft = get_peft_model(
+        copy.deepcopy(tiny("qwen2")), LoraConfig(r=4, target_modules=["k_proj"], init_lora_weights=False)
+    )
+    peft.save_pretrained(tmp_path / "a3")
+    assert ml.slot(str(tmp_path / "a3")) == 1  # the least recently used slot, rewritten: the fold is rebuilt
+    same([1, 2, 0])
+    same([1, 1, 1])
+
+
 def test_only_plain_llama_family_models_get_the_fast_forward(tiny_llama):
     from peft import LoraConfig, get_peft_model
 

@@ -305,14 +305,18 @@ class PromptCache:
         if key in self.entries:
             self.entries.move_to_end(key)
             return
-        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+        size = _nbytes(layers)
         if size > self.max_bytes:
             return
         self.entries[key] = layers
         self.bytes += size
         while self.bytes > self.max_bytes:
             _, dropped = self.entries.popitem(last=False)
-            self.bytes -= sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in dropped)
+            self.bytes -= _nbytes(dropped)
+
+
+def _nbytes(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
 
 
 def _common_start(a: Sequence[int], b: Sequence[int]) -> int:
@@ -566,6 +570,10 @@ class Engine(SchedulerThread):
         """Sequences waiting or running."""
         return len(self._waiting) + len(self._running)
 
+    def _free_rows(self) -> list[int]:
+        """The cache rows no sequence holds (a finished one's, waiting for a joiner)."""
+        return [i for i, s in enumerate(self._rows) if s is None]
+
     @property
     def _running(self) -> list[_Seq]:
         """The sequences being decoded (the batch's rows that are not free)."""
@@ -659,7 +667,7 @@ class Engine(SchedulerThread):
             rows = torch.tensor(row_of, device=self.device)
             logits, mask = logits[rows], mask[rows]
             cache.keep(rows, 0, width)
-        free = [i for i, s in enumerate(self._rows) if s is None]
+        free = self._free_rows()
         if self._cache is None:
             self._cache, self._mask = cache, mask
             for layer in cache.layers:  # size the buffers up front for the whole answers
@@ -779,7 +787,7 @@ class Engine(SchedulerThread):
         """One token for every running sequence. A free row computes a throwaway token (it sees only its own
         new column) until a joining sequence takes it or compaction drops it: its sequence ended less than
         ``linger`` steps ago, or one is waiting for it."""
-        free = [i for i, s in enumerate(self._rows) if s is None]
+        free = self._free_rows()
         linger = self.linger if self._thread is not None else 0  # generate(): every request is in already
         if free and not self._waiting and self.steps - self._free_since >= linger:
             self._compact()

@@ -13,7 +13,8 @@ computes the same thing with less of both:
 * **One mask and one rotary table per step**, shared by every layer; attention is ``scaled_dot_product_
   attention`` on the engine's cache buffers with grouped-query heads (``enable_gqa``).
 * **Adapters per row**: a :class:`~tuneforge.models.multilora.MultiLoRALinear` in place of a projection
-  keeps the fused base matmul and adds its rows' deltas to that projection's columns.
+  keeps the fused base matmul, with every loaded adapter's A folded into its weight (one matmul computes the
+  base and ``x A``), and adds its rows' deltas to that projection's columns.
 
 It reads the model's own modules (norms, rotary embedding, embedding) every call, so what it computes is the
 model's function; the engine's tests check it equals ``model.generate`` token for token. The packed weights
@@ -78,7 +79,7 @@ class FusedLinear:
     def __init__(self, parts: list[tuple[nn.Module, str]], batch_hint: int):
         self.parts = parts
         bases = [_base(getattr(owner, name)) for owner, name in parts]
-        weight = torch.cat([b.weight.detach() for b in bases]) if len(bases) > 1 else bases[0].weight.detach()
+        weight = _cat_weights(bases)
         biases = [b.bias for b in bases]
         self.bias = None
         if any(b is not None for b in biases):
@@ -91,40 +92,39 @@ class FusedLinear:
         self.sizes = [b.out_features for b in bases]
         self.batch_hint = batch_hint
         self.packed = packing_available(weight)
-        if self.packed:
-            try:
-                weight = torch.ops.mkldnn._reorder_linear_weight(weight, batch_hint)
-            except RuntimeError:  # an unusual shape or build: the plain matmul
-                self.packed = False
-        self.weight = weight
-        # the wrappers (and their versions) the fused adapters were built from, and those adapters by the slot
-        # range they hold (``_fused``)
+        self.weight = self._pack(weight)
+        self.out = sum(self.sizes)  # the projections' outputs (the weight may hold adapters' A below them)
+        # the wrappers (and their versions) the folded adapters were built from; their ranks; and the folded
+        # adapters (_fold)
         self._lora_key: tuple | None = None
-        self._lora: dict[tuple[int, int], tuple[torch.Tensor, list[tuple]]] = {}
         self._wrapped: list[tuple[int, int, MultiLoRALinear]] = []
-        self._ranks: tuple[int, ...] = ()  # each wrapped part's rank
+        self._ranks: tuple[int, ...] = ()
+        self._folded: tuple[int, list[tuple]] | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y = _linear(x, self.weight, self.bias, self.packed)
         rows = self._adapters()
-        if rows is None or rows.index is None or rows.single == 0:
-            return y
-        x2 = x.reshape(-1, x.shape[-1])
-        if rows.single is not None:  # one adapter for every row: its own A and B, no mask
-            a, parts = self._fused(rows.single, rows.single + 1)
-            h = torch.mm(x2, a)
-        else:
-            a, parts = self._fused(1, rows.used)  # the used adapter slots (slot 0, the base, adds nothing)
-            h = torch.mm(x2, a)
-            h.view(*x.shape[:-1], -1).mul_(rows.mask(self._ranks, x.dtype, rows.used))  # each row: its slot
-        y2 = y.view(-1, y.shape[-1])
-        for c0, c1, at, size, b in parts:  # each part's delta added in place to its own output columns
-            y2[:, at : at + size].addmm_(h[:, c0:c1], b)
-        return y
+        if rows is None:
+            return _linear(x, self.weight, self.bias, self.packed)
+        top, parts = self._fold()  # first: a slot written since the last call changes the weight
+        y = _linear(x, self.weight, self.bias, self.packed)
+        out = self.out
+        if rows.index is not None and rows.single != 0:
+            y2 = y.view(-1, y.shape[-1])
+            h = y2[:, out:]  # x A of every loaded slot, computed by the base's own matmul
+            if rows.single is not None:  # one adapter for every row: its columns and its B, no mask
+                s = rows.single
+                for c0, r, at, size, m, _ in parts:
+                    y2[:, at : at + size].addmm_(h[:, c0 + (s - 1) * r : c0 + s * r], m.lora_B[s])
+            else:  # each row keeps its own slot's columns; B of the used slots only
+                y.view(x.shape[0], -1, y.shape[-1])[:, :, out:].mul_(rows.mask(self._ranks, x.dtype, top))
+                n = rows.used - 1
+                for c0, r, at, size, _, b in parts:
+                    y2[:, at : at + size].addmm_(h[:, c0 : c0 + n * r], b[: n * r])
+        return y[..., :out]
 
     def _adapters(self):
         """The per-row slots (MultiLoRA's ``_Rows``) when a MultiLoRA wrapper is among the parts, else None;
-        notices wrappers added or slots written since the last call (their fused copies are then rebuilt)."""
+        notices wrappers added or slots written since the last call (the folded weight is then rebuilt)."""
         wrapped = []
         start = 0
         for (owner, name), size in zip(self.parts, self.sizes):
@@ -136,33 +136,50 @@ class FusedLinear:
             return None
         key = tuple((id(m), m.version) for _, _, m in wrapped)
         if key != self._lora_key:
-            self._lora_key, self._lora, self._wrapped = key, {}, wrapped
+            self._lora_key, self._wrapped, self._folded = key, wrapped, None
             self._ranks = tuple(m.lora_A.shape[-1] for _, _, m in wrapped)
         return wrapped[0][2].rows
 
-    def _fused(self, first: int, stop: int) -> tuple[torch.Tensor, list[tuple]]:
-        """Slots ``first`` to ``stop - 1`` of the wrapped parts: one A (in, (stop - first) * sum of ranks) for
-        all of them, columns part by part and slot by slot within a part, so every part's per-row delta starts
-        with one matmul of the fused input (4 adapters on 16 rows cost 0.66x the base's throughput done per
-        part, ~0.8x fused); then each part's B ((stop - first) * r, out) on its own columns of A's product,
-        added in place to its own output columns: no zero blocks (a B spanning every part's outputs was 2/3
-        zeros for q/k/v). Only the slots a batch uses (a server's 8 idle slots would cost more than its 4
-        busy ones). Plain row-major matrices for ``mm``, not prepacked: at these sizes oneDNN's packed matmul
-        is 2-3x slower than ``mm`` (16x576 by 576x24: 56 against 19 us). Returns (A, [(first column, last
-        column, first output, outputs, B) per part])."""
-        if (first, stop) not in self._lora:
-            lead = self._wrapped[0][2].lora_A
-            n = stop - first
-            a = lead.new_zeros(lead.shape[1], n * sum(self._ranks))
-            parts = []
-            col = 0
+    def _fold(self) -> tuple[int, list[tuple]]:
+        """Fold every loaded slot's A into the base weight, below its outputs: the base matmul then also
+        computes ``x A`` (columns part by part, slot by slot within a part), and a row's delta is one
+        in-place ``addmm_`` of its columns by B per part, on that part's output columns. One matmul fewer
+        per projection than a separate A (~120 a step on a 30-layer model; these small matmuls are
+        latency-bound on a CPU: 16x576 by 576x24 takes about as long as the base's extra columns), and no
+        zero blocks in B (a B spanning q/k/v's outputs was 2/3 zeros). A batch of the base alone pays the
+        extra columns while adapters are loaded (2-20% of a projection for rank 8, 1 to 8 slots). Returns
+        (top: slots 1..top-1 folded, [(first column, rank, first output, outputs, wrapper, B of slots
+        1..top-1 stacked) per part])."""
+        if self._folded is None:
+            base = _cat_weights([_base(getattr(owner, name)) for owner, name in self.parts])
+            top = max(m.top for _, _, m in self._wrapped)
+            a_rows, parts, col = [], [], 0
             for at, size, m in self._wrapped:
                 r = m.lora_A.shape[-1]
-                a[:, col : col + n * r] = m.lora_A[first:stop].permute(1, 0, 2).reshape(lead.shape[1], n * r)
-                parts.append((col, col + n * r, at, size, m.lora_B[first:stop].reshape(n * r, size).clone()))
-                col += n * r
-            self._lora[(first, stop)] = (a, parts)
-        return self._lora[(first, stop)]
+                a_rows.append(m.lora_A[1:top].permute(0, 2, 1).reshape((top - 1) * r, -1))
+                parts.append((col, r, at, size, m, m.lora_B[1:top].reshape((top - 1) * r, size).clone()))
+                col += (top - 1) * r
+            weight = torch.cat([base, *a_rows])
+            if self.bias is not None:
+                self.bias = torch.cat([self.bias[: self.out], self.bias.new_zeros(col)])
+            self.weight = self._pack(weight)
+            self._folded = (top, parts)
+        return self._folded
+
+    def _pack(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.packed:
+            try:
+                return torch.ops.mkldnn._reorder_linear_weight(weight, self.batch_hint)
+            except RuntimeError:  # an unusual shape or build: the plain matmul
+                self.packed = False
+        return weight
+
+
+def _cat_weights(linears: list[nn.Linear]) -> torch.Tensor:
+    """The weights of projections of one input, stacked (out1 + out2 + ..., in)."""
+    if len(linears) == 1:
+        return linears[0].weight.detach()
+    return torch.cat([m.weight.detach() for m in linears])
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: bool) -> torch.Tensor:

@@ -75,6 +75,7 @@ class MultiLoRALinear(nn.Module):
         self.lora_B = torch.zeros(slots, 0, base.out_features, dtype=w.dtype, device=w.device)
         self.a_cat = torch.zeros(base.in_features, 0, dtype=w.dtype, device=w.device)  # (in, S*r)
         self.version = 0  # changes with every slot written (a fused copy of A and B knows when to rebuild)
+        self.top = 1  # slots 1..top-1 have been written (loaded adapters sit below it; slot 0 is the base)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (B, T, in)
         y = self.base_layer(x)  # (B, T, out)
@@ -107,6 +108,7 @@ class MultiLoRALinear(nn.Module):
         if a is not None:
             self.lora_A[slot, :, :r] = a.to(self.lora_A)
             self.lora_B[slot, :r] = b.to(self.lora_B)
+        self.top = max(self.top, slot + 1)
         s, n_in, rank = self.lora_A.shape
         self.a_cat = self.lora_A.permute(1, 0, 2).reshape(n_in, s * rank)  # (in, S*r), slot-major columns
         self.version += 1
