@@ -442,7 +442,10 @@ def test_accumulation_equals_a_larger_batch(row, method, models, files, tmp_path
         results[name] = (weights(prepared.model, keys), train_log(tmp_path / name))
     (big, big_log), (acc, acc_log) = results["big"], results["accumulated"]
     assert max_diff(big, start) > 1e-4  # it trained
-    assert max_diff(big, acc) < 1e-5
+    # a tenth of lr: on an AVX2 machine one weight of a full fine-tune (of ~10^5) moved 4.7e-5 apart, Adam's
+    # normalised step of a gradient element near zero that the two summation orders round differently; the
+    # gradient norms below agree to 1e-6
+    assert max_diff(big, acc) < 1e-4
     assert len(big_log) == len(acc_log) == 2
     for a, b in zip(big_log, acc_log):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), a["step"]
