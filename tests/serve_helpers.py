@@ -133,9 +133,9 @@ class Server:
 class WorkerProc:
     """``tuneforge worker`` in a subprocess."""
 
-    def __init__(self, home: Path, database: str):
-        cmd = [sys.executable, "-m", "tuneforge.cli", "worker", "--home", str(home), "--database", database,
-               "--lease-seconds", "5"]  # fmt: skip
+    def __init__(self, home: Path, database: str | None = None):
+        cmd = [sys.executable, "-m", "tuneforge.cli", "worker", "--home", str(home), "--lease-seconds", "5"]
+        cmd += ["--database", database] if database else []
         self.log_path = Path(home) / f"worker-{time.time_ns()}.log"
         self.proc = subprocess.Popen(
             cmd, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT, env=_env(pace_file(home))

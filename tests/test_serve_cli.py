@@ -51,23 +51,16 @@ def test_serve_refuses_a_negative_prompt_cache(tmp_path):
 def test_worker_starts_and_stops_on_sigterm(tmp_path):
     """`tuneforge worker` comes up (its banner) and a SIGTERM ends it cleanly."""
     import signal
-    import time
 
-    log = tmp_path / "worker.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tuneforge.cli", "worker", "--home", str(tmp_path / "home")],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    from serve_helpers import WorkerProc
+
+    worker = WorkerProc(tmp_path).started()
     try:
-        deadline = time.time() + 90
-        while "tuneforge worker" not in log.read_text() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.2)
-        assert proc.poll() is None, log.read_text()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0, log.read_text()
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.proc.wait(60) == 0, worker.log_path.read_text()
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if worker.proc.poll() is None:
+            worker.proc.kill()
 
 
 def test_create_app_is_exported_lazily(tmp_path):

@@ -94,18 +94,16 @@ class FusedLinear:
         self.packed = packing_available(weight)
         self.weight = self._pack(weight)
         self.out = sum(self.sizes)  # the projections' outputs (the weight may hold adapters' A below them)
-        # the wrappers (and their versions) the folded adapters were built from; their ranks; and the folded
-        # adapters (_fold)
+        # the wrappers (and their versions) the folded adapters were built from, and the folded adapters (_fold)
         self._lora_key: tuple | None = None
         self._wrapped: list[tuple[int, int, MultiLoRALinear]] = []
-        self._ranks: tuple[int, ...] = ()
-        self._folded: tuple[int, list[tuple]] | None = None
+        self._folded: tuple[int, tuple[int, ...], list[tuple]] | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = self._adapters()
         if rows is None:
             return _linear(x, self.weight, self.bias, self.packed)
-        top, parts = self._fold()  # first: a slot written since the last call changes the weight
+        top, ranks, parts = self._fold()  # first: a slot written since the last call changes the weight
         y = _linear(x, self.weight, self.bias, self.packed)
         out = self.out
         if rows.index is not None and rows.single != 0:
@@ -113,12 +111,12 @@ class FusedLinear:
             h = y2[:, out:]  # x A of every loaded slot, computed by the base's own matmul
             if rows.single is not None:  # one adapter for every row: its columns and its B, no mask
                 s = rows.single
-                for c0, r, at, size, m, _ in parts:
-                    y2[:, at : at + size].addmm_(h[:, c0 + (s - 1) * r : c0 + s * r], m.lora_B[s])
+                for c0, r, at, size, b in parts:
+                    y2[:, at : at + size].addmm_(h[:, c0 + (s - 1) * r : c0 + s * r], b[(s - 1) * r : s * r])
             else:  # each row keeps its own slot's columns; B of the used slots only
-                y.view(x.shape[0], -1, y.shape[-1])[:, :, out:].mul_(rows.mask(self._ranks, x.dtype, top))
+                y.view(x.shape[0], -1, y.shape[-1])[:, :, out:].mul_(rows.mask(ranks, x.dtype, top))
                 n = rows.used - 1
-                for c0, r, at, size, _, b in parts:
+                for c0, r, at, size, b in parts:
                     y2[:, at : at + size].addmm_(h[:, c0 : c0 + n * r], b[: n * r])
         return y[..., :out]
 
@@ -137,10 +135,9 @@ class FusedLinear:
         key = tuple((id(m), m.version) for _, _, m in wrapped)
         if key != self._lora_key:
             self._lora_key, self._wrapped, self._folded = key, wrapped, None
-            self._ranks = tuple(m.lora_A.shape[-1] for _, _, m in wrapped)
         return wrapped[0][2].rows
 
-    def _fold(self) -> tuple[int, list[tuple]]:
+    def _fold(self) -> tuple[int, tuple[int, ...], list[tuple]]:
         """Fold every loaded slot's A into the base weight, below its outputs: the base matmul then also
         computes ``x A`` (columns part by part, slot by slot within a part), and a row's delta is one
         in-place ``addmm_`` of its columns by B per part, on that part's output columns. One matmul fewer
@@ -148,7 +145,7 @@ class FusedLinear:
         latency-bound on a CPU: 16x576 by 576x24 takes about as long as the base's extra columns), and no
         zero blocks in B (a B spanning q/k/v's outputs was 2/3 zeros). A batch of the base alone pays the
         extra columns while adapters are loaded (2-20% of a projection for rank 8, 1 to 8 slots). Returns
-        (top: slots 1..top-1 folded, [(first column, rank, first output, outputs, wrapper, B of slots
+        (top: slots 1..top-1 folded, each part's rank, [(first column, rank, first output, outputs, B of slots
         1..top-1 stacked) per part])."""
         if self._folded is None:
             base = _cat_weights([_base(getattr(owner, name)) for owner, name in self.parts])
@@ -157,13 +154,13 @@ class FusedLinear:
             for at, size, m in self._wrapped:
                 r = m.lora_A.shape[-1]
                 a_rows.append(m.lora_A[1:top].permute(0, 2, 1).reshape((top - 1) * r, -1))
-                parts.append((col, r, at, size, m, m.lora_B[1:top].reshape((top - 1) * r, size).clone()))
+                parts.append((col, r, at, size, m.lora_B[1:top].reshape((top - 1) * r, size).clone()))
                 col += (top - 1) * r
             weight = torch.cat([base, *a_rows])
             if self.bias is not None:
                 self.bias = torch.cat([self.bias[: self.out], self.bias.new_zeros(col)])
             self.weight = self._pack(weight)
-            self._folded = (top, parts)
+            self._folded = (top, tuple(part[1] for part in parts), parts)
         return self._folded
 
     def _pack(self, weight: torch.Tensor) -> torch.Tensor:

@@ -48,16 +48,14 @@ class _Rows:
         self.used = max(slots) + 1
         self._masks = {}
 
-    def mask(
-        self, r: int | tuple[int, ...], dtype: torch.dtype, slots: int | None = None, first: int = 1
-    ) -> torch.Tensor:
-        """(B, 1, (slots - first) * r): 1 on the rank columns of each row's own slot, among slots ``first`` to
-        ``slots - 1`` (default: the used ones after the base's slot 0, whose delta is zero). Ranks ``(r1, r2,
-        ...)``: the masks of several parts side by side (each part's columns slot by slot)."""
+    def mask(self, r: int | tuple[int, ...], dtype: torch.dtype, slots: int | None = None) -> torch.Tensor:
+        """(B, 1, (slots - 1) * r): 1 on the rank columns of each row's own slot, among slots 1 to ``slots - 1``
+        (default: the used ones; the base's slot 0 has no columns, its delta is zero). Ranks ``(r1, r2, ...)``:
+        the masks of several parts side by side (each part's columns slot by slot)."""
         slots = self.used if slots is None else slots
-        key = (r, dtype, slots, first)
+        key = (r, dtype, slots)
         if key not in self._masks:
-            hot = nn.functional.one_hot(self.index, slots)[:, first:].to(dtype)  # (B, slots - first)
+            hot = nn.functional.one_hot(self.index, slots)[:, 1:].to(dtype)  # (B, slots - 1)
             ranks = r if isinstance(r, tuple) else (r,)
             self._masks[key] = torch.cat([hot.repeat_interleave(k, 1) for k in ranks], 1)[:, None, :]
         return self._masks[key]
