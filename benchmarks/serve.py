@@ -65,45 +65,66 @@ def pct(values: list[float], q: float) -> float:
 # ------------------------------------------------------------------------------------------- reference arms
 
 
-def reference_arms(model_name: str, prompts: list[str], new_tokens: int, batch: int, dtype: str) -> dict:
-    """transformers generate: one request at a time, and static batches of ``batch`` (left-padded)."""
-    import torch
+class Reference:
+    """transformers generate on the model, in this process: one request at a time, and static batches of
+    ``batch`` (left-padded)."""
 
-    from tuneforge.data.chat import render_prompt
-    from tuneforge.models.generate import stop_ids
-    from tuneforge.models.load import load_causal_lm, load_tokenizer
+    def __init__(self, model_name: str, prompts: list[str], new_tokens: int, batch: int, dtype: str):
+        from tuneforge.data.chat import render_prompt
+        from tuneforge.models.generate import stop_ids
+        from tuneforge.models.load import load_causal_lm, load_tokenizer
 
-    model = load_causal_lm(model_name, dtype).eval()
-    tok = load_tokenizer(model_name)
-    texts = [render_prompt(tok, [{"role": "user", "content": p}]) for p in prompts]
-    kw = dict(
-        max_new_tokens=new_tokens, do_sample=False, eos_token_id=stop_ids(tok), pad_token_id=tok.pad_token_id
-    )
-    out = {}
-    with torch.no_grad():
-        tokens, lat = 0, []
-        t0 = time.perf_counter()
-        for text in texts:
-            enc = tok(text, add_special_tokens=False, return_tensors="pt")
-            s = time.perf_counter()
-            y = model.generate(**enc, **kw)[0, enc["input_ids"].shape[1] :]
-            lat.append(time.perf_counter() - s)
-            tokens += _generated(y.tolist(), tok.pad_token_id, stop_ids(tok))
-        wall = time.perf_counter() - t0
-        out["generate_one_at_a_time"] = {"tokens": tokens, "seconds": wall, "tokens_per_s": tokens / wall}
+        self.model = load_causal_lm(model_name, dtype).eval()
+        self.tok = tok = load_tokenizer(model_name)
+        self.texts = [render_prompt(tok, [{"role": "user", "content": p}]) for p in prompts]
+        self.batch = batch
+        self.stops = stop_ids(tok)
+        self.kw = dict(
+            max_new_tokens=new_tokens, do_sample=False, eos_token_id=self.stops, pad_token_id=tok.pad_token_id
+        )
+
+    def one_at_a_time(self) -> dict:
+        import torch
+
+        tok, tokens = self.tok, 0
+        tok.padding_side = "right"
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            for text in self.texts:
+                enc = tok(text, add_special_tokens=False, return_tensors="pt")
+                y = self.model.generate(**enc, **self.kw)[0, enc["input_ids"].shape[1] :]
+                tokens += _generated(y.tolist(), tok.pad_token_id, self.stops)
+            wall = time.perf_counter() - t0
+        return {"tokens": tokens, "seconds": wall, "tokens_per_s": tokens / wall}
+
+    def static_batches(self) -> dict:
+        import torch
+
+        from tuneforge.threads import release_openmp_workers
+
+        tok, tokens = self.tok, 0
         tok.padding_side = "left"
-        tokens, t0 = 0, time.perf_counter()
-        for i in range(0, len(texts), batch):
-            enc = tok(texts[i : i + batch], add_special_tokens=False, padding=True, return_tensors="pt")
-            y = model.generate(**enc, **kw)[:, enc["input_ids"].shape[1] :]
-            tokens += sum(_generated(r, tok.pad_token_id, stop_ids(tok)) for r in y.tolist())
-        wall = time.perf_counter() - t0
-        out[f"generate_static_batch_{batch}"] = {
-            "tokens": tokens,
-            "seconds": wall,
-            "tokens_per_s": tokens / wall,
-        }
-    return out
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            for i in range(0, len(self.texts), self.batch):
+                enc = tok(
+                    self.texts[i : i + self.batch],
+                    add_special_tokens=False,
+                    padding=True,
+                    return_tensors="pt",
+                )
+                y = self.model.generate(**enc, **self.kw)[:, enc["input_ids"].shape[1] :]
+                tokens += sum(_generated(r, tok.pad_token_id, self.stops) for r in y.tolist())
+            wall = time.perf_counter() - t0
+        # this thread ran torch; a server's engine thread computes next: give this thread's OpenMP workers back
+        release_openmp_workers()
+        return {"tokens": tokens, "seconds": wall, "tokens_per_s": tokens / wall}
+
+
+def median_round(rounds: list[dict]) -> dict:
+    """The round with the median tokens/s (the lower middle of an even count), with every round's tokens/s."""
+    ranked = sorted(rounds, key=lambda r: r["tokens_per_s"])
+    return {**ranked[(len(ranked) - 1) // 2], "rounds_tokens_per_s": [r["tokens_per_s"] for r in rounds]}
 
 
 def _generated(row: list[int], pad: int, stops: list[int]) -> int:
@@ -283,7 +304,13 @@ def serve_arms(
     max_batch: int,
     dtype: str,
     prompt_cache_mb=256,
+    static=None,
+    rounds: int = 1,
 ) -> dict:
+    """The engine arms against a live server. The most clients (and the LoRA arm) run ``rounds`` times,
+    alternating with ``static()`` (the static-batch reference) when given, so that the ratios compare arms
+    measured seconds apart, not minutes: this machine's speed drifts by 10-20% within minutes. Returns the
+    arms (the most clients' as their median round) and, under "static", the reference's rounds."""
     from fastapi import FastAPI
 
     from tuneforge.serve.completions import ModelPool, completions_router
@@ -313,11 +340,23 @@ def serve_arms(
         out[name]["prompt_tokens_computed"] = sum(pc.misses for pc in caches)
         print(json.dumps(out[name]), flush=True)
 
+    top = max(client_counts)
+    rounds_of: dict[str, list[dict]] = {}
     try:
-        for c in client_counts:
+        for c in [c for c in client_counts if c != top]:
             arm(f"engine_{c}_clients", [model_name], c)
-        if adapters:
-            arm(f"engine_{max(client_counts)}_clients_{adapters}_loras", list(runs), max(client_counts))
+        for _ in range(rounds):
+            if static is not None:
+                rounds_of.setdefault("static", []).append(static())
+                print("static", json.dumps(rounds_of["static"][-1]), flush=True)
+            names = [(f"engine_{top}_clients", [model_name])]
+            if adapters:
+                names.append((f"engine_{top}_clients_{adapters}_loras", list(runs)))
+            for name, models in names:
+                arm(name, models, top)
+                rounds_of.setdefault(name, []).append(out[name])
+        for name, rs in rounds_of.items():
+            out[name] = median_round(rs)
     finally:
         server.should_exit = True
         thread.join(10)
@@ -337,6 +376,12 @@ def main() -> None:
         "--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="the weights' dtype in every arm"
     )
     ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of the static-batch reference, the most clients and the LoRA arm, alternating (medians)",
+    )
+    ap.add_argument(
         "--prompt-cache-mb",
         type=float,
         default=256.0,
@@ -354,12 +399,24 @@ def main() -> None:
     t["quick"] = args.quick
     t["adapters"] = adapters
     t["dtype"] = args.dtype
-    t["reference"] = reference_arms(args.model, prompts, new_tokens, max(clients), args.dtype)
+    t["rounds"] = rounds = 1 if args.quick else args.rounds
+    reference = Reference(args.model, prompts, new_tokens, max(clients), args.dtype)
+    t["reference"] = {"generate_one_at_a_time": reference.one_at_a_time()}
     print(json.dumps(t["reference"]), flush=True)
     t["prompt_cache_mb"] = args.prompt_cache_mb
     t["serve"] = serve_arms(
-        args.model, prompts, new_tokens, clients, adapters, 32, args.dtype, args.prompt_cache_mb
+        args.model,
+        prompts,
+        new_tokens,
+        clients,
+        adapters,
+        32,
+        args.dtype,
+        args.prompt_cache_mb,
+        static=reference.static_batches,
+        rounds=rounds,
     )
+    t["reference"][f"generate_static_batch_{max(clients)}"] = t["serve"].pop("static")
     t["llama_cpp"] = llama_cpp_arm(args.model, args.gguf, prompts, new_tokens)
     top = t["serve"][f"engine_{max(clients)}_clients"]
     ref = t["reference"]
@@ -382,8 +439,31 @@ def _cached(r: dict) -> str:
     return f"{r['prompt_tokens_cached'] / max(total, 1):.0%} of {total}"
 
 
+def _rounds(arms: dict, part: str, without: str | None = None) -> str:
+    """The rounds' tokens/s of the arm whose name contains ``part`` (and not ``without``)."""
+    for name, r in arms.items():
+        if part in name and (without is None or without not in name) and "rounds_tokens_per_s" in r:
+            return " / ".join(f"{x:.1f}" for x in r["rounds_tokens_per_s"])
+    return "-"
+
+
+def _per_round(t: dict) -> str:
+    """Each round's most-clients engine tokens/s over the same round's static-batch tokens/s."""
+    static = next(r for n, r in t["reference"].items() if "static" in n).get("rounds_tokens_per_s", [])
+    engine = next(
+        (
+            r
+            for n, r in t["serve"].items()
+            if "clients" in n and "loras" not in n and "rounds_tokens_per_s" in r
+        ),
+        {},
+    ).get("rounds_tokens_per_s", [])
+    return " / ".join(f"{e / s:.2f}x" for e, s in zip(engine, static)) or "-"
+
+
 def table(t: dict) -> str:
     m = t["machine"]
+    rounds = t.get("rounds", 1)
     lines = [
         f"Serving {t['model']}: {t['prompts']} chat prompts, {t['new_tokens']} new tokens (greedy), "
         f"{t.get('dtype', 'float32')} weights in every arm; "
@@ -408,6 +488,14 @@ def table(t: dict) -> str:
             else f"| llama.cpp | - | skipped: {lc['skipped']} | - | - | - |"
         )
     r = t["ratios"]
+    if rounds > 1:
+        lines += [
+            "",
+            f"Static batches, the most clients and the LoRA arm: the median of {rounds} rounds run in turn "
+            f"(tokens/s of each: static {_rounds(t['reference'], 'generate_static_batch')}, engine "
+            f"{_rounds(t['serve'], 'clients', 'loras')}, LoRA {_rounds(t['serve'], 'loras')}; the engine over the "
+            f"static batches round by round: {_per_round(t)}).",
+        ]
     lines += [
         "",
         f"At the most clients: {r['vs_one_at_a_time']:.2f}x one-at-a-time generate (target >= 4x), "

@@ -232,3 +232,29 @@ def test_under_autocast_the_fast_forward_keeps_the_weights_dtype(tiny_llama):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = Engine(model, tok, fast=True).generate(ids, SamplingParams(max_tokens=6))
     assert [c[0].token_ids for c in got] == [c[0].token_ids for c in want]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_fused_norm_equals_the_models_rmsnorm(dtype):
+    """The lean forward's RMSNorm (torch's fused rms_norm) gives the module's output: fp32 within 1e-6, bf16
+    within its rounding (the normalised input is rounded before the weight multiplies it, as in the module);
+    a module of another kind is called as it is."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from tuneforge.models.fastdecode import _norm
+
+    torch.manual_seed(0)
+    module = LlamaRMSNorm(64, eps=1e-5)
+    with torch.no_grad():
+        module.weight.normal_(1.0, 0.3)
+    module = module.to(dtype)
+    x = (torch.randn(4, 3, 64) * 3).to(dtype)
+    norm = _norm(module)
+    assert norm is not module
+    with torch.inference_mode():
+        got, want = norm(x), module(x)
+    assert got.dtype == want.dtype == dtype
+    tol = 1e-6 if dtype == torch.float32 else 2**-7
+    torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
+    other = torch.nn.LayerNorm(64)
+    assert _norm(other) is other

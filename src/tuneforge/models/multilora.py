@@ -64,6 +64,10 @@ class _Rows:
 class MultiLoRALinear(nn.Module):
     """``base(x)`` plus each row's adapter delta. A: (S, in, r), B: (S, r, out), B already scaled."""
 
+    # bumped whenever any wrapper is put in place or any slot written: code that reads the wrappers of a model
+    # (the lean forward's fused projections) looks again only when it changed
+    changes = 0
+
     def __init__(self, base: nn.Linear, rows: _Rows, slots: int):
         super().__init__()
         self.base_layer = base
@@ -110,6 +114,7 @@ class MultiLoRALinear(nn.Module):
         s, n_in, rank = self.lora_A.shape
         self.a_cat = self.lora_A.permute(1, 0, 2).reshape(n_in, s * rank)  # (in, S*r), slot-major columns
         self.version += 1
+        MultiLoRALinear.changes += 1
 
 
 class MultiLoRA:
@@ -179,6 +184,7 @@ class MultiLoRA:
             )
         wrapper = MultiLoRALinear(base, self.rows, self.slots + 1)
         setattr(parent, child, wrapper)
+        MultiLoRALinear.changes += 1
         self.wrappers[name] = wrapper
 
 
