@@ -345,13 +345,13 @@ def serve_arms(
     try:
         for c in [c for c in client_counts if c != top]:
             arm(f"engine_{c}_clients", [model_name], c)
+        names = [(f"engine_{top}_clients", [model_name])]
+        if adapters:
+            names.append((f"engine_{top}_clients_{adapters}_loras", list(runs)))
         for _ in range(rounds):
             if static is not None:
                 rounds_of.setdefault("static", []).append(static())
                 print("static", json.dumps(rounds_of["static"][-1]), flush=True)
-            names = [(f"engine_{top}_clients", [model_name])]
-            if adapters:
-                names.append((f"engine_{top}_clients_{adapters}_loras", list(runs)))
             for name, models in names:
                 arm(name, models, top)
                 rounds_of.setdefault(name, []).append(out[name])
@@ -439,25 +439,22 @@ def _cached(r: dict) -> str:
     return f"{r['prompt_tokens_cached'] / max(total, 1):.0%} of {total}"
 
 
-def _rounds(arms: dict, part: str, without: str | None = None) -> str:
-    """The rounds' tokens/s of the arm whose name contains ``part`` (and not ``without``)."""
+def _round_values(arms: dict, part: str, without: str | None = None) -> list[float]:
+    """The rounds' tokens/s of the arm whose name contains ``part`` (and not ``without``); [] if none has rounds."""
     for name, r in arms.items():
         if part in name and (without is None or without not in name) and "rounds_tokens_per_s" in r:
-            return " / ".join(f"{x:.1f}" for x in r["rounds_tokens_per_s"])
-    return "-"
+            return r["rounds_tokens_per_s"]
+    return []
+
+
+def _rounds(arms: dict, part: str, without: str | None = None) -> str:
+    return " / ".join(f"{x:.1f}" for x in _round_values(arms, part, without)) or "-"
 
 
 def _per_round(t: dict) -> str:
     """Each round's most-clients engine tokens/s over the same round's static-batch tokens/s."""
-    static = next(r for n, r in t["reference"].items() if "static" in n).get("rounds_tokens_per_s", [])
-    engine = next(
-        (
-            r
-            for n, r in t["serve"].items()
-            if "clients" in n and "loras" not in n and "rounds_tokens_per_s" in r
-        ),
-        {},
-    ).get("rounds_tokens_per_s", [])
+    static = _round_values(t["reference"], "generate_static_batch")
+    engine = _round_values(t["serve"], "clients", "loras")
     return " / ".join(f"{e / s:.2f}x" for e, s in zip(engine, static)) or "-"
 
 

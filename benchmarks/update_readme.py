@@ -28,7 +28,17 @@ def main() -> None:
     text = replace_block(text, "reference", describe())
     tables = [
         (RESULTS / f"{n}.md").read_text()
-        for n in ("sft", "classification", "audit", "contention", "serve", "serve-fp32-rounds", "serve-fp32", "dpo", "grpo")
+        for n in (
+            "sft",
+            "classification",
+            "audit",
+            "contention",
+            "serve",
+            "serve-fp32-rounds",
+            "serve-fp32",
+            "dpo",
+            "grpo",
+        )
         if (RESULTS / f"{n}.md").exists()
     ]
     if tables:

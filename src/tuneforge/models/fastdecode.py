@@ -23,8 +23,7 @@ It computes the model's function with the model's own parameters (in place: a ch
 in the packed projections) and its rotary embedding and embedding modules; the engine's tests check it equals
 ``model.generate`` token for token. The packed weights are a copy of the projections' weights, made once: the
 forward is for frozen weights (serving, chat, generation), not for a policy being trained.
-``fast_decoder(model)`` returns None for any other model (then
-the engine runs the model's own forward).
+``fast_decoder(model)`` returns None for any other model (then the engine runs the model's own forward).
 """
 
 from __future__ import annotations
