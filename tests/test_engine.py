@@ -426,6 +426,35 @@ def test_a_joining_request_takes_a_finished_rows_place(llama, tmp_path, fast):
     assert joiner.result()[0].token_ids == reference(models[1], [ids[4]], 6)[0]
 
 
+@FAST
+def test_later_longer_requests_join_in_place_and_leading_columns_are_dropped(llama, fast):
+    """While requests wait, the buffers are sized with room for joiners: requests joining as answers end take
+    their rows in place, even with longer answers than the batch's rows needed (no rebuild); once every row
+    before them has ended, the columns only those used are dropped from the views without a copy, and every
+    answer equals model.generate's."""
+    model, tok = llama
+    ids = encode(tok)
+    prompts, lengths = [ids[2], ids[1], ids[0], ids[4]], [4, 2, 12, 12]
+    engine = Engine(model, tok, max_batch=2, fast=fast)
+    handles = [engine.submit(p, SamplingParams(max_tokens=m)) for p, m in zip(prompts, lengths)]
+    engine.step()  # the first two: prefill and a decode step; the shortest answer ends, two wait
+    assert handles[1].done and not handles[0].done
+    layer = engine._cache.layers[0]
+    buffer, width = layer.k_buf, layer.width
+    engine.step()
+    assert engine.placed == 1 and engine.compactions == 0 and layer.k_buf is buffer
+    while not handles[0].done:
+        engine.step()
+    engine.step()  # the last one takes the long prompt's row: the columns only that prompt used go
+    assert engine.placed == 2 and engine.compactions == 0 and engine.trims >= 1
+    assert layer.k_buf is buffer and layer.start > 0 and layer.width < width
+    assert bool(engine._mask[:, 0].any()) and layer.width == engine._mask.shape[1]
+    while not all(h.done for h in handles):
+        engine.step()
+    want = [reference(model, [p], m)[0] for p, m in zip(prompts, lengths)]
+    assert [h.result()[0].token_ids for h in handles] == want
+
+
 def test_free_rows_are_compacted_when_no_request_comes(llama):
     """In the scheduler thread a finished row waits ``linger`` steps for a joiner, then the batch drops it;
     generate() (every request in at once) drops it at the next step."""

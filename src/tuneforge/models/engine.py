@@ -187,19 +187,25 @@ class _Seq:
 
 class BufferLayer(DynamicLayer):
     """A layer's keys and values in a buffer sized up front, (B, H, capacity, D); ``keys``/``values`` are views
-    of the filled part. An update writes the new columns in place (grows by doubling if ever full)."""
+    of the columns in use, ``start`` to ``length`` (absolute columns of the buffer). An update writes the new
+    columns in place (the buffer is rebuilt, twice as wide as its columns in use, if ever full); dropping leading
+    columns (``drop``) only moves ``start``."""
 
     def __init__(self, capacity: int):
         super().__init__()
         self.capacity = capacity
-        self.length = 0
+        self.start = self.length = 0
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        # uninitialised: columns are written before they are read (``set`` writes the first ``length``, an
+        # update the next ones, a placed row its own end; the columns before a placed row's keep what was there
+        # and the mask hides them); zeroing (and first touching) the columns reserved ahead costs ~40% of a
+        # rebuild
         self.dtype, self.device = key_states.dtype, key_states.device
         b, h, _, d = key_states.shape
-        self.k_buf = key_states.new_zeros(b, h, self.capacity, d)
-        self.v_buf = value_states.new_zeros(b, h, self.capacity, value_states.shape[-1])
-        self.length = 0
+        self.k_buf = key_states.new_empty(b, h, self.capacity, d)
+        self.v_buf = value_states.new_empty(b, h, self.capacity, value_states.shape[-1])
+        self.start = self.length = 0
         self.is_initialized = True
 
     def set(self, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
@@ -211,16 +217,27 @@ class BufferLayer(DynamicLayer):
         self.v_buf[:, :, : self.length] = values
         self._views()
 
+    def drop(self, columns: int) -> None:
+        """Forget the first ``columns`` columns in use (no copy)."""
+        self.start += columns
+        self._views()
+
+    @property
+    def width(self) -> int:
+        """Columns in use."""
+        return self.length - self.start
+
     def _views(self) -> None:
-        self.keys = self.k_buf[:, :, : self.length]
-        self.values = self.v_buf[:, :, : self.length]
+        self.keys = self.k_buf[:, :, self.start : self.length]
+        self.values = self.v_buf[:, :, self.start : self.length]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        end = self.length + key_states.shape[-2]
-        if end > self.capacity:  # a longer answer than sized for: double the buffer
-            self.set(self.keys, self.values, max(end, 2 * self.capacity))
+        t = key_states.shape[-2]
+        if self.length + t > self.capacity:  # a longer answer than sized for: rebuild, twice as wide
+            self.set(self.keys, self.values, 2 * (self.width + t))
+        end = self.length + t
         self.k_buf[:, :, self.length : end] = key_states
         self.v_buf[:, :, self.length : end] = value_states
         self.length = end
@@ -228,7 +245,7 @@ class BufferLayer(DynamicLayer):
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
-        return self.length if self.is_initialized else 0
+        return self.width if self.is_initialized else 0
 
 
 class BatchCache(Cache):
@@ -240,7 +257,7 @@ class BatchCache(Cache):
     def merge(self, other: BatchCache, capacity: int) -> None:
         """Append ``other``'s rows, left-padding the shorter side so both end at the same column."""
         for mine, theirs in zip(self.layers, other.layers):
-            t = max(mine.length, theirs.length)
+            t = max(mine.width, theirs.width)
             keys = torch.cat([_left_pad(mine.keys, t), _left_pad(theirs.keys, t)], 0)
             values = torch.cat([_left_pad(mine.values, t), _left_pad(theirs.values, t)], 0)
             mine.set(keys, values, capacity)
@@ -250,7 +267,7 @@ class BatchCache(Cache):
         theirs keep stale values: the mask hides them)."""
         index = torch.tensor(rows, device=other.layers[0].keys.device)
         for mine, theirs in zip(self.layers, other.layers):
-            start = mine.length - theirs.length
+            start = mine.length - theirs.width
             mine.k_buf[index, :, start : mine.length] = theirs.keys
             mine.v_buf[index, :, start : mine.length] = theirs.values
 
@@ -258,6 +275,11 @@ class BatchCache(Cache):
         """Keep only ``rows`` (in that order) and drop the first ``drop_columns`` columns (padding of all)."""
         for layer in self.layers:
             layer.set(layer.keys[rows, :, drop_columns:], layer.values[rows, :, drop_columns:], capacity)
+
+    def drop(self, columns: int) -> None:
+        """Drop the first ``columns`` columns of every row (no copy)."""
+        for layer in self.layers:
+            layer.drop(columns)
 
 
 def _left_pad(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -475,6 +497,7 @@ class Engine(SchedulerThread):
         self.prompt_cache = PromptCache(int(prompt_cache_mb * 2**20)) if prompt_cache_mb > 0 else None
         self.min_prefix = 16  # shorter shared starts are computed again
         self.compactions = 0  # free rows dropped (a copy of the cache)
+        self.trims = 0  # leading padding columns dropped without a copy (_trim)
         self.step_lock = threading.Lock()  # held while a step runs (a caller that changes weights takes it)
         # called after every step: a server hands all of a step's deltas to its event loop at once
         self.step_listeners: list[Callable[[], None]] = []
@@ -642,6 +665,21 @@ class Engine(SchedulerThread):
         doubling instead of reserving the context for every row)."""
         return length + min(max(s.max_new - len(s.tokens) for s in seqs), self.reserve) + 1
 
+    def _allocation(self, seqs: list[_Seq], length: int) -> int:
+        """Columns to allocate when the running batch's buffers are (re)built: what its rows need
+        (``_capacity``) and, while requests may still join (the scheduler thread runs, or some wait), room for
+        a joiner's answer as long as the longest of those rows' and the waiting requests' (at most ``reserve``).
+        A request joining within that many steps then fits in a row freed meanwhile (``_fits``) instead of a
+        rebuild: dropping the free rows and concatenating the joiner's cache copies the whole cache twice
+        (~80 ms a join at 16 rows on SmolLM2-135M, fp32). Memory: the keys and values of up to twice the
+        columns; attention reads only the columns in use."""
+        need = self._capacity(seqs, length)
+        with self._lock:
+            waiting = [s.max_new for s in self._waiting]
+        if self._thread is None and not waiting:
+            return need
+        return need + min(max([need - length - 1, *waiting]), self.reserve)
+
     def _set_adapters(self, seqs: list[_Seq | None]) -> None:
         if self.multilora is not None:
             # a free row runs a live row's adapter: a batch on one adapter stays on the one-adapter path
@@ -671,7 +709,7 @@ class Engine(SchedulerThread):
         if self._cache is None:
             self._cache, self._mask = cache, mask
             for layer in cache.layers:  # size the buffers up front for the whole answers
-                layer.set(layer.keys, layer.values, self._capacity(new, width))
+                layer.set(layer.keys, layer.values, self._allocation(new, width))
             self._rows = list(new)
         elif self._fits(new, free, width):  # into free rows: no copy of the running rows' cache
             rows = free[: len(new)]
@@ -686,7 +724,7 @@ class Engine(SchedulerThread):
                 self._compact()
             total = self._running + new
             t = max(self._mask.shape[1], width)
-            self._cache.merge(cache, self._capacity(total, t))
+            self._cache.merge(cache, self._allocation(total, t))
             pad = lambda m: torch.nn.functional.pad(m, (t - m.shape[1], 0))  # noqa: E731
             self._mask = torch.cat([pad(self._mask), pad(mask)], 0)
             self._rows += new
@@ -781,7 +819,7 @@ class Engine(SchedulerThread):
         if len(new) > len(free) or width > self._mask.shape[1]:
             return False
         layer = self._cache.layers[0]
-        return self._capacity(new, layer.length) <= layer.capacity
+        return self._capacity(new, layer.length) <= layer.capacity  # (absolute columns)
 
     def _decode(self) -> None:
         """One token for every running sequence. A free row computes a throwaway token (it sees only its own
@@ -792,6 +830,8 @@ class Engine(SchedulerThread):
         if free and not self._waiting and self.steps - self._free_since >= linger:
             self._compact()
             free = []
+        else:
+            self._trim()
         rows = self._rows
         ids = torch.tensor([[s.tokens[-1] if s else 0] for s in rows], device=self.device)  # (B, 1)
         positions = torch.tensor([[s.position if s else 0] for s in rows], device=self.device)  # (B, 1)
@@ -902,6 +942,23 @@ class Engine(SchedulerThread):
         self.compactions += 1
         self._rows = [self._rows[i] for i in keep]
         mask = self._mask[rows]
-        drop = int((mask.sum(0) == 0).long().cumprod(0).sum())  # leading all-padding columns
+        drop = _leading_padding(mask)
         self._mask = mask[:, drop:]
-        self._cache.keep(rows, drop, self._capacity(self._rows, self._mask.shape[1]))
+        self._cache.keep(rows, drop, self._allocation(self._rows, self._mask.shape[1]))
+
+    def _trim(self) -> None:
+        """Drop the leading columns that are padding in every running row: rows that joined into free rows
+        leave their predecessors' columns behind them, and attention would read them at every step. The
+        buffers are not copied (their views start later)."""
+        live = [i for i, s in enumerate(self._rows) if s is not None]
+        mask = self._mask if len(live) == len(self._rows) else self._mask[live]
+        drop = _leading_padding(mask)
+        if drop:
+            self.trims += 1
+            self._mask = self._mask[:, drop:]
+            self._cache.drop(drop)
+
+
+def _leading_padding(mask: torch.Tensor) -> int:
+    """How many leading columns of ``mask`` (B, T) are padding (0) in every row."""
+    return int((mask.sum(0) == 0).long().cumprod(0).sum())

@@ -264,6 +264,11 @@ class FastDecoder:
             q_at = torch.arange(s - t, s, device=ids.device)[:, None]
             k_at = torch.arange(s, device=ids.device)[None, :]
             keys = (keys & (k_at <= q_at)) | (k_at == q_at)  # (B, 1, T, S)
+        # additive, made once for every layer (a boolean mask is converted by each attention call)
+        bias = torch.zeros(keys.shape, dtype=x.dtype, device=x.device).masked_fill_(~keys, float("-inf"))
+        # one new token a row: each key/value head's queries are one (B, KV, H / KV, D) block, the grouped heads
+        # as its query positions (the same products, in fewer and larger tasks than grouped-query broadcast)
+        fold = t == 1 and kv != h
         for i, (attn_norm, qkv, scale, qk_norms, o_proj, mlp_norm, gate_up, down) in enumerate(self.layers):
             y = qkv(attn_norm(x)).view(b, t, h + 2 * kv, d)
             if qk_norms is not None:  # Qwen3: RMSNorm over each query and key head
@@ -275,10 +280,17 @@ class FastDecoder:
             q, k = qk[:, :h], qk[:, h:]
             v = y[:, :, h + kv :].transpose(1, 2)
             k, v = cache.layers[i].update(k, v)
-            a = nn.functional.scaled_dot_product_attention(
-                q, k, v, attn_mask=keys, scale=scale, enable_gqa=kv != h
-            )
-            x = x + o_proj(a.transpose(1, 2).reshape(b, t, h * d))
+            if fold:
+                a = nn.functional.scaled_dot_product_attention(
+                    q.reshape(b, kv, h // kv, d), k, v, attn_mask=bias, scale=scale
+                )
+                a = a.reshape(b, t, h * d)
+            else:
+                a = nn.functional.scaled_dot_product_attention(
+                    q, k, v, attn_mask=bias, scale=scale, enable_gqa=kv != h
+                )
+                a = a.transpose(1, 2).reshape(b, t, h * d)
+            x = x + o_proj(a)
             gate, up = gate_up(mlp_norm(x)).chunk(2, -1)
             x = x + down(nn.functional.silu(gate).mul_(up))
         if last_only:
