@@ -155,6 +155,42 @@ def test_stop_strings_and_streaming(llama):
     assert deltas[-1].finish_reason == "stop"
 
 
+def test_text_decoded_a_few_tokens_at_a_time_equals_decoding_them_all(llama):
+    """The engine decodes each token's text incrementally (a window of the last tokens): every answer's text, and
+    its streamed deltas joined, equal decoding all its tokens at once, for random tokens (characters cut between
+    tokens, spaces at the windows' starts) from the tiny random model and drawn directly."""
+    import random
+
+    from tuneforge.models.engine import _Seq
+
+    model, tok = llama
+    engine = Engine(model, tok, max_batch=8)
+    deltas = {}
+    handles = [
+        engine.submit(
+            p,
+            SamplingParams(max_tokens=40, temperature=1.0, seed=i),
+            on_event=deltas.setdefault(i, []).append,
+        )
+        for i, p in enumerate(encode(tok))
+    ]
+    while not all(h.done for h in handles):
+        engine.step()
+    for i, h in enumerate(handles):
+        c = h.result()[0]
+        assert c.text == tok.decode(c.token_ids, skip_special_tokens=True)
+        assert "".join(d.text for d in deltas[i]) == c.text
+    rng = random.Random(0)
+    pieces = tok("naïve café — 東京タワー 🙂🎉 über straße", add_special_tokens=False)["input_ids"]
+    for _ in range(20):
+        tokens = [rng.choice(pieces) if rng.random() < 0.5 else rng.randrange(len(tok)) for _ in range(60)]
+        decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+        seq = _Seq(None, 0, [1], None, 0, decode, None, frozenset(), 60)
+        texts = [seq.decoded(tokens[:k], final=k == len(tokens)) for k in range(1, len(tokens) + 1)]
+        assert texts[-1] == decode(tokens)
+        assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))
+
+
 def test_max_tokens_ends_exactly_and_the_context_is_respected(llama):
     model, tok = llama
     ids = encode(tok)

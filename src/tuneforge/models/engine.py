@@ -176,10 +176,26 @@ class _Seq:
     sent: int = 0  # characters of text already streamed
     sent_tokens: int = 0
     finish: str | None = None
+    _decoded: str = ""  # the text of tokens[:_read]
+    _prefix: int = 0  # where the last decoded window started
+    _read: int = 0
 
     @property
     def position(self) -> int:  # position id of the next token fed to the model
         return len(self.prompt) + len(self.tokens) - 1
+
+    def decoded(self, tokens: list[int], final: bool) -> str:
+        """The text of ``tokens`` (the tokens so far, or all but an ending stop token), decoded incrementally:
+        the tokens since the last complete character, after the window decoded before them for context (a
+        tokenizer may drop a leading space at the start of what it decodes, so the new text is the difference),
+        so a token costs the same at any length (decoding the whole answer at every token costs O(length) a
+        token). A character cut between tokens waits for its next token, unless ``final``."""
+        before = self.decode(tokens[self._prefix : self._read])
+        after = self.decode(tokens[self._prefix :])
+        if final or not after.endswith("\ufffd"):
+            self._decoded += after[len(before) :]
+            self._prefix, self._read = self._read, len(tokens)
+        return self._decoded
 
 
 # ------------------------------------------------------------------------------------------------------ cache
@@ -902,7 +918,7 @@ class Engine(SchedulerThread):
         """Send the text that is certain (not a possible start of a stop string, not a cut character)."""
         body = s.tokens[:-1] if s.finish == "stop" else s.tokens
         if s.decode is not None:
-            text = s.decode(body)
+            text = s.decoded(body, s.finish is not None)
             for stop in s.params.stop:
                 at = text.find(stop, max(0, s.sent - len(stop)))
                 if at >= 0:
