@@ -33,9 +33,8 @@ def main() -> None:
             "classification",
             "audit",
             "contention",
+            "serve-fp32-s12",
             "serve",
-            "serve-fp32-rounds",
-            "serve-fp32",
             "dpo",
             "grpo",
         )

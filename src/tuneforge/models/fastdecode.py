@@ -10,8 +10,9 @@ computes the same thing with less of both:
   (``torch.ops.mkldnn._linear_pointwise``, what inductor's freezing uses), so a decode step reads the
   weights without repacking them. Measured on SmolLM2-135M, 16 rows, bf16: 159 against 217 us for a
   576x1536 projection.
-* **One mask and one rotary table per step**, shared by every layer; attention is ``scaled_dot_product_
-  attention`` on the engine's cache buffers with grouped-query heads (``enable_gqa``). RMSNorms are torch's
+* **One additive mask and one rotary table per step**, shared by every layer; attention is
+  ``scaled_dot_product_attention`` on the engine's cache buffers, a decode step's grouped queries of each
+  key/value head as one block (prefill: grouped-query heads, ``enable_gqa``). RMSNorms are torch's
   fused ``rms_norm`` on the modules' weights (one op for six), and each layer's modules are looked up once,
   not at every step (~450 module attribute reads a step); the adapters' wrappers are read again only when one
   changed.
