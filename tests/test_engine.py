@@ -491,6 +491,23 @@ def test_later_longer_requests_join_in_place_and_leading_columns_are_dropped(lla
     assert [h.result()[0].token_ids for h in handles] == want
 
 
+def test_a_cache_layer_keeps_its_columns_through_a_drop_and_a_rebuild():
+    """Dropping leading columns moves the views (no copy); an update past the buffer's end rebuilds it from the
+    columns in use, which keep their values."""
+    from tuneforge.models.engine import BufferLayer
+
+    layer = BufferLayer(4)
+    k = torch.arange(12, dtype=torch.float).view(2, 1, 3, 2)
+    layer.set(k, -k, 4)
+    buffer = layer.k_buf
+    layer.drop(2)
+    assert layer.k_buf is buffer and torch.equal(layer.keys, k[:, :, 2:]) and layer.get_seq_length() == 1
+    new = torch.full((2, 1, 3, 2), 7.0)
+    keys, values = layer.update(new, -new)  # 3 + 3 columns > 4: rebuilt from the one column in use
+    assert layer.k_buf is not buffer and layer.start == 0 and layer.get_seq_length() == 4
+    assert torch.equal(keys, torch.cat([k[:, :, 2:], new], 2)) and torch.equal(values, -keys)
+
+
 def test_free_rows_are_compacted_when_no_request_comes(llama):
     """In the scheduler thread a finished row waits ``linger`` steps for a joiner, then the batch drops it;
     generate() (every request in at once) drops it at the next step."""
