@@ -3,7 +3,8 @@
 Both arms train SmolLM2-135M-Instruct with LoRA (r=16, alpha=32, no dropout, all linear layers) on the
 same ChatterBot preference pairs (the config's 288-pair slice, the same order-independent split), sigmoid
 DPO loss with beta 0.1, batch 8, lr 5e-4 with 10% warm-up then cosine decay, weight decay 0.01, gradient
-clipping at 1.0, bf16 autocast, one epoch (36 steps); the reference model is the same weights with the
+clipping at 1.0, the config's precision (``auto``: bf16 autocast where the CPU multiplies bf16 natively,
+else fp32; TRL the same), one epoch (36 steps); the reference model is the same weights with the
 adapter switched off in both. Each arm runs in its own process, one after the other, so its peak RSS is
 its own. Reported:
 
@@ -102,6 +103,7 @@ def arm_trl(precompute: bool = False) -> dict:
 
     from tuneforge.config import load_config
     from tuneforge.models.load import resolve_model
+    from tuneforge.recipe import resolve_precision
 
     cfg = load_config(CONFIG, OVERRIDES)
     task = evaluator(cfg)  # the same pairs: tuneforge's split and slice of the bundled data
@@ -153,7 +155,8 @@ def arm_trl(precompute: bool = False) -> dict:
         loss_type=[p.loss_type],
         max_length=cfg.data.max_length,
         precompute_ref_log_probs=precompute,
-        bf16=t.precision == "bf16",
+        bf16=resolve_precision(t.precision, cpu=True)
+        == "bf16",  # what the config's `auto` gives tuneforge here
         use_cpu=True,
         seed=t.seed,
         report_to=[],
@@ -200,7 +203,7 @@ def table(results: dict, m: dict) -> str:
     n_test = next(iter(results.values()), {}).get("n_test", 75)
     lines = [
         f"DPO LoRA workload: configs/dpo-smollm2-lora.yaml (SmolLM2-135M-Instruct, LoRA r=16 all-linear, sigmoid "
-        f"beta 0.1, batch 8, max length 96, 288 ChatterBot pairs, 1 epoch, bf16) against TRL's DPOTrainer, "
+        f"beta 0.1, batch 8, max length 96, 288 ChatterBot pairs, 1 epoch, bf16 where native) against TRL's DPOTrainer, "
         f"the same pairs and settings; tokens/s after {WARMUP} warm-up steps; preference accuracy on the "
         f"{n_test} held-out pairs ({m['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']})",
         "",

@@ -6,7 +6,8 @@ same ChatterBot prompts with the same rewards (short_answer:15 + ends_with_perio
 (temperature 1.0, top-p 1.0, at most 32 new tokens), a KL penalty to the adapter-off base of 0.2, the
 "dapo" token aggregation with group-scaled advantages, lr 5e-4 constant after 2 warm-up steps, 20 optimizer
 steps, one policy update per sampled batch, all 16 completions in one micro-batch. tuneforge runs the config's
-bf16 (autocast over a bf16 frozen base, rollouts from a merged bf16 copy); TRL runs twice, fp32 (``trl``) and
+precision (``auto``: where bf16 is native, autocast over a bf16 frozen base and rollouts from a merged bf16 copy;
+fp32 elsewhere); TRL runs twice, fp32 (``trl``) and
 bf16 autocast (``trl-bf16``), and the faster of the two is the reference. Each arm runs in its own process,
 one after the other. Reported:
 

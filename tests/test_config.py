@@ -184,3 +184,22 @@ def test_config_source_compares_no_task_names():
 
     source = Path(config.__file__).read_text()
     assert not re.search(r"\.task\s*(==|!=|in\b|not in\b)", source)
+
+
+def test_bf16_where_it_is_emulated_warns_and_auto_falls_back_to_fp32(monkeypatch, caplog):
+    """An explicit bf16 on hardware without native bf16 matmuls runs (the user asked) with a warning naming
+    the fix; `auto` resolves to fp32 there, as the shipped configs ask."""
+    from tuneforge import recipe
+
+    monkeypatch.setattr(recipe, "bf16_native", lambda cuda: False)
+    cfg = from_dict({"training": {"precision": "bf16", "device": "cpu"}})
+    with caplog.at_level("WARNING", logger="tuneforge.recipe"):
+        assert recipe.make_accelerator(cfg).mixed_precision == "bf16"
+    assert "without native bf16" in caplog.text and "training.precision=auto" in caplog.text
+    caplog.clear()
+    cfg = from_dict({"training": {"precision": "auto", "device": "cpu"}})
+    with caplog.at_level("WARNING", logger="tuneforge.recipe"):
+        assert recipe.make_accelerator(cfg).mixed_precision == "no"
+    assert cfg.training.precision == "fp32" and "bf16" not in caplog.text
+    for path in Path("configs").glob("*.yaml"):  # a shipped config never forces the emulated path
+        assert load_config(path).training.precision != "bf16", path

@@ -179,6 +179,12 @@ def make_accelerator(cfg: RunConfig):
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("training.device is cuda but no GPU is visible: use training.device=auto or cpu.")
     cfg.training.precision = resolve_precision(cfg.training.precision, cpu)
+    if cfg.training.precision == "bf16" and not bf16_native(cuda=not cpu):
+        log.warning(
+            "training.precision=bf16 on a %s without native bf16 matmuls: autocast emulates them, several times "
+            "slower than fp32 (an AVX2 CPU: ~10x). training.precision=auto uses bf16 only where it is native.",
+            "CPU" if cpu else "GPU",
+        )
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         # accelerate keeps one global state per process; several runs in one Python session (a notebook, a
         # test suite) may each choose their own precision, so start from a clean state.
