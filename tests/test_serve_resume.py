@@ -35,7 +35,6 @@ def test_kill_9_then_restart_resumes_to_identical_weights(tmp_path, tiny_llama):
 
     home = tmp_path / "home"
     server = Server(home).start()
-    server.pace(0.15)  # at least 4.5 s of training on any machine: the kill lands mid-run
     try:
         client = server.client()
         f = client.files.create(file=write_sft(tmp_path / "train.jsonl").open("rb"), purpose="fine-tune")
@@ -49,6 +48,7 @@ def test_kill_9_then_restart_resumes_to_identical_weights(tmp_path, tiny_llama):
         whole = wait_job(client, create().id)
         assert whole.status == "succeeded", whole.error
 
+        server.pace(0.15)  # the paced job's 30 steps take 4.5 s or more on any machine: the kill lands mid-run
         job = create()
         queued = client.fine_tuning.jobs.create(model=tiny_llama, training_file=f.id,
                                                 extra_body={"tuneforge": options(max_steps=2)})  # fmt: skip
