@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml requirements-bundled.txt requirements-test.txt
 demo: setup
 	$(BIN)/tuneforge demo
 
-# `slow`: the few tests that take minutes (a 550 MB GGUF round trip, compiled blocks); `make test-all` adds them
+# `slow`: the few tests that take a minute or more (a 550 MB GGUF round trip, compiled blocks, FSDP on SmolLM2); `make test-all` adds them
 test: setup
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -x --durations=15 -m "not slow"
