@@ -108,6 +108,7 @@ def arm_trl(precompute: bool = False) -> dict:
     cfg = load_config(CONFIG, OVERRIDES)
     task = evaluator(cfg)  # the same pairs: tuneforge's split and slice of the bundled data
     t, m, p = cfg.training, cfg.method, cfg.preference
+    precision = resolve_precision(t.precision, cpu=True)  # what the config's `auto` gives tuneforge here
     rows = [{"prompt": e.messages, "chosen": e.chosen, "rejected": e.rejected} for e in task.splits["train"]]
     torch.manual_seed(t.seed)
     model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model.name), dtype=torch.float32)
@@ -155,8 +156,7 @@ def arm_trl(precompute: bool = False) -> dict:
         loss_type=[p.loss_type],
         max_length=cfg.data.max_length,
         precompute_ref_log_probs=precompute,
-        bf16=resolve_precision(t.precision, cpu=True)
-        == "bf16",  # what the config's `auto` gives tuneforge here
+        bf16=precision == "bf16",
         use_cpu=True,
         seed=t.seed,
         report_to=[],

@@ -48,7 +48,8 @@ def test_kill_9_then_restart_resumes_to_identical_weights(tmp_path, tiny_llama):
         whole = wait_job(client, create().id)
         assert whole.status == "succeeded", whole.error
 
-        server.pace(0.15)  # the paced job's 30 steps take 4.5 s or more on any machine: the kill lands mid-run
+        # the paced job's 30 steps take 4.5 s or more on any machine: the kill lands mid-run
+        server.pace(0.15)
         job = create()
         queued = client.fine_tuning.jobs.create(model=tiny_llama, training_file=f.id,
                                                 extra_body={"tuneforge": options(max_steps=2)})  # fmt: skip

@@ -182,7 +182,7 @@ def make_accelerator(cfg: RunConfig):
     if cfg.training.precision == "bf16" and not bf16_native(cuda=not cpu):
         log.warning(
             "training.precision=bf16 on a %s without native bf16 matmuls: autocast emulates them, several times "
-            "slower than fp32 (an AVX2 CPU: ~10x). training.precision=auto uses bf16 only where it is native.",
+            "slower than fp32 (an AVX2 CPU: ~9x). training.precision=auto uses bf16 only where it is native.",
             "CPU" if cpu else "GPU",
         )
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
